@@ -1,0 +1,90 @@
+"""Shared fixtures: the real params shrunk to a few hundred samples, real
+built-in data sliced small, and throw-away project folders for DVC runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DOWNLOADS = ROOT / ".transferline" / "downloads"  # shared by every test and checkout folder
+
+os.environ.setdefault("TRANSFERLINE_DOWNLOADS", str(DOWNLOADS))
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.pop("TRANSFERLINE_MLFLOW_RUN_ID", None)
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+TINY = {
+    "split": {"labels_per_class": 10, "val_per_class": 5, "source_max_samples": 600, "test_fraction": 0.1},
+    "pretrain": {"epochs": 1, "batch_size": 64},
+    "finetune": {"epochs": 3, "batch_size": 32},
+}
+
+
+def tiny_raw_params(**overrides: dict) -> dict:
+    """params.yaml as a dict, shrunk for a CPU test run."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in {**TINY, **overrides}.items():
+        if isinstance(values, dict):
+            raw[section] = {**raw.get(section, {}), **values}
+        else:
+            raw[section] = values
+    return raw
+
+
+@pytest.fixture
+def tiny_params():
+    from transferline.config import parse_params
+
+    return parse_params(tiny_raw_params())
+
+
+@pytest.fixture(scope="session")
+def builtin_sets() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The real MNIST and Animal-MNIST arrays (downloaded once, sha256-checked)."""
+    from tasks.ingest import load_animal_mnist, load_mnist
+
+    return {"source": load_mnist(), "target": load_animal_mnist()}
+
+
+@pytest.fixture
+def tiny_raw(tmp_path, monkeypatch, builtin_sets) -> Path:
+    """A project folder holding data/raw with a stratified slice of the real sets."""
+    from tasks.ingest import ANIMAL_MNIST, MNIST
+    from transferline.io import save_arrays, write_json
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    for name, per_class in (("source", 60), ("target", 40)):
+        x, y = builtin_sets[name]
+        idx = np.concatenate([rng.choice(np.flatnonzero(y == c), per_class, replace=False) for c in range(10)])
+        save_arrays(tmp_path / "data/raw" / f"{name}.npz", x=x[idx], y=y[idx])
+    write_json(tmp_path / "data/raw/meta.json", {
+        "source": {"origin": "test", "classes": list(MNIST.classes), "n": 600},
+        "target": {"origin": "test", "classes": list(ANIMAL_MNIST.classes), "n": 400, "unreadable": []},
+    })
+    return tmp_path
+
+
+def make_project(dest: Path, raw_params: dict) -> Path:
+    """A fresh git + DVC project folder with this repo's dvc.yaml and the given params."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(ROOT / name, dest / name)
+    shutil.copytree(ROOT / "data/external", dest / "data/external")
+    (dest / "params.yaml").write_text(yaml.safe_dump(raw_params, sort_keys=False))
+    run = lambda *cmd: subprocess.run(cmd, cwd=dest, check=True, capture_output=True, text=True)  # noqa: E731
+    run("git", "init", "-q")
+    run(sys.executable, "-m", "dvc", "init", "-q")
+    run(sys.executable, "-m", "dvc", "config", "core.analytics", "false")
+    run(sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(dest / ".remote"))
+    return dest

@@ -1,0 +1,118 @@
+"""ingest, validate, split and preprocess on small slices of the real data."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import DOWNLOADS, tiny_raw_params
+from tasks._stage import StageError
+from tasks.ingest import load_animal_mnist, load_folder, fetch_member
+from tasks.preprocess import load_set, preprocess
+from tasks.split import assign_target, image_hashes, split
+from tasks.validate import validate
+from transferline.config import parse_params
+from transferline.datasets import ANIMAL_MNIST
+from transferline.io import load_arrays, read_json, save_arrays
+
+
+def test_builtin_target_is_verified_animal_mnist(builtin_sets):
+    x, y = builtin_sets["target"]
+    assert x.shape == (10000, 1, 28, 28) and x.dtype == np.uint8
+    assert np.bincount(y).tolist() == [1000] * 10
+    xs, ys = builtin_sets["source"]
+    assert xs.shape == (70000, 1, 28, 28) and set(np.unique(ys)) == set(range(10))
+
+
+def test_tampered_artifact_is_refused(tmp_path):
+    wheel = next(DOWNLOADS.glob("animal_mnist-0.4-*.whl"))
+    copy = tmp_path / wheel.name
+    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(copy, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename.endswith("animal_label_version_3.gz"):
+                data = data[:-1] + bytes([data[-1] ^ 1])
+            dst.writestr(item, data)
+    member = list(ANIMAL_MNIST.artifact.members)[1]
+    with pytest.raises(StageError, match="sha256"):
+        fetch_member(ANIMAL_MNIST.artifact, member, download_dir=tmp_path)
+
+
+def test_folder_ingest_reads_formats_and_reports_unreadable(tmp_path):
+    for cls, fmt in (("cat", "PNG"), ("dog", "JPEG"), ("cow", "BMP")):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            Image.new("RGB", (40, 30), (i * 40, 80, 160)).save(tmp_path / cls / f"{i}.{fmt.lower()}", fmt)
+    (tmp_path / "dog" / "broken.png").write_bytes(b"not an image")
+    x, y, classes, bad = load_folder(tmp_path, size=28, channels=1)
+    assert classes == ["cat", "cow", "dog"]
+    assert x.shape == (9, 1, 28, 28) and x.dtype == np.uint8
+    assert np.bincount(y).tolist() == [3, 3, 3]
+    assert len(bad) == 1 and bad[0].startswith("dog/broken.png")
+
+
+def test_validate_passes_real_slice(tiny_raw, tiny_params):
+    report = validate(tiny_params)
+    assert report["ok"] and report["target"]["leaked_train_test"] == 0
+    assert read_json("reports/validate.json")["target"]["class_counts"]["zebra"] == 40
+
+
+def test_validate_names_unreadable_files_and_bad_labels(tiny_raw, tiny_params):
+    meta = read_json("data/raw/meta.json")
+    meta["target"]["unreadable"] = ["cat/0001.png: UnidentifiedImageError"]
+    from transferline.io import write_json
+
+    write_json("data/raw/meta.json", meta)
+    t = load_arrays("data/raw/target.npz")
+    t["y"][0] = 12
+    save_arrays("data/raw/target.npz", **t)
+    with pytest.raises(StageError) as err:
+        validate(tiny_params)
+    assert "cat/0001.png" in str(err.value)
+    assert "labels span 0..12" in str(err.value)
+    assert read_json("reports/validate.json")["ok"] is False
+
+
+def test_validate_catches_leakage_when_dedupe_is_off(tiny_raw):
+    params = parse_params(tiny_raw_params(split={"dedupe": False, "labels_per_class": 10, "val_per_class": 5,
+                                                 "test_fraction": 0.5}))
+    t = load_arrays("data/raw/target.npz")
+    # duplicate every cat image: with 50% test, copies land on both sides
+    cats = np.flatnonzero(t["y"] == 2)
+    save_arrays("data/raw/target.npz", x=np.concatenate([t["x"], t["x"][cats]]), y=np.concatenate([t["y"], t["y"][cats]]))
+    with pytest.raises(StageError, match="leakage"):
+        validate(params)
+    ok = parse_params(tiny_raw_params(split={"dedupe": True, "labels_per_class": 10, "val_per_class": 5,
+                                             "test_fraction": 0.5}))
+    assert validate(ok)["target"]["leaked_train_test"] == 0
+
+
+def test_split_is_deterministic_stratified_and_budgeted(tiny_raw, tiny_params):
+    counts = split(tiny_params.split, seed=7)
+    first = load_arrays("data/split/target.npz")
+    split(tiny_params.split, seed=7)
+    again = load_arrays("data/split/target.npz")
+    assert all(np.array_equal(first[k], again[k]) for k in first)
+    assert np.bincount(first["y_train"]).tolist() == [10] * 10
+    assert np.bincount(first["y_val"]).tolist() == [5] * 10
+    assert counts["target"]["test"] == 40  # 10% of 40 per class
+    train_h, test_h = set(image_hashes(first["x_train"])), set(image_hashes(first["x_test"]))
+    assert not train_h & test_h
+    split(tiny_params.split, seed=8)
+    assert not np.array_equal(first["x_train"], load_arrays("data/split/target.npz")["x_train"])
+
+
+def test_preprocess_normalises_with_train_stats(tiny_raw, tiny_params):
+    split(tiny_params.split, tiny_params.seed)
+    meta = preprocess(tiny_params)
+    target = load_set("target")
+    assert target["x_train"].dtype == torch.float16
+    assert abs(target["x_train"].float().mean().item()) < 1e-2
+    assert abs(target["x_train"].float().std().item() - 1) < 1e-2
+    assert meta["target"]["classes"][0] == "bear" and len(meta["target"]["mean"]) == 1

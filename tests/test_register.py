@@ -1,0 +1,124 @@
+"""register end to end on a tiny real setup: MLflow SQLite store in tmp_path,
+a random SmallCNN, two registrations, the champion alias, and serving."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from transferline.checkpoint import save_weights
+from transferline.config import Params, ParamsError, parse_params
+from transferline.models import SmallCNN
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["cat", "dog", "fish"]
+MODEL_NAME = "test-image"
+# Used only if the repo's params.yaml is mid-edit and does not validate.
+FALLBACK = {
+    "ingest": {},
+    "validate": {},
+    "split": {},
+    "preprocess": {},
+    "pretrain": {"epochs": 1, "batch_size": 8, "lr": 0.001},
+    "finetune": {"epochs": 1, "batch_size": 8, "lr": 0.001},
+    "evaluate": {},
+}
+
+
+def make_params(tmp_path: Path) -> Params:
+    try:
+        raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        raw = None
+    overrides = {
+        "tracking": {
+            "uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "artifact_root": str(tmp_path / "mlartifacts"),
+            "experiment": "test",
+        },
+        "register": {"model_name": MODEL_NAME},
+    }
+    try:
+        return parse_params({**(raw if isinstance(raw, dict) else FALLBACK), **overrides})
+    except ParamsError:
+        return parse_params({**FALLBACK, **overrides})
+
+
+def write_inputs() -> None:
+    save_weights(
+        SmallCNN(num_classes=len(CLASSES)),
+        "models/finetune/model.safetensors",
+        meta={"arch": "small_cnn", "num_classes": len(CLASSES), "in_channels": 1},
+    )
+    target = {"mean": [0.3], "std": [0.25], "classes": CLASSES, "image_size": 28, "channels": 1, "n": 99}
+    Path("data/processed").mkdir(parents=True)
+    Path("data/processed/meta.json").write_text(json.dumps({"target": target}))
+    metrics = {
+        "finetune": {"accuracy": 0.8, "macro_f1": 0.78},
+        "scratch": {"accuracy": 0.6, "macro_f1": 0.55},
+        "transfer_gain": {"accuracy": 0.2, "macro_f1": 0.23},
+    }
+    Path("reports").mkdir()
+    Path("reports/metrics.json").write_text(json.dumps(metrics))
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.delenv("TRANSFERLINE_MLFLOW_RUN_ID", raising=False)
+    # MLflow writes these two into os.environ itself; set-then-delete makes
+    # monkeypatch restore the caller's values afterwards.
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
+    yield tmp_path
+    import mlflow
+
+    while mlflow.active_run():  # a failed assertion mid-run must not leak into other tests
+        mlflow.end_run("FAILED")
+
+
+def test_register_twice_keeps_first_champion_and_serves(env: Path) -> None:
+    import mlflow
+
+    from tasks.register import register
+    from transferline.status import status
+
+    params = make_params(env)
+    write_inputs()
+    assert status(params)["champion"] is None  # a new, empty store
+
+    first = register(params)
+    assert first["version"] == "1" and first["became_champion"] is True
+    assert json.loads(Path("reports/register.json").read_text()) == first
+
+    client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
+    tags = client.get_model_version(MODEL_NAME, "1").tags
+    assert float(tags["test_accuracy"]) == pytest.approx(0.8)
+    assert {"git.commit", "git.dirty"} <= tags.keys()
+    run = client.get_run(first["run_id"])
+    assert run.info.run_name == "register"
+    assert run.data.metrics["transfer_gain_accuracy"] == pytest.approx(0.2)
+
+    second = register(params)
+    assert second["version"] == "2" and second["became_champion"] is False
+    assert second["champion_version"] == "1"
+    assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
+
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
+    labels = list(model.predict(images))
+    assert len(labels) == 5 and set(labels) <= set(CLASSES)
+    with pytest.raises(Exception, match="shape"):
+        model.predict(images[:, :20, :20])
+
+    now = status(params)
+    assert now["champion"]["version"] == "1"
+    assert now["champion"]["metrics"]["test_accuracy"] == pytest.approx(0.8)
+    assert now["last_run"]["run_id"] == second["run_id"]

@@ -1,0 +1,104 @@
+"""`transferline`: run the pipeline and ask what the registry holds.
+
+Run it from the project root (the folder with dvc.yaml and params.yaml).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from transferline.config import ParamsError, load_params
+from transferline.runtime import apply_env_defaults
+
+app = typer.Typer(
+    help="transferline: pretrain on a large source set, fine-tune on a small target task, "
+    "prove the gain against a scratch baseline, and register the winner.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+Stage = enum.Enum("Stage", {s: s for s in (
+    "ingest", "validate", "split", "preprocess", "pretrain", "finetune", "evaluate", "register")})
+
+
+def _params_or_exit(path: Path):
+    if not Path("dvc.yaml").is_file():
+        console.print("[red]error:[/] no dvc.yaml here; run transferline from the project root")
+        raise typer.Exit(2)
+    try:
+        return load_params(path)
+    except ParamsError as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def run(
+    until: Stage = typer.Option(None, help="Stop after this stage (default: run every stage)."),
+    params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
+    push: bool = typer.Option(True, help="Push data and checkpoints to the DVC remote after a full run."),
+) -> None:
+    """Run the pipeline as a Prefect flow; DVC skips every stage that is up to date.
+
+    Stages: ingest, validate, split, preprocess, pretrain, finetune (+ scratch
+    baseline), evaluate, register. Every run is one MLflow run with a nested
+    run per stage.
+    """
+    _params_or_exit(params)
+    apply_env_defaults()
+    from flows.pipeline import pipeline
+    from transferline.dvcrun import StageFailed
+
+    try:
+        summary = pipeline(until=until.value if until else None, params_path=str(params), push_remote=push)
+    except StageFailed as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(1) from None
+    console.print(f"ran: {', '.join(summary['ran']) or 'nothing (all up to date)'}")
+    console.print(f"skipped: {', '.join(summary['skipped']) or '-'}")
+    metrics = Path("reports/metrics.json")
+    if "evaluate" in summary["ran"] + summary["skipped"] and metrics.is_file():
+        m = json.loads(metrics.read_text())
+        console.print(
+            f"test accuracy: fine-tuned {m['finetune']['accuracy']:.4f}, scratch {m['scratch']['accuracy']:.4f}, "
+            f"transfer gain {m['transfer_gain']['accuracy']:+.4f}"
+        )
+    console.print(f"done in {summary['seconds']:.1f} s; MLflow run {summary['mlflow_run_id']}")
+
+
+@app.command()
+def status(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (keys: champion, last_run)."),
+    params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
+) -> None:
+    """Show the current champion, its metrics, and the last pipeline run."""
+    cfg = _params_or_exit(params)
+    apply_env_defaults()
+    from transferline.status import status as read_status
+
+    info = read_status(cfg)
+    if as_json:
+        sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
+        return
+    out = Console()
+    champ = info.get("champion")
+    if champ:
+        out.print(f"[bold]champion[/]: {champ['name']} version {champ['version']}")
+        for k, v in sorted(champ.get("metrics", {}).items()):
+            out.print(f"  {k}: {v}")
+    else:
+        out.print("[bold]champion[/]: none yet (run `transferline run`)")
+    last = info.get("last_run")
+    if last:
+        out.print(f"[bold]last run[/]: {last['run_id']} {last['status']} started {last['start_time']}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,148 @@
+"""Typed schema for params.yaml: the one place every value lives.
+
+`load_params()` is the only reader; flows, the CLI and every DVC stage go
+through it, so a bad value fails before any work with a message that names
+the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from transferline.datasets import BUILTIN_IMAGE_SETS
+
+PARAMS_FILE = Path("params.yaml")
+
+MODEL_NAMES = ("small_cnn",)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IngestParams(Section):
+    source: Literal["mnist"] = "mnist"
+    target: Literal["animal-mnist", "folder"] = "animal-mnist"
+    folder: str = "data/external/target"
+    image_size: int = Field(28, ge=8, le=512)
+    channels: Literal[1, 3] = 1
+
+
+class ValidateParams(Section):
+    min_per_class: int = Field(10, ge=1)
+    max_leaked: int = Field(0, ge=0)
+
+
+class SplitParams(Section):
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    labels_per_class: int = Field(50, ge=1)
+    val_per_class: int = Field(20, ge=1)
+    dedupe: bool = True
+    source_val_fraction: float = Field(0.1, gt=0, lt=1)
+    source_max_samples: int = Field(20000, ge=20)
+
+
+class PreprocessParams(Section):
+    dtype: Literal["float16", "float32"] = "float16"
+
+
+class TrainParams(Section):
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class PretrainParams(TrainParams):
+    model: Literal[MODEL_NAMES] = "small_cnn"  # type: ignore[valid-type]
+
+
+class FinetuneParams(TrainParams):
+    pass
+
+
+class EvaluateParams(Section):
+    batch_size: int = Field(512, ge=1)
+
+
+class RegisterParams(Section):
+    model_name: str = Field("transferline-image", min_length=1)
+
+
+class TrackingParams(Section):
+    uri: str = "sqlite:///.transferline/mlflow.db"
+    artifact_root: str = ".transferline/mlartifacts"
+    experiment: str = "transferline"
+
+
+class Params(Section):
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    modality: Literal["image"] = "image"
+    ingest: IngestParams
+    validate_: ValidateParams = Field(alias="validate")
+    split: SplitParams
+    preprocess: PreprocessParams
+    pretrain: PretrainParams
+    finetune: FinetuneParams
+    evaluate: EvaluateParams
+    register_: RegisterParams = Field(alias="register")
+    tracking: TrackingParams
+
+    @model_validator(mode="after")
+    def _budget_fits_builtin_data(self) -> Params:
+        # A folder's class sizes are known only after ingest; validate checks those.
+        if self.ingest.target == "folder":
+            return self
+        per_class = BUILTIN_IMAGE_SETS[self.ingest.target].per_class
+        available = int(per_class * (1 - self.split.test_fraction))
+        wanted = self.split.labels_per_class + self.split.val_per_class
+        if wanted > available:
+            raise ValueError(
+                f"split.labels_per_class ({self.split.labels_per_class}) + split.val_per_class "
+                f"({self.split.val_per_class}) = {wanted} labels per class, but "
+                f"{self.ingest.target} has only {available} per class outside the test set "
+                f"(split.test_fraction={self.split.test_fraction}); lower split.labels_per_class"
+            )
+        return self
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or invalid; the message names the key."""
+
+
+def _format(err: ValidationError, path: Path) -> str:
+    lines = [f"{path}: invalid parameters"]
+    for e in err.errors():
+        key = ".".join(str(p).removesuffix("_") for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see params.yaml for the known keys)"
+        got = "" if e["type"] in ("missing", "extra_forbidden") else f" (got {e.get('input')!r})"
+        lines.append(f"  {key}: {msg}{got}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict, path: Path = PARAMS_FILE) -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_format(err, path)) from None
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml; raise ParamsError naming the bad key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: not found; run from the project root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return parse_params(raw, path)

@@ -1,0 +1,65 @@
+"""Run one DVC stage and say whether it ran: DVC alone decides staleness.
+
+`dvc repro --single-item STAGE` runs the stage only if its deps, params or
+outs changed since dvc.lock was written; the flow calls this once per stage,
+in DAG order. Output streams through while a tail is kept for the error.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+
+class StageFailed(RuntimeError):
+    """A stage exited non-zero; the message carries the stage's own error lines."""
+
+
+# DVC's hints about git staging; the flow handles pushing itself.
+NOISE = ("To track the changes with git", "git add ", "To enable auto staging", "dvc config core.autostage",
+         "Use `dvc push`")
+
+
+@dataclass(frozen=True)
+class StageResult:
+    stage: str
+    ran: bool
+    seconds: float
+
+
+def dag_stages(dvc_yaml: str | Path = "dvc.yaml") -> list[str]:
+    """Stage names in dvc.yaml's order (which is a topological order here)."""
+    return list(yaml.safe_load(Path(dvc_yaml).read_text())["stages"])
+
+
+def repro_stage(stage: str, env: dict[str, str] | None = None) -> StageResult:
+    """`dvc repro --single-item stage`; raise StageFailed with the stage's message."""
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    ran = False
+    # Stage commands say `python`: make it this interpreter, venv or not.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    full_env = {**os.environ, "PATH": path, "PYTHONUNBUFFERED": "1", **(env or {})}
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if not line.strip() or line.lstrip().startswith(NOISE):
+                continue
+            sys.stderr.write(line)
+            tail.append(line.rstrip())
+            ran = ran or line.startswith(f"Running stage '{stage}'")
+    if proc.returncode != 0:
+        errors = [l for l in tail if "error:" in l.lower() or l.startswith(("  -", "("))] or list(tail)[-10:]
+        raise StageFailed(f"stage '{stage}' failed:\n" + "\n".join(errors))
+    return StageResult(stage, ran, round(time.perf_counter() - t0, 2))

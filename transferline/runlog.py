@@ -1,0 +1,72 @@
+"""Record a stage in MLflow from what dvc.yaml says it produced.
+
+dvc.yaml already lists each stage's params sections, metrics and plots; this
+module reads that list instead of repeating it: params become MLflow params,
+metrics files become metrics, per-epoch histories become stepped metrics,
+PNG plots become artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mlflow.entities import Metric, Param
+
+
+def _names(entries: list[Any] | None) -> list[str]:
+    return [next(iter(e)) if isinstance(e, dict) else str(e) for e in entries or []]
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}"""
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): obj}
+
+
+def stage_spec(stage: str, dvc_yaml: str | Path = "dvc.yaml") -> dict[str, Any]:
+    return yaml.safe_load(Path(dvc_yaml).read_text())["stages"][stage]
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def log_stage(client: Any, run_id: str, stage: str, params_raw: dict, ran: bool, seconds: float) -> None:
+    """Log params, metrics, histories and plots of `stage` to run `run_id`."""
+    spec = stage_spec(stage)
+    now = int(time.time() * 1000)
+    params: dict[str, Any] = {}
+    for section in _names(spec.get("params")):
+        value: Any = params_raw
+        for part in section.split("."):
+            value = value[part]
+        params.update(flatten(value, f"{section}."))
+    metrics = [Metric("stage_seconds", seconds, now, 0)]
+    for path in map(Path, _names(spec.get("metrics"))):
+        if path.is_file():
+            flat = flatten(json.loads(path.read_text()))
+            metrics += [Metric(k, float(v), now, 0) for k, v in flat.items() if _number(v)]
+    for path in map(Path, _names(spec.get("plots"))):
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), "plots")
+        elif path.suffix == ".json" and path.is_file():
+            name = path.stem.removesuffix("_history")
+            for row in json.loads(path.read_text()):
+                step = int(row["epoch"])
+                metrics += [Metric(f"{name}.{k}", float(v), now, step) for k, v in row.items() if k != "epoch" and _number(v)]
+            client.log_artifact(run_id, str(path), "history")
+    # log_batch takes at most 1000 metrics and 100 params per call
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i : i + 1000])
+    items = [Param(k, str(v)) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
+    client.set_tag(run_id, "stage.status", "ran" if ran else "skipped")

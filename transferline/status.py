@@ -1,0 +1,95 @@
+"""What is serving and what ran last: the champion version and the latest run."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from transferline.config import Params
+
+CHAMPION = "champion"
+PARENT_TAG = "mlflow.parentRunId"
+# Version tags that are provenance, not metrics (see tasks/register.py).
+PROVENANCE_PREFIXES = ("git.", "dvc.", "mlflow.")
+
+
+def _iso(millis: int | None) -> str | None:
+    if millis is None:
+        return None
+    return datetime.fromtimestamp(millis / 1000, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+def _metrics_from_tags(tags: dict[str, str]) -> dict[str, float]:
+    metrics = {}
+    for key, value in tags.items():
+        if key.startswith(PROVENANCE_PREFIXES):
+            continue
+        try:
+            metrics[key] = float(value)
+        except ValueError:
+            continue
+    return metrics
+
+
+def _champion(client: Any, name: str) -> dict | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = client.get_registered_model(name).aliases.get(CHAMPION)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None  # nothing registered yet
+        raise
+    if version is None:
+        return None
+    mv = client.get_model_version(name, str(version))
+    metrics = _metrics_from_tags(mv.tags or {})
+    if not metrics and mv.run_id:
+        # A version registered by hand has no metric tags; its run may have metrics.
+        try:
+            metrics = dict(client.get_run(mv.run_id).data.metrics)
+        except MlflowException:
+            metrics = {}
+    return {
+        "name": name,
+        "version": str(mv.version),
+        "metrics": metrics,
+        "run_id": mv.run_id,
+        "created": _iso(mv.creation_timestamp),
+    }
+
+
+def _last_run(client: Any, experiment_id: str) -> dict | None:
+    """Most recent top-level run; child runs (stages inside a flow) are skipped."""
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id], order_by=["attributes.start_time DESC"], max_results=100, page_token=token
+        )
+        for run in page:
+            if PARENT_TAG not in run.data.tags:
+                info = run.info
+                return {
+                    "run_id": info.run_id,
+                    "name": info.run_name,
+                    "status": info.status,
+                    "start_time": _iso(info.start_time),
+                    "end_time": _iso(info.end_time),
+                }
+        token = page.token
+        if not token:
+            return None
+
+
+def status(cfg: Params) -> dict:
+    """{"champion": {...} | None, "last_run": {...} | None} from the tracking store."""
+    import mlflow
+
+    from transferline import tracking
+
+    experiment_id = tracking.configure(cfg.tracking)
+    client = mlflow.MlflowClient()
+    return {
+        "champion": _champion(client, cfg.register_.model_name),
+        "last_run": _last_run(client, experiment_id),
+    }
