@@ -33,9 +33,10 @@ TINY = {
 def tiny_raw_params(**overrides: dict) -> dict:
     """params.yaml as a dict, shrunk for a CPU test run."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, values in {**TINY, **overrides}.items():
+    for section in {*TINY, *overrides}:
+        values = overrides.get(section, {})
         if isinstance(values, dict):
-            raw[section] = {**raw.get(section, {}), **values}
+            raw[section] = {**raw.get(section, {}), **TINY.get(section, {}), **values}
         else:
             raw[section] = values
     return raw

@@ -27,7 +27,7 @@ class StageFailed(RuntimeError):
 
 # DVC's hints about git staging; the flow handles pushing itself.
 NOISE = ("To track the changes with git", "git add ", "To enable auto staging", "dvc config core.autostage",
-         "Use `dvc push`")
+         "Use `dvc push`", "Data and pipelines are up to date.")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,68 @@
+"""Checkpoints round-trip through safetensors, and a killed stage resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+import yaml
+
+from conftest import tiny_raw_params
+from tasks.preprocess import preprocess
+from tasks.split import split
+from transferline.checkpoint import load_checkpoint, read_meta, save_checkpoint
+from transferline.config import parse_params
+from transferline.models import SmallCNN
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = SmallCNN(4)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.01, total_steps=10)
+    model(torch.randn(8, 1, 28, 28)).sum().backward()
+    opt.step()
+    sched.step()
+    path = save_checkpoint(tmp_path / "c.safetensors", model, opt, sched, {"epoch": 3})
+    model2 = SmallCNN(4)
+    opt2 = torch.optim.AdamW(model2.parameters(), lr=0.01)
+    sched2 = torch.optim.lr_scheduler.OneCycleLR(opt2, max_lr=0.01, total_steps=10)
+    assert load_checkpoint(path, model2, opt2, sched2) == {"epoch": 3}
+    for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
+        assert torch.equal(a, b)
+    assert torch.equal(opt.state_dict()["state"][0]["exp_avg"], opt2.state_dict()["state"][0]["exp_avg"])
+    assert sched2.state_dict()["last_epoch"] == 1
+    assert read_meta(path)["state"]["epoch"] == 3
+
+
+def test_killed_pretrain_resumes_from_last_epoch(tiny_raw):
+    raw = tiny_raw_params(pretrain={"epochs": 20, "batch_size": 32}, split={"source_max_samples": 200})
+    (tiny_raw / "params.yaml").write_text(yaml.safe_dump(raw))
+    params = parse_params(raw)
+    split(params.split, params.seed)
+    preprocess(params)
+    ckpt = tiny_raw / "models/pretrain/checkpoint.safetensors"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "tasks.pretrain"], cwd=tiny_raw, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and read_meta(ckpt).get("state", {}).get("epoch", 0) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = read_meta(ckpt)["state"]["epoch"]
+    assert 2 <= stopped_at < 20, "the run finished before it could be interrupted"
+
+    done = subprocess.run([sys.executable, "-m", "tasks.pretrain"], cwd=tiny_raw, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming pretrain from epoch {stopped_at}" in done.stderr
+    history = json.loads((tiny_raw / "reports/pretrain_history.json").read_text())
+    assert [r["epoch"] for r in history] == list(range(1, 21))
+    assert history[-1]["val_acc"] > 0.3  # digits, 180 training images
+    assert not ckpt.exists() and (tiny_raw / "models/pretrain/model.safetensors").exists()
