@@ -75,6 +75,7 @@ def pipeline(until: str | None = None, params_path: str = "params.yaml", push_re
         summary = {
             "mlflow_run_id": run.info.run_id,
             "prefect_flow_run_id": flow_run_id,
+            "stages": [{"stage": r.stage, "ran": r.ran, "seconds": r.seconds} for r in results],
             "ran": [r.stage for r in results if r.ran],
             "skipped": [r.stage for r in results if not r.ran],
             "seconds": round(time.perf_counter() - t0, 1),

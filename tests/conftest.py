@@ -4,14 +4,13 @@ built-in data sliced small, and throw-away project folders for DVC runs."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+
+from transferline.scaffold import make_project  # noqa: F401  (re-exported for tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 DOWNLOADS = ROOT / ".transferline" / "downloads"  # shared by every test and checkout folder
@@ -74,18 +73,3 @@ def tiny_raw(tmp_path, monkeypatch, builtin_sets) -> Path:
         "target": {"origin": "test", "classes": list(ANIMAL_MNIST.classes), "n": 400, "unreadable": []},
     })
     return tmp_path
-
-
-def make_project(dest: Path, raw_params: dict) -> Path:
-    """A fresh git + DVC project folder with this repo's dvc.yaml and the given params."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(ROOT / name, dest / name)
-    shutil.copytree(ROOT / "data/external", dest / "data/external")
-    (dest / "params.yaml").write_text(yaml.safe_dump(raw_params, sort_keys=False))
-    run = lambda *cmd: subprocess.run(cmd, cwd=dest, check=True, capture_output=True, text=True)  # noqa: E731
-    run("git", "init", "-q")
-    run(sys.executable, "-m", "dvc", "init", "-q")
-    run(sys.executable, "-m", "dvc", "config", "core.analytics", "false")
-    run(sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(dest / ".remote"))
-    return dest

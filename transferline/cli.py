@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from transferline.config import ParamsError, load_params
 from transferline.runtime import apply_env_defaults
@@ -61,6 +62,10 @@ def run(
     except StageFailed as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(1) from None
+    table = Table("stage", "status", "seconds", title="transferline run")
+    for row in summary["stages"]:
+        table.add_row(row["stage"], "ran" if row["ran"] else "skipped (up to date)", f"{row['seconds']:.1f}")
+    console.print(table)
     console.print(f"ran: {', '.join(summary['ran']) or 'nothing (all up to date)'}")
     console.print(f"skipped: {', '.join(summary['skipped']) or '-'}")
     metrics = Path("reports/metrics.json")

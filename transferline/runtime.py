@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +27,8 @@ ENV_DEFAULTS = {
 def apply_env_defaults() -> None:
     for key, value in ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    # Prefect creates its home without parents and then fails to open its DB.
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 
 
 def seed_everything(seed: int) -> torch.Generator:
