@@ -43,6 +43,17 @@ def load_model(weights: Path):
     return model
 
 
+def test_metrics(model, data: dict, params: Params) -> dict[str, float]:
+    """Accuracy and macro-F1 of `model` on the cached test set."""
+    device = resolve_device(params.device)
+    y_true = data["y_test"].numpy()
+    y_pred = predict(model.to(device), data["x_test"], params.evaluate.batch_size, device).argmax(1).numpy()
+    return {
+        "accuracy": round(float(accuracy_score(y_true, y_pred)), 5),
+        "macro_f1": round(float(f1_score(y_true, y_pred, average="macro")), 5),
+    }
+
+
 def plot_learning_curves(histories: dict[str, list[dict]], path: Path) -> None:
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for name, rows in histories.items():

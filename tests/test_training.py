@@ -10,6 +10,7 @@ import sys
 import time
 
 import torch
+import pytest
 import yaml
 
 from conftest import tiny_raw_params
@@ -66,3 +67,41 @@ def test_killed_pretrain_resumes_from_last_epoch(tiny_raw):
     assert [r["epoch"] for r in history] == list(range(1, 21))
     assert history[-1]["val_acc"] > 0.3  # digits, 180 training images
     assert not ckpt.exists() and (tiny_raw / "models/pretrain/model.safetensors").exists()
+
+
+def _target_tensors(tiny_raw):
+    from tasks.preprocess import load_set
+
+    params = parse_params(tiny_raw_params())
+    split(params.split, params.seed)
+    preprocess(params)
+    return load_set("target")
+
+
+def test_linear_probe_trains_only_the_head(tiny_raw):
+    from transferline.config import FinetuneParams
+    from transferline.training import fit
+
+    data = _target_tensors(tiny_raw)
+    model = SmallCNN(10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = FinetuneParams(epochs=2, batch_size=32, lr=0.01, strategy="linear_probe", train_bn=False, augment=True)
+    fit(model, (data["x_train"], data["y_train"]), (data["x_val"], data["y_val"]), cfg,
+        torch.device("cpu"), torch.Generator().manual_seed(0))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
+    assert not torch.equal(before["head.1.weight"], after["head.1.weight"])
+
+
+def test_early_stopping_keeps_the_best_epoch(tiny_raw):
+    from transferline.config import FinetuneParams
+    from transferline.training import evaluate, fit
+
+    data = _target_tensors(tiny_raw)
+    model = SmallCNN(10)
+    cfg = FinetuneParams(epochs=40, batch_size=32, lr=0.003, patience=2, init_from="scratch")
+    history = fit(model, (data["x_train"], data["y_train"]), (data["x_val"], data["y_val"]), cfg,
+                  torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert len(history) < 40
+    best = max(r["val_acc"] for r in history)
+    assert evaluate(model, data["x_val"], data["y_val"], 512, torch.device("cpu"))[1] == pytest.approx(best, abs=1e-6)

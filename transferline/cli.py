@@ -105,5 +105,42 @@ def status(
         out.print(f"[bold]last run[/]: {last['run_id']} {last['status']} started {last['start_time']}")
 
 
+experiment_app = typer.Typer(help="Experiments beside the pipeline (need `transferline run --until pretrain`).",
+                             no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
+
+
+def _experiment(name: str, params: Path) -> None:
+    cfg = _params_or_exit(params)
+    apply_env_defaults()
+    import logging
+
+    from transferline import experiments
+
+    logging.basicConfig(level=logging.INFO, format=f"[{name}] %(message)s")
+    try:
+        getattr(experiments, name.replace("-", "_"))(cfg)
+    except experiments.ExperimentError as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(1) from None
+    table = experiments.OUT / f"{name.replace('-', '_')}.md"
+    Console().print(table.read_text())
+    console.print(f"written to {experiments.OUT}/")
+
+
+@experiment_app.command("label-efficiency")
+def label_efficiency(params: Path = typer.Option(Path("params.yaml"), help="Parameters file.")) -> None:
+    """Fine-tuned vs scratch test accuracy at every label budget and seed in
+    params.yaml `experiments` (budgets, seeds): a table and a plot with spread."""
+    _experiment("label-efficiency", params)
+
+
+@experiment_app.command("strategies")
+def strategies(params: Path = typer.Option(Path("params.yaml"), help="Parameters file.")) -> None:
+    """Test accuracy and train time of each fine-tuning strategy in params.yaml
+    `experiments.strategies`, next to the scratch baseline."""
+    _experiment("compare-strategies", params)
+
+
 if __name__ == "__main__":
     app()

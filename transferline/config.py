@@ -14,10 +14,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from transferline.datasets import BUILTIN_IMAGE_SETS
+from transferline.models import MODEL_NAMES
+from transferline.strategies import STRATEGIES
 
 PARAMS_FILE = Path("params.yaml")
-
-MODEL_NAMES = ("small_cnn",)
 
 
 class Section(BaseModel):
@@ -55,6 +55,10 @@ class TrainParams(Section):
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    warmup_epochs: int = Field(0, ge=0)  # linear warm-up, then cosine decay
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment: bool = False  # random affine jitter (torchvision v2) on training batches
+    patience: int = Field(0, ge=0)  # early stopping on val accuracy; 0 = off
 
 
 class PretrainParams(TrainParams):
@@ -62,7 +66,23 @@ class PretrainParams(TrainParams):
 
 
 class FinetuneParams(TrainParams):
-    pass
+    # pretrain (this project's pretrain stage), scratch, or a weights file in
+    # data/external/weights/ (safetensors or a torch state dict)
+    init_from: str = "pretrain"
+    strategy: Literal[STRATEGIES] = "full"  # type: ignore[valid-type]
+    last_n_blocks: int = Field(1, ge=0)  # strategy last_n
+    unfreeze_every: int = Field(3, ge=1)  # strategy gradual: epochs between unfreezing blocks
+    lr_decay: float = Field(0.5, gt=0, le=1)  # strategy discriminative: per-block factor
+    train_bn: bool = True  # update batch-norm statistics of frozen blocks
+
+    @model_validator(mode="after")
+    def _init_from_exists(self) -> FinetuneParams:
+        if self.init_from not in ("pretrain", "scratch") and not Path(self.init_from).is_file():
+            raise ValueError(
+                f"finetune.init_from: {self.init_from!r} is neither 'pretrain', 'scratch' nor an existing "
+                "weights file (put it in data/external/weights/)"
+            )
+        return self
 
 
 class EvaluateParams(Section):
@@ -71,6 +91,14 @@ class EvaluateParams(Section):
 
 class RegisterParams(Section):
     model_name: str = Field("transferline-image", min_length=1)
+
+
+class ExperimentsParams(Section):
+    """Read by `transferline experiment ...`, not by a pipeline stage."""
+
+    budgets: list[int] = Field([5, 10, 25, 50, 100], min_length=1)  # labels per class
+    seeds: list[int] = Field([0, 1, 2], min_length=1)
+    strategies: list[Literal[STRATEGIES]] = Field(list(STRATEGIES), min_length=1)  # type: ignore[valid-type]
 
 
 class TrackingParams(Section):
@@ -92,6 +120,7 @@ class Params(Section):
     evaluate: EvaluateParams
     register_: RegisterParams = Field(alias="register")
     tracking: TrackingParams
+    experiments: ExperimentsParams = ExperimentsParams()
 
     @model_validator(mode="after")
     def _budget_fits_builtin_data(self) -> Params:

@@ -16,8 +16,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from transferline.checkpoint import load_checkpoint, read_meta, save_checkpoint
+from safetensors.torch import save_file
+
+from transferline.checkpoint import load_checkpoint, load_weights, read_meta, save_checkpoint
 from transferline.config import TrainParams
+from transferline.strategies import param_groups, set_batchnorm_training, unfreeze_for_epoch, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +30,33 @@ def fingerprint(**parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def augmenter() -> Any:
+    """Small random shifts, rotations and zooms: label-preserving for 28x28 shapes."""
+    from torchvision.transforms import v2  # torchvision costs seconds to import; only when asked
+
+    return v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))
+
+
 def train_one_epoch(
-    model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler: Any, device: torch.device
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    device: torch.device,
+    label_smoothing: float = 0.0,
+    augment: Any = None,
+    train_bn: bool = True,
 ) -> tuple[float, float]:
     model.train()
-    loss_fn = nn.CrossEntropyLoss()
+    set_batchnorm_training(model, train_bn)  # model.train() just reset frozen BN layers
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     total, loss_sum, correct = 0, 0.0, 0
     for x, y in loader:
         x, y = x.to(device, torch.float32), y.to(device)
+        if augment is not None:
+            # per image, so each gets its own transform; shifted so the fill (0) is the background
+            lo = x.amin(dim=(1, 2, 3), keepdim=True)
+            x = torch.stack([augment(img) for img in x - lo]) + lo
         logits = model(x)
         loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
@@ -72,42 +94,60 @@ def fit(
     checkpoint: str | Path | None = None,
     desc: str = "train",
 ) -> list[dict[str, float]]:
-    """Train with AdamW and a cosine schedule; return per-epoch history.
+    """Train with AdamW, warm-up + cosine; return per-epoch history.
 
-    With `checkpoint`, state is saved after every epoch and a matching earlier
-    checkpoint (same config and data) is resumed instead of restarting; it is
-    removed once training finishes.
+    A FinetuneParams `cfg` also picks the strategy (which blocks train, at
+    which lr; see transferline.strategies). With `patience`, training stops
+    after that many epochs without a better val accuracy and the best
+    weights are kept. With `checkpoint`, state is saved after every epoch
+    and a matching earlier checkpoint (same config and data) is resumed
+    instead of restarting; it is removed once training finishes.
     """
+    strategy = getattr(cfg, "strategy", "full")
+    train_bn = getattr(cfg, "train_bn", True)
     model.to(device)
     loader = DataLoader(TensorDataset(*train), batch_size=cfg.batch_size, shuffle=True, generator=generator)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * len(loader), pct_start=0.1
-    )
+    groups = param_groups(model, strategy, cfg.lr, getattr(cfg, "last_n_blocks", 1), getattr(cfg, "lr_decay", 0.5))
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     # Same config and same data (shape and a checksum) or no resume.
     key = fingerprint(cfg=cfg.model_dump(), shape=list(train[0].shape), data=float(train[0].float().sum()),
                       labels=int(train[1].sum()), desc=desc)
     history: list[dict[str, float]] = []
-    start = 0
+    start, best_acc, best_state = 0, -1.0, None
+    saved: dict[str, Any] = {}
     if checkpoint and Path(checkpoint).exists():
         try:
             saved = read_meta(checkpoint).get("state", {})
         except Exception as err:  # a truncated or foreign file: start over, say so
             log.warning("ignoring unreadable checkpoint %s (%s)", checkpoint, err)
-            saved = {}
-        if saved.get("fingerprint") == key:
-            state = load_checkpoint(checkpoint, model, optimizer, scheduler)
-            start, history = state["epoch"], state["history"]
-            torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
-            generator.set_state(torch.tensor(state["gen"], dtype=torch.uint8))
-            log.info("resuming %s from epoch %d of %d (%s)", desc, start, cfg.epochs, checkpoint)
-        else:
+        if saved.get("fingerprint") != key:
             log.info("checkpoint %s was made with other settings or data; training from the start", checkpoint)
+            saved = {}
+    if saved and strategy == "gradual":
+        # the optimizer needs the saved number of groups before loading into it
+        unfreeze_for_epoch(model, optimizer, saved["epoch"] - 1, cfg.unfreeze_every)  # type: ignore[attr-defined]
+    warmup = cfg.warmup_epochs * len(loader)
+    scheduler = warmup_cosine(optimizer, min(warmup, cfg.epochs * len(loader)), cfg.epochs * len(loader))
+    if saved:
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        start, history = state["epoch"], state["history"]
+        best_acc = max(r["val_acc"] for r in history)
+        torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
+        generator.set_state(torch.tensor(state["gen"], dtype=torch.uint8))
+        if Path(checkpoint).with_suffix(".best").exists():
+            best_state = load_weights(Path(checkpoint).with_suffix(".best"))
+        log.info("resuming %s from epoch %d of %d (%s)", desc, start, cfg.epochs, checkpoint)
+    augment = augmenter() if cfg.augment else None
+    stale = 0
     bar = tqdm(range(start, cfg.epochs), desc=desc, unit="epoch", initial=start, total=cfg.epochs,
                mininterval=0.5 if sys.stderr.isatty() else 30)
     for epoch in bar:
         t0 = time.perf_counter()
-        train_loss, train_acc = train_one_epoch(model, loader, optimizer, scheduler, device)
+        if strategy == "gradual":
+            unfreeze_for_epoch(model, optimizer, epoch, cfg.unfreeze_every, scheduler)  # type: ignore[attr-defined]
+        train_loss, train_acc = train_one_epoch(
+            model, loader, optimizer, scheduler, device, cfg.label_smoothing, augment, train_bn
+        )
         val_loss, val_acc = evaluate(model, *val, batch_size=512, device=device)
         row = {
             "epoch": epoch + 1,
@@ -115,10 +155,18 @@ def fit(
             "train_acc": round(train_acc, 5),
             "val_loss": round(val_loss, 5),
             "val_acc": round(val_acc, 5),
+            "lr": round(optimizer.param_groups[0]["lr"], 8),
             "seconds": round(time.perf_counter() - t0, 3),
         }
         history.append(row)
         bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}")
+        if val_acc > best_acc:
+            best_acc, stale = val_acc, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            if checkpoint and cfg.patience:
+                save_file(best_state, str(Path(checkpoint).with_suffix(".best")))
+        else:
+            stale += 1
         if checkpoint:
             state = {
                 "fingerprint": key,
@@ -128,8 +176,15 @@ def fit(
                 "gen": generator.get_state().tolist(),
             }
             save_checkpoint(checkpoint, model, optimizer, scheduler, state)
+        if cfg.patience and stale >= cfg.patience:
+            log.info("%s: early stop after epoch %d (best val accuracy %.4f)", desc, epoch + 1, best_acc)
+            break
+    bar.close()
+    if cfg.patience and best_state is not None:
+        model.load_state_dict(best_state)
     if checkpoint:
         # Done: the stage's output is the final weights; a leftover resume
         # point could only be mistaken for work still to do.
         Path(checkpoint).unlink(missing_ok=True)
+        Path(checkpoint).with_suffix(".best").unlink(missing_ok=True)
     return history
