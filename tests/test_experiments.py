@@ -27,8 +27,9 @@ def test_needs_pretrained_weights(tiny_raw):
 
 
 def test_label_efficiency_table_plot_and_runs(tiny_raw):
-    save_weights(SmallCNN(10), tiny_raw / "models/pretrain/model.safetensors",
-                 meta={"arch": "small_cnn", "num_classes": 10, "in_channels": 1})
+    pretrained = save_weights(SmallCNN(10), tiny_raw / "models/pretrain/model.safetensors",
+                              meta={"arch": "small_cnn", "num_classes": 10, "in_channels": 1})
+    before = pretrained.read_bytes()
     rows = label_efficiency(_params(tiny_raw))
     assert [(r["labels_per_class"], r["seed"]) for r in rows] == [(2, 0), (2, 1), (4, 0), (4, 1)]
     assert all(0 <= r["finetune_accuracy"] <= 1 and 0 <= r["scratch_accuracy"] <= 1 for r in rows)
@@ -41,6 +42,8 @@ def test_label_efficiency_table_plot_and_runs(tiny_raw):
     assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]) == 4
     # the pipeline's own outputs were not touched
     assert not (tiny_raw / "data/split").exists() and not (tiny_raw / "models/finetune").exists()
+    assert pretrained.read_bytes() == before
+    assert sorted(p.name for p in (tiny_raw / "models/pretrain").iterdir()) == ["model.safetensors"]
 
 
 def test_strategy_table(tiny_raw):

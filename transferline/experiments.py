@@ -68,10 +68,12 @@ def run_trial(name: str, params: Params, inits: tuple[str, ...]) -> dict[str, di
         data = load_set("target")
         results = {}
         for init in inits:
+            # never models/pretrain: that is the pipeline's own folder, linked in read-only use
+            out = Path("models") / ("scratch" if init == "scratch" else "finetune")
             t0 = time.perf_counter()
-            history = train_target(params, init, Path("models") / init, Path("reports") / f"{init}_history.json")
+            history = train_target(params, init, out, Path("reports") / f"{out.name}_history.json")
             seconds = time.perf_counter() - t0
-            model = load_model(Path("models") / init / "model.safetensors")
+            model = load_model(out / "model.safetensors")
             results[init] = {**test_metrics(model, data, params), "train_seconds": round(seconds, 1),
                              "epochs_run": len(history)}
     return results
