@@ -22,6 +22,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.pop("TRANSFERLINE_MLFLOW_RUN_ID", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
+# MLflow writes these into os.environ (set_tracking_uri, set_experiment); one
+# test's values must not leak into the next test or its subprocesses.
+MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "TRANSFERLINE_MLFLOW_RUN_ID")
+
+
+@pytest.fixture(autouse=True)
+def _isolate_mlflow_env():
+    saved = {k: os.environ.get(k) for k in MLFLOW_ENV}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 TINY = {
     "split": {"labels_per_class": 10, "val_per_class": 5, "source_max_samples": 600, "test_fraction": 0.1},
     "pretrain": {"epochs": 1, "batch_size": 64},

@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import make_project, tiny_raw_params
+from conftest import MLFLOW_ENV, make_project, tiny_raw_params
 
 pytestmark = pytest.mark.slow
 
 
 def transferline(project: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PREFECT_HOME": str(project / ".transferline/prefect")}
+    env = {k: v for k, v in os.environ.items() if k not in MLFLOW_ENV}
+    env["PREFECT_HOME"] = str(project / ".transferline/prefect")
     return subprocess.run([sys.executable, "-m", "transferline.cli", *args], cwd=project, env=env,
                           capture_output=True, text=True, timeout=1200)
 
