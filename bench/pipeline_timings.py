@@ -39,7 +39,7 @@ def timed_run(project: Path) -> tuple[float, dict]:
     seconds = time.perf_counter() - t0
     if done.returncode != 0:
         sys.exit(f"run failed:\n{done.stderr[-3000:]}")
-    stages = dict(re.findall(r"│ (\w+)\s+│ (?:ran|skipped)[^│]*│\s+([\d.]+) │", done.stderr))
+    stages = dict(re.findall(r"│ (\w+)\s+│ (?:ran|skipped)[^│]*│\s+([\d.]+)\s+│", done.stderr))
     return seconds, {k: float(v) for k, v in stages.items()}
 
 
