@@ -17,11 +17,9 @@ from prefect import flow, get_run_logger, task
 from prefect.context import get_run_context
 
 from transferline.config import load_params
-from transferline.dvcrun import StageResult, dag_stages, repro_stage
+from transferline.dvcrun import RUN_ID_ENV, STAGES, StageResult, dag_stages, repro_stage
 from transferline.runlog import log_stage
 
-STAGES = ("ingest", "validate", "split", "preprocess", "pretrain", "finetune", "evaluate", "register")
-RUN_ID_ENV = "TRANSFERLINE_MLFLOW_RUN_ID"  # tells a stage which MLflow run is its own
 
 
 @task(name="stage")
@@ -87,7 +85,7 @@ def pipeline(until: str | None = None, params_path: str = "params.yaml", push_re
 def check_stage_order() -> None:
     """The flow's stage order must be dvc.yaml's."""
     if tuple(dag_stages()) != STAGES:
-        raise RuntimeError(f"flows/pipeline.py STAGES {STAGES} differ from dvc.yaml {dag_stages()}")
+        raise RuntimeError(f"transferline/dvcrun.py STAGES {STAGES} differ from dvc.yaml {dag_stages()}")
 
 
 if __name__ == "__main__":

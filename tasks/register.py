@@ -23,6 +23,7 @@ import numpy as np
 import transferline
 from tasks._stage import StageError, run_main
 from transferline.config import Params
+from transferline.dvcrun import RUN_ID_ENV
 from transferline.io import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ PACKAGE = Path(transferline.__file__).resolve().parent
 SERVING = PACKAGE / "serving.py"
 
 CHAMPION = "champion"
-RUN_ID_ENV = "TRANSFERLINE_MLFLOW_RUN_ID"  # set by a flow so every stage logs into its run
 PREPROCESS_KEYS = ("mean", "std", "classes", "image_size", "channels")
 # What the served model imports. Pinned explicitly: inferring them means
 # loading the model in a subprocess and takes longer than the whole stage.

@@ -67,13 +67,14 @@ def split(cfg: SplitParams, seed: int, raw: Path = RAW, out: Path = OUT, report:
     s_train, s_val = assign_source(src["y"], cfg, seed)
     save_arrays(out / "source.npz", x_train=src["x"][s_train], y_train=src["y"][s_train],
                 x_val=src["x"][s_val], y_val=src["y"][s_val])
-    t_idx = assign_target(tgt["y"], image_hashes(tgt["x"]), cfg, seed)
+    hashes = image_hashes(tgt["x"])
+    t_idx = assign_target(tgt["y"], hashes, cfg, seed)
     save_arrays(out / "target.npz", **{f"{a}_{k}": tgt[a][i] for k, i in zip(("train", "val", "test"), t_idx) for a in ("x", "y")})
     counts = {
         "source": {"train": len(s_train), "val": len(s_val)},
         "target": {k: len(i) for k, i in zip(("train", "val", "test"), t_idx)},
         "target_train_per_class": {str(c): int(n) for c, n in zip(*np.unique(tgt["y"][t_idx[0]], return_counts=True))},
-        "dropped_duplicates": int(len(tgt["y"]) - len(np.unique(image_hashes(tgt["x"])))) if cfg.dedupe else 0,
+        "dropped_duplicates": int(len(hashes) - len(np.unique(hashes))) if cfg.dedupe else 0,
     }
     write_json(report, counts)
     log.info("source train/val %d/%d; target train/val/test %s", len(s_train), len(s_val), counts["target"])

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from transferline.config import ParamsError, load_params
+from transferline.dvcrun import STAGES
 from transferline.runtime import apply_env_defaults
 
 app = typer.Typer(
@@ -25,8 +26,7 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-Stage = enum.Enum("Stage", {s: s for s in (
-    "ingest", "validate", "split", "preprocess", "pretrain", "finetune", "evaluate", "register")})
+Stage = enum.Enum("Stage", {s: s for s in STAGES})
 
 
 def _params_or_exit(path: Path):

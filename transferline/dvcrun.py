@@ -25,6 +25,10 @@ class StageFailed(RuntimeError):
     """A stage exited non-zero; the message carries the stage's own error lines."""
 
 
+# The flow's stage order; a test checks it is a topological order of dvc.yaml.
+STAGES = ("ingest", "validate", "split", "preprocess", "pretrain", "finetune", "evaluate", "register")
+RUN_ID_ENV = "TRANSFERLINE_MLFLOW_RUN_ID"  # tells a stage which MLflow run is its own
+
 # DVC's hints about git staging; the flow handles pushing itself.
 NOISE = ("To track the changes with git", "git add ", "To enable auto staging", "dvc config core.autostage",
          "Use `dvc push`", "Data and pipelines are up to date.")
