@@ -2,7 +2,8 @@
 tensor cache (safetensors) that training reads in one call.
 
 Outputs data/processed/{source,target}.safetensors (x_* as float16 by
-default, y_* as int64) and data/processed/meta.json (per set: mean, std,
+default, y_* as int64), data/processed/pool.safetensors (the unlabelled
+target pool, normalised like the target) and data/processed/meta.json (per set: mean, std,
 classes, channels, image_size), which the registered model also uses to
 normalise raw images.
 """
@@ -27,11 +28,16 @@ RAW_META = Path("data/raw/meta.json")
 OUT = Path("data/processed")
 
 
-def normalise_set(arrays: dict[str, np.ndarray], dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict]:
-    """Scale to [0, 1], then standardise per channel with the train split's stats."""
-    train = torch.from_numpy(arrays["x_train"]).float() / 255
-    mean = train.mean(dim=(0, 2, 3))
-    std = train.std(dim=(0, 2, 3)).clamp_min(1e-6)
+def normalise_set(
+    arrays: dict[str, np.ndarray], dtype: torch.dtype, stats: dict | None = None
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Scale to [0, 1], then standardise per channel with the train split's stats (or `stats`)."""
+    if stats is None:
+        train = torch.from_numpy(arrays["x_train"]).float() / 255
+        mean = train.mean(dim=(0, 2, 3))
+        std = train.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    else:
+        mean, std = torch.tensor(stats["mean"]), torch.tensor(stats["std"])
     tensors = {}
     for key, value in arrays.items():
         if key.startswith("x_"):
@@ -57,12 +63,16 @@ def preprocess(params: Params, split_dir: Path = SPLIT, out: Path = OUT) -> dict
             "image_size": params.ingest.image_size,
         }
         log.info("%s: %s", name, {k: tuple(v.shape) for k, v in tensors.items()})
+    # unlabelled target images, for self-supervised pretraining: the target's statistics
+    pool, _ = normalise_set(load_arrays(split_dir / "pool.npz"), dtype, stats=meta["target"])
+    save_file(pool, str(out / "pool.safetensors"))
+    meta["pool"] = {"n_target": len(pool["x_target"])}
     write_json(out / "meta.json", meta)
     return meta
 
 
 def load_set(name: str, processed: Path = OUT) -> dict[str, torch.Tensor]:
-    """The cached tensors of one set ('source' or 'target')."""
+    """The cached tensors of one set ('source', 'target' or 'pool')."""
     return load_file(str(processed / f"{name}.safetensors"))
 
 

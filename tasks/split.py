@@ -3,8 +3,10 @@
 The target's label budget (labels per class for training, plus a small
 labelled validation set per class) is applied here; the test set is a fixed
 share of every class. With `dedupe`, exact duplicate images are dropped first
-so no image can sit on both sides of the split. Outputs:
-data/split/{source,target}.npz and reports/split.json.
+so no image can sit on both sides of the split. Target images left over
+(neither labelled train/val nor test, nor a copy of one) form the unlabelled
+pool that self-supervised pretraining may use. Outputs:
+data/split/{source,target,pool}.npz and reports/split.json.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from tasks._stage import run_main
+from tasks._stage import StageError, run_main
 from transferline.config import Params, SplitParams
 from transferline.io import load_arrays, save_arrays, write_json
 
@@ -53,6 +55,22 @@ def assign_target(
     return tuple(np.sort(np.concatenate(parts[k])) for k in ("train", "val", "test"))  # type: ignore[return-value]
 
 
+def assign_pool(hashes: np.ndarray, train: np.ndarray, val: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """Indices of the unlabelled target pool: one copy of every image whose
+    content is in none of train, val and test (so a duplicate of a test image
+    never reaches pretraining)."""
+    taken = set(hashes[np.concatenate([train, val, test])])
+    _, first = np.unique(hashes, return_index=True)
+    return np.sort(np.array([i for i in first if hashes[i] not in taken], dtype=np.int64))
+
+
+def check_pool(hashes: np.ndarray, pool: np.ndarray, test: np.ndarray) -> None:
+    """Refuse a pool that shares an image with the test set."""
+    shared = len(set(hashes[pool]) & set(hashes[test]))
+    if shared:
+        raise StageError(f"the unlabelled pool holds {shared} test image(s); the split is broken, report this bug")
+
+
 def assign_source(y: np.ndarray, cfg: SplitParams, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, val) of a stratified sample of at most source_max_samples."""
     idx = np.arange(len(y))
@@ -70,9 +88,12 @@ def split(cfg: SplitParams, seed: int, raw: Path = RAW, out: Path = OUT, report:
     hashes = image_hashes(tgt["x"])
     t_idx = assign_target(tgt["y"], hashes, cfg, seed)
     save_arrays(out / "target.npz", **{f"{a}_{k}": tgt[a][i] for k, i in zip(("train", "val", "test"), t_idx) for a in ("x", "y")})
+    pool = assign_pool(hashes, *t_idx)
+    check_pool(hashes, pool, t_idx[2])
+    save_arrays(out / "pool.npz", x_target=tgt["x"][pool])  # no labels
     counts = {
         "source": {"train": len(s_train), "val": len(s_val)},
-        "target": {k: len(i) for k, i in zip(("train", "val", "test"), t_idx)},
+        "target": {**{k: len(i) for k, i in zip(("train", "val", "test"), t_idx)}, "pool": len(pool)},
         "target_train_per_class": {str(c): int(n) for c, n in zip(*np.unique(tgt["y"][t_idx[0]], return_counts=True))},
         "dropped_duplicates": int(len(hashes) - len(np.unique(hashes))) if cfg.dedupe else 0,
     }

@@ -1,4 +1,6 @@
-"""The label-efficiency and strategy experiments on a tiny real slice."""
+"""The label-efficiency, strategy and objective experiments on a tiny real
+slice: trials are Prefect mapped task runs (a throw-away Prefect database),
+each a nested MLflow run."""
 
 from __future__ import annotations
 
@@ -10,13 +12,29 @@ import pytest
 from conftest import tiny_raw_params
 from transferline.checkpoint import save_weights
 from transferline.config import parse_params
-from transferline.experiments import ExperimentError, OUT, compare_strategies, label_efficiency
+from transferline.experiments import ExperimentError, OUT, compare_strategies, label_efficiency, objectives
 from transferline.models import SmallCNN
 
 
+@pytest.fixture(scope="module", autouse=True)
+def prefect_db():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def _task_run_names() -> set[str]:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return {r.name for r in client.read_task_runs() if r.state and r.state.is_completed()}
+
+
 def _params(tmp_path, **over):
-    raw = tiny_raw_params(finetune={"epochs": 2}, experiments={"budgets": [2, 4], "seeds": [0, 1],
-                                                              "strategies": ["linear_probe", "gradual"]}, **over)
+    experiments = {"budgets": [2, 4], "seeds": [0, 1], "strategies": ["linear_probe", "gradual"],
+                   **over.pop("experiments", {})}
+    raw = tiny_raw_params(finetune={"epochs": 2}, experiments=experiments, **over)
     raw["tracking"] = {**raw["tracking"], "uri": f"sqlite:///{tmp_path}/mlflow.db"}
     return parse_params(raw)
 
@@ -30,7 +48,7 @@ def test_label_efficiency_table_plot_and_runs(tiny_raw):
     pretrained = save_weights(SmallCNN(10), tiny_raw / "models/pretrain/model.safetensors",
                               meta={"arch": "small_cnn", "num_classes": 10, "in_channels": 1})
     before = pretrained.read_bytes()
-    rows = label_efficiency(_params(tiny_raw))
+    rows = label_efficiency(_params(tiny_raw, experiments={"workers": 2}))  # two trials at once
     assert [(r["labels_per_class"], r["seed"]) for r in rows] == [(2, 0), (2, 1), (4, 0), (4, 1)]
     assert all(0 <= r["finetune_accuracy"] <= 1 and 0 <= r["scratch_accuracy"] <= 1 for r in rows)
     with open(tiny_raw / OUT / "label_efficiency.csv") as f:
@@ -40,6 +58,7 @@ def test_label_efficiency_table_plot_and_runs(tiny_raw):
     runs = mlflow.search_runs(experiment_names=["transferline"], output_format="list")
     parent = next(r for r in runs if r.info.run_name == "label-efficiency")
     assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]) == 4
+    assert {"labels2_seed0", "labels2_seed1", "labels4_seed0", "labels4_seed1"} <= _task_run_names()
     # the pipeline's own outputs were not touched
     assert not (tiny_raw / "data/split").exists() and not (tiny_raw / "models/finetune").exists()
     assert pretrained.read_bytes() == before
@@ -53,3 +72,31 @@ def test_strategy_table(tiny_raw):
     assert [r["strategy"] for r in rows] == ["scratch (baseline)", "linear_probe", "gradual"]
     assert all(r["train_seconds"] > 0 and r["epochs_run"] == 2 for r in rows)
     assert "linear_probe" in (tiny_raw / OUT / "compare_strategies.md").read_text()
+
+
+def test_objectives_table(tiny_raw):
+    params = _params(tiny_raw, split={"source_max_samples": 200}, pretrain={"epochs": 1},
+                     experiments={"objectives": ["supervised", "denoising",
+                                                 {"objective": "contrastive", "unlabelled": ["target"]}]})
+    rows = objectives(params)  # needs no pipeline pretrain: every trial pretrains its own
+    assert [r["objective"] for r in rows] == ["scratch (baseline)", "supervised", "denoising", "contrastive_target"]
+    assert [r["pool"] for r in rows] == ["-", "-", "source+target", "target"]
+    for r in rows[1:]:
+        assert r["pretrain_epochs"] == 1 and r["pretrain_seconds"] > 0
+        assert r["gain"] == round(r["accuracy"] - rows[0]["accuracy"], 4)
+    assert "contrastive_target" in (tiny_raw / OUT / "objectives.md").read_text()
+    runs = mlflow.search_runs(experiment_names=["transferline"], output_format="list")
+    parent = next(r for r in runs if r.info.run_name == "objectives")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 4
+    assert all("pretrain.accuracy" in c.data.metrics and "pretrain_seconds" in c.data.metrics
+               for c in children if c.info.run_name != "objectives_scratch")
+    assert not (tiny_raw / "models").exists()  # the pipeline's folders untouched
+
+
+def test_failed_trial_names_its_log(tiny_raw):
+    params = _params(tiny_raw, experiments={"objectives": ["denoising"]},
+                     pretrain={"unlabelled": ["target"]}, split={"test_fraction": 0.5, "labels_per_class": 15})
+    # target pool is empty here (40 per class: 20 test, 5 val, 15 train), so denoising cannot train
+    with pytest.raises(ExperimentError, match="objective_denoising failed .*trial.log"):
+        objectives(params)

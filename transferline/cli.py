@@ -142,5 +142,14 @@ def strategies(params: Path = typer.Option(Path("params.yaml"), help="Parameters
     _experiment("compare-strategies", params)
 
 
+@experiment_app.command("objectives")
+def objectives(params: Path = typer.Option(Path("params.yaml"), help="Parameters file.")) -> None:
+    """Pretrain with each objective in params.yaml `experiments.objectives`
+    (supervised, denoising, contrastive; optionally with their own pool and
+    epochs), fine-tune each on the label budget, and compare the test accuracy
+    and the gain over the scratch baseline. Needs only `transferline run --until ingest`."""
+    _experiment("objectives", params)
+
+
 if __name__ == "__main__":
     app()

@@ -63,6 +63,13 @@ class TrainParams(Section):
 
 class PretrainParams(TrainParams):
     model: Literal[MODEL_NAMES] = "small_cnn"  # type: ignore[valid-type]
+    # supervised: source labels; denoising / contrastive: no labels, on the
+    # unlabelled pool (transferline.ssl); finetune loads the backbone alike.
+    objective: Literal["supervised", "denoising", "contrastive"] = "supervised"
+    unlabelled: list[Literal["source", "target"]] = Field(["source", "target"], min_length=1)  # pool sets
+    mask_ratio: float = Field(0.5, ge=0, lt=1)  # denoising: share of 4x4 patches blanked
+    noise_std: float = Field(0.3, ge=0)  # denoising: gaussian noise added to the input
+    temperature: float = Field(0.2, gt=0)  # contrastive: NT-Xent temperature
 
 
 class FinetuneParams(TrainParams):
@@ -93,12 +100,41 @@ class RegisterParams(Section):
     model_name: str = Field("transferline-image", min_length=1)
 
 
+Objective = Literal["supervised", "denoising", "contrastive"]
+
+
+class ObjectiveTrial(Section):
+    """One pretraining set-up in `transferline experiment objectives`: an objective,
+    optionally with its own pool and epochs (else pretrain's). A plain name is short
+    for {objective: name}."""
+
+    objective: Objective
+    unlabelled: list[Literal["source", "target"]] | None = Field(None, min_length=1)
+    epochs: int | None = Field(None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: object) -> object:
+        return {"objective": value} if isinstance(value, str) else value
+
+    def label(self) -> str:
+        parts = [self.objective]
+        if self.unlabelled and self.objective != "supervised":
+            parts.append("+".join(self.unlabelled))
+        if self.epochs:
+            parts.append(f"{self.epochs}ep")
+        return "_".join(parts)
+
+
 class ExperimentsParams(Section):
     """Read by `transferline experiment ...`, not by a pipeline stage."""
 
     budgets: list[int] = Field([5, 10, 25, 50, 100], min_length=1)  # labels per class
     seeds: list[int] = Field([0, 1, 2], min_length=1)
     strategies: list[Literal[STRATEGIES]] = Field(list(STRATEGIES), min_length=1)  # type: ignore[valid-type]
+    objectives: list[ObjectiveTrial] = Field(
+        [ObjectiveTrial(objective=o) for o in ("supervised", "denoising", "contrastive")], min_length=1)
+    workers: int = Field(1, ge=1)  # trials run at once (Prefect mapped tasks); each gets cores/workers threads
 
 
 class TrackingParams(Section):

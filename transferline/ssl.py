@@ -1,0 +1,295 @@
+"""Self-supervised image pretraining: learn a backbone without labels.
+
+Two objectives, picked by `pretrain.objective`:
+
+* denoising: a masked/noisy image goes through the backbone (to its pooled
+  feature vector) and a small decoder, which reconstructs the clean image
+  (mean squared error). Masking blanks a share `mask_ratio` of 4x4 patches
+  to the background; `noise_std` adds gaussian noise.
+* contrastive: SimCLR. Two torchvision v2 augmented views of every image
+  (random resized crop, flip, small rotation, blur, contrast), a projection
+  MLP, and the NT-Xent loss at `temperature`: each view must pick its twin
+  among the other 2N-2 views of the batch.
+
+The training data is the unlabelled pool (`pretrain.unlabelled`): source
+training images with their labels dropped and/or the target images that the
+split left out of train, val and test. Labels are used only to *monitor*:
+`val_acc` in the history is the k-nearest-neighbour accuracy of the
+backbone's features on the source validation set (neighbours from source
+training images), so a run's features can be compared across epochs and
+objectives. Checkpoints and resume work as in `transferline.training.fit`.
+The saved weights hold the backbone alone (`backbone.*` keys), which
+`finetune` loads exactly like a supervised backbone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from transferline.checkpoint import load_checkpoint, read_meta, save_checkpoint, save_weights
+from transferline.strategies import warmup_cosine
+from transferline.training import fingerprint
+
+log = logging.getLogger(__name__)
+
+OBJECTIVES = ("denoising", "contrastive")
+PATCH = 4  # denoising mask granularity (pixels)
+KNN_REFERENCE = 5000  # source training images the kNN monitor compares against
+
+
+class Encoder(nn.Module):
+    """Just the backbone, so the saved keys are `backbone.*` like a classifier's."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+
+def decoder(feature_dim: int, channels: int, image_size: int) -> nn.Sequential:
+    """Pooled features (N, feature_dim) -> image (N, channels, image_size, image_size)."""
+    side = max(1, math.ceil(image_size / 4))
+    return nn.Sequential(
+        nn.Linear(feature_dim, 64 * side * side),
+        nn.ReLU(inplace=True),
+        nn.Unflatten(1, (64, side, side)),
+        nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(inplace=True),
+        nn.ConvTranspose2d(32, 16, 4, stride=2, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(16, channels, 3, padding=1),
+        nn.Upsample(size=(image_size, image_size), mode="bilinear", align_corners=False),
+    )
+
+
+class SSLModel(nn.Module):
+    """backbone + decoder (denoising) or projection head (contrastive)."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, objective: str, channels: int, image_size: int) -> None:
+        super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"pretrain.objective: {objective!r} is not self-supervised; choose {OBJECTIVES}")
+        self.backbone = backbone
+        self.objective = objective
+        if objective == "denoising":
+            self.decoder = decoder(feature_dim, channels, image_size)
+        else:
+            self.projector = nn.Sequential(
+                nn.Linear(feature_dim, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Linear(256, 128)
+            )
+
+
+def corrupt(x: torch.Tensor, mask_ratio: float, noise_std: float) -> torch.Tensor:
+    """Blank a share of PATCHxPATCH patches to each image's background, then add noise."""
+    n, _, h, w = x.shape
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    grid = torch.rand(n, 1, math.ceil(h / PATCH), math.ceil(w / PATCH), device=x.device) < mask_ratio
+    mask = grid.repeat_interleave(PATCH, 2).repeat_interleave(PATCH, 3)[:, :, :h, :w]
+    out = torch.where(mask, lo, x)
+    return out + noise_std * torch.randn_like(out) if noise_std else out
+
+
+def view_transform(image_size: int) -> Any:
+    """SimCLR's view augmentation for small greyscale images (torchvision v2)."""
+    from torchvision.transforms import v2  # costs seconds to import; only when asked
+
+    return v2.Compose([
+        v2.RandomResizedCrop(image_size, scale=(0.35, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.RandomAffine(degrees=15),
+        v2.RandomApply([v2.GaussianBlur(3, sigma=(0.1, 1.0))], p=0.5),
+    ])
+
+
+def two_views(x: torch.Tensor, transform: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two independent augmented views of every image (each image its own draw)."""
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    z = x - lo  # background at 0, the fill value of the geometric transforms
+
+    def view() -> torch.Tensor:
+        v = torch.stack([transform(img) for img in z])
+        contrast = torch.empty(len(x), 1, 1, 1, device=x.device).uniform_(0.6, 1.4)
+        return v * contrast + lo
+
+    return view(), view()
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's normalised-temperature cross entropy over the 2N views of a batch."""
+    n = len(z1)
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    sim = (z @ z.T) / temperature
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, targets)
+
+
+def ssl_loss(model: SSLModel, x: torch.Tensor, cfg: Any, transform: Any) -> torch.Tensor:
+    if model.objective == "denoising":
+        return F.mse_loss(model.decoder(model.backbone(corrupt(x, cfg.mask_ratio, cfg.noise_std))), x)
+    v1, v2 = two_views(x, transform)
+    z = model.projector(model.backbone(torch.cat([v1, v2])))
+    return nt_xent(z[: len(x)], z[len(x):], cfg.temperature)
+
+
+@torch.inference_mode()
+def features(backbone: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 512) -> torch.Tensor:
+    backbone.eval()
+    out = [backbone(x[i : i + batch_size].to(device, torch.float32)).cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(out)
+
+
+def knn_accuracy(
+    backbone: nn.Module, ref: tuple[torch.Tensor, torch.Tensor], query: tuple[torch.Tensor, torch.Tensor],
+    device: torch.device, k: int = 20,
+) -> float:
+    """Accuracy of a cosine k-nearest-neighbour vote on the backbone's features (monitor only)."""
+    f_ref = F.normalize(features(backbone, ref[0], device), dim=1)
+    f_q = F.normalize(features(backbone, query[0], device), dim=1)
+    sim, idx = (f_q @ f_ref.T).topk(min(k, len(f_ref)), dim=1)
+    n_classes = int(max(ref[1].max(), query[1].max())) + 1
+    votes = torch.zeros(len(f_q), n_classes).scatter_add_(1, ref[1][idx], (sim / 0.07).exp())
+    return (votes.argmax(1) == query[1]).float().mean().item()
+
+
+@torch.no_grad()
+def val_loss(model: SSLModel, x: torch.Tensor, cfg: Any, transform: Any, device: torch.device) -> float:
+    """The objective's loss on held-out images, with fixed random draws (comparable across epochs)."""
+    model.eval()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        losses = [ssl_loss(model, x[i : i + cfg.batch_size].to(device, torch.float32), cfg, transform).item()
+                  for i in range(0, len(x) - 1, cfg.batch_size)]  # -1: never a batch of one view pair
+    return float(sum(losses) / max(len(losses), 1))
+
+
+def fit_ssl(
+    model: SSLModel,
+    train: torch.Tensor,
+    val: torch.Tensor,
+    monitor: tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    cfg: Any,
+    device: torch.device,
+    generator: torch.Generator,
+    checkpoint: str | Path | None = None,
+    desc: str = "pretrain",
+) -> list[dict[str, float]]:
+    """Train `model` on unlabelled images with AdamW + warm-up/cosine; per-epoch history.
+
+    Like `training.fit`: state saved after every epoch to `checkpoint`, a
+    matching earlier checkpoint (same config and data) resumed, removed when
+    done; with `patience`, stops when val loss stops improving and keeps the
+    best weights.
+    """
+    model.to(device)
+    # drop_last: a last batch of one image has no negatives and breaks batch norm
+    loader = DataLoader(TensorDataset(train), batch_size=cfg.batch_size, shuffle=True, generator=generator,
+                        drop_last=len(train) > cfg.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * len(loader)
+    scheduler = warmup_cosine(optimizer, min(cfg.warmup_epochs * len(loader), steps), steps)
+    key = fingerprint(cfg=cfg.model_dump(), shape=list(train.shape), data=float(train.float().sum()), desc=desc)
+    transform = view_transform(train.shape[-1]) if model.objective == "contrastive" else None
+    history: list[dict[str, float]] = []
+    start, best, best_state, stale = 0, math.inf, None, 0
+    saved: dict[str, Any] = {}
+    if checkpoint and Path(checkpoint).exists():
+        try:
+            saved = read_meta(checkpoint).get("state", {})
+        except Exception as err:  # a truncated or foreign file: start over, say so
+            log.warning("ignoring unreadable checkpoint %s (%s)", checkpoint, err)
+        if saved.get("fingerprint") != key:
+            log.info("checkpoint %s was made with other settings or data; training from the start", checkpoint)
+            saved = {}
+    if saved:
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        start, history = state["epoch"], state["history"]
+        best = min(r["val_loss"] for r in history)
+        torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
+        generator.set_state(torch.tensor(state["gen"], dtype=torch.uint8))
+        log.info("resuming %s from epoch %d of %d (%s)", desc, start, cfg.epochs, checkpoint)
+    bar = tqdm(range(start, cfg.epochs), desc=desc, unit="epoch", initial=start, total=cfg.epochs,
+               mininterval=0.5 if sys.stderr.isatty() else 30)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        model.train()
+        total, loss_sum = 0, 0.0
+        for (x,) in loader:
+            x = x.to(device, torch.float32)
+            loss = ssl_loss(model, x, cfg, transform)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += len(x)
+            loss_sum += loss.item() * len(x)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": round(loss_sum / max(total, 1), 5),
+            "val_loss": round(val_loss(model, val, cfg, transform, device), 5),
+            "val_acc": round(knn_accuracy(model.backbone, *monitor, device), 5),
+            "lr": round(optimizer.param_groups[0]["lr"], 8),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        history.append(row)
+        bar.set_postfix(loss=f"{row['train_loss']:.4f}", knn_acc=f"{row['val_acc']:.3f}")
+        log.info("%s epoch %d: loss %.4f, val loss %.4f, kNN val accuracy %.4f", desc, epoch + 1,
+                 row["train_loss"], row["val_loss"], row["val_acc"])
+        if row["val_loss"] < best:
+            best, stale = row["val_loss"], 0
+            if cfg.patience:
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+        if checkpoint:
+            state = {"fingerprint": key, "epoch": epoch + 1, "history": history,
+                     "rng": torch.get_rng_state().tolist(), "gen": generator.get_state().tolist()}
+            save_checkpoint(checkpoint, model, optimizer, scheduler, state)
+        if cfg.patience and stale >= cfg.patience:
+            log.info("%s: early stop after epoch %d (best val loss %.4f)", desc, epoch + 1, best)
+            break
+    bar.close()
+    if cfg.patience and best_state is not None:
+        model.load_state_dict(best_state)
+    if checkpoint:
+        Path(checkpoint).unlink(missing_ok=True)
+    return history
+
+
+def pretrain_ssl(
+    params: Any, source: dict[str, torch.Tensor], pool: dict[str, torch.Tensor], out: Path, generator: torch.Generator,
+    device: torch.device,
+) -> list[dict]:
+    """Self-supervised pretraining per params.pretrain; writes out/model.safetensors (backbone only)."""
+    from transferline.models import build_model
+
+    cfg = params.pretrain
+    parts = {"source": source["x_train"], "target": pool["x_target"]}
+    train = torch.cat([parts[name] for name in cfg.unlabelled])
+    if len(train) < 2:
+        raise ValueError(f"pretrain.unlabelled {cfg.unlabelled}: {len(train)} image(s); "
+                         "self-supervised pretraining needs at least 2")
+    log.info("%s pretraining on %d unlabelled images (%s)", cfg.objective, len(train),
+             ", ".join(f"{n}: {len(parts[n])}" for n in cfg.unlabelled))
+    channels, size = params.ingest.channels, train.shape[-1]
+    classifier = build_model(cfg.model, num_classes=2, in_channels=channels)
+    model = SSLModel(classifier.backbone, classifier.feature_dim, cfg.objective, channels, size)
+    ref = (source["x_train"][:KNN_REFERENCE], source["y_train"][:KNN_REFERENCE])
+    history = fit_ssl(model, train, source["x_val"], (ref, (source["x_val"], source["y_val"])), cfg, device,
+                      generator, checkpoint=out / "checkpoint.safetensors", desc=f"pretrain ({cfg.objective})")
+    meta = {"arch": cfg.model, "in_channels": channels, "objective": cfg.objective,
+            "unlabelled": list(cfg.unlabelled), "images": len(train)}
+    save_weights(Encoder(model.backbone), out / "model.safetensors", meta=meta)
+    return history
