@@ -16,6 +16,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from transferline.datasets import BUILTIN_IMAGE_SETS
 from transferline.models import MODEL_NAMES
 from transferline.strategies import STRATEGIES
+from transferline.text.params import (
+    DEFAULT_TRIALS,
+    TextFinetuneParams,
+    TextIngestParams,
+    TextPreprocessParams,
+    TextPretrainParams,
+    TextRegisterParams,
+    TextSplitParams,
+    TextTrial,
+    TextValidateParams,
+    check_tokenizer_matches,
+)
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -30,11 +42,13 @@ class IngestParams(Section):
     folder: str = "data/external/target"
     image_size: int = Field(28, ge=8, le=512)
     channels: Literal[1, 3] = 1
+    text: TextIngestParams = TextIngestParams()  # modality: text
 
 
 class ValidateParams(Section):
     min_per_class: int = Field(10, ge=1)
     max_leaked: int = Field(0, ge=0)
+    text: TextValidateParams = TextValidateParams()  # modality: text
 
 
 class SplitParams(Section):
@@ -44,10 +58,12 @@ class SplitParams(Section):
     dedupe: bool = True
     source_val_fraction: float = Field(0.1, gt=0, lt=1)
     source_max_samples: int = Field(20000, ge=20)
+    text: TextSplitParams = TextSplitParams()  # modality: text
 
 
 class PreprocessParams(Section):
     dtype: Literal["float16", "float32"] = "float16"
+    text: TextPreprocessParams = TextPreprocessParams()  # modality: text
 
 
 class TrainParams(Section):
@@ -63,6 +79,7 @@ class TrainParams(Section):
 
 class PretrainParams(TrainParams):
     model: Literal[MODEL_NAMES] = "small_cnn"  # type: ignore[valid-type]
+    text: TextPretrainParams = TextPretrainParams()  # modality: text
 
 
 class FinetuneParams(TrainParams):
@@ -74,6 +91,7 @@ class FinetuneParams(TrainParams):
     unfreeze_every: int = Field(3, ge=1)  # strategy gradual: epochs between unfreezing blocks
     lr_decay: float = Field(0.5, gt=0, le=1)  # strategy discriminative: per-block factor
     train_bn: bool = True  # update batch-norm statistics of frozen blocks
+    text: TextFinetuneParams = TextFinetuneParams()  # modality: text
 
     @model_validator(mode="after")
     def _init_from_exists(self) -> FinetuneParams:
@@ -91,6 +109,7 @@ class EvaluateParams(Section):
 
 class RegisterParams(Section):
     model_name: str = Field("transferline-image", min_length=1)
+    text: TextRegisterParams = TextRegisterParams()  # modality: text
 
 
 class ExperimentsParams(Section):
@@ -99,6 +118,7 @@ class ExperimentsParams(Section):
     budgets: list[int] = Field([5, 10, 25, 50, 100], min_length=1)  # labels per class
     seeds: list[int] = Field([0, 1, 2], min_length=1)
     strategies: list[Literal[STRATEGIES]] = Field(list(STRATEGIES), min_length=1)  # type: ignore[valid-type]
+    text_models: list[TextTrial] = Field(DEFAULT_TRIALS, min_length=1)  # `transferline experiment text-models`
 
 
 class TrackingParams(Section):
@@ -110,7 +130,7 @@ class TrackingParams(Section):
 class Params(Section):
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    modality: Literal["image"] = "image"
+    modality: Literal["image", "text"] = "image"
     ingest: IngestParams
     validate_: ValidateParams = Field(alias="validate")
     split: SplitParams
@@ -121,6 +141,17 @@ class Params(Section):
     register_: RegisterParams = Field(alias="register")
     tracking: TrackingParams
     experiments: ExperimentsParams = ExperimentsParams()
+
+    @property
+    def model_name(self) -> str:
+        """The registered model's name for this modality."""
+        return self.register_.text.model_name if self.modality == "text" else self.register_.model_name
+
+    @model_validator(mode="after")
+    def _text_tokenizer_fits_model(self) -> Params:
+        if self.modality == "text":
+            check_tokenizer_matches(self.preprocess.text.tokenizer, self.finetune.text.init_from)
+        return self
 
     @model_validator(mode="after")
     def _budget_fits_builtin_data(self) -> Params:
