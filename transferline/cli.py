@@ -150,7 +150,11 @@ def strategies(params: Path = typer.Option(Path("params.yaml"), help="Parameters
 
 
 @experiment_app.command("text-models")
-def text_models(params: Path = typer.Option(Path("params.yaml"), help="Parameters file.")) -> None:
+def text_models(
+    params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
+    trial: list[str] = typer.Option(None, help="Run only this trial (by name; repeatable); the other "
+                                    "trials keep their row from the last run."),
+) -> None:
     """Test accuracy and train time per epoch of each text model in params.yaml
     `experiments.text_models` (MiniLM full / LoRA, our MLM encoder, scratch, BiLSTM).
     Needs `transferline run --modality text --until pretrain`."""
@@ -163,7 +167,7 @@ def text_models(params: Path = typer.Option(Path("params.yaml"), help="Parameter
 
     logging.basicConfig(level=logging.INFO, format="[text-models] %(message)s")
     try:
-        run_text_models(cfg)
+        run_text_models(cfg, trial or None)
     except experiments.ExperimentError as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(1) from None

@@ -21,22 +21,27 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from transferline.config import Params
+from transferline.io import read_json
 from transferline.experiments import OUT, ExperimentError, _log_trial, write_outputs
 from transferline.text.params import TextTrial
 
 log = logging.getLogger(__name__)
 
 WORK = Path(".transferline/experiments/text")
-NEEDED = (Path("data/split/train.jsonl"), Path("data/processed/tokenizer.json"), Path("models/pretrain/model.safetensors"))
+NEEDED = (Path("data/split/train.jsonl"), Path("data/processed/tokenizer.json"))
+PRETRAINED = Path("models/pretrain/model.safetensors")
 
 
 @contextlib.contextmanager
 def trial_dir(tokenizer: str, params: Params) -> Iterator[Path]:
     """cwd in a folder seeing the pipeline's raw data, split and pretrained encoder; its
-    data/processed is the pipeline's (our tokenizer) or made here with a model's tokenizer."""
+    data/processed is the pipeline's (our tokenizer, key "pipeline") or made there with the
+    tokenizer of params.preprocess.text.tokenizer."""
     from transferline.text import stages
 
     missing = [str(p) for p in NEEDED if not p.exists()]
+    if params.finetune.text.init_from == "pretrain" and not PRETRAINED.exists():
+        missing.append(str(PRETRAINED))
     if missing:
         raise ExperimentError(f"{', '.join(missing)} not found; run `transferline run --modality text --until pretrain` first")
     root = Path.cwd()
@@ -76,7 +81,8 @@ def run_text_trial(params: Params, trial: TextTrial) -> dict:
     slug = re.sub(r"[^a-z0-9]+", "_", trial.name.lower()).strip("_")
     p = _with(params, trial)
     uses_pipeline_tokens = trial.init_from in ("pretrain", "scratch")
-    with trial_dir("pipeline" if uses_pipeline_tokens else trial.init_from, p):
+    # a model's own tokenization is made per trial: trials may run side by side
+    with trial_dir("pipeline" if uses_pipeline_tokens else f"{trial.init_from}-{slug}", p):
         t0 = time.perf_counter()
         history = stages.train_one(p, trial.init_from, trial.model, trial.strategy, trial.lr, trial.epochs,
                                    Path("models") / slug, Path("reports") / f"{slug}_history.json")
@@ -100,24 +106,44 @@ def run_text_trial(params: Params, trial: TextTrial) -> dict:
     }
 
 
-def text_models(params: Params) -> list[dict]:
-    """Every trial in params.experiments.text_models; writes reports/experiments/text_models.*"""
+def previous_rows(names: list[str]) -> dict[str, dict]:
+    """Rows of an earlier text_models.json for trials still listed in params."""
+    path = OUT / "text_models.json"
+    if not path.is_file():
+        return {}
+    return {r["model"]: r for r in read_json(path) if r.get("model") in names}
+
+
+def text_models(params: Params, only: list[str] | None = None) -> list[dict]:
+    """Every trial in params.experiments.text_models (or those named in `only`; the
+    other listed trials keep their row from the last run); writes reports/experiments/text_models.*"""
     import mlflow
 
     from transferline import tracking
 
     if params.modality != "text":
         raise ExperimentError("params.yaml has modality: image; run `transferline run --modality text --until pretrain` first")
+    trials = params.experiments.text_models
+    names = [t.name for t in trials]
+    unknown = [n for n in only or [] if n not in names]
+    if unknown:
+        raise ExperimentError(f"--trial {unknown[0]!r} is not in experiments.text_models ({', '.join(names)})")
+    results: dict[str, dict] = {}
     tracking.configure(params.tracking)
-    rows = []
+    rows: list[dict] = []
     with mlflow.start_run(run_name="text-models") as parent:
-        for trial in params.experiments.text_models:
+        for trial in trials:
+            if only and trial.name not in only:
+                continue
             log.info("trial: %s", trial.name)
             row = run_text_trial(params, trial)
-            rows.append(row)
+            results[trial.name] = row
             _log_trial(parent.info.run_id, trial.name, trial.model_dump(),
                        {k: row[k] for k in ("test_accuracy", "test_macro_f1", "seconds_per_epoch", "total_seconds")})
             log.info("%s: test accuracy %.4f, %.0f s per epoch", trial.name, row["test_accuracy"], row["seconds_per_epoch"])
+            # re-read before writing: another `--trial` run may have finished a row meanwhile
+            merged = {**(previous_rows(names) if only else {}), **results}
+            rows = [merged[n] for n in names if n in merged]
             write_outputs("text_models", rows, rows)  # partial results survive an interrupted run
         mlflow.log_artifacts(str(OUT), "experiments")
     return rows
