@@ -56,7 +56,7 @@ class TextPretrainParams(_Section):
     heads: int = Field(4, ge=1)
     intermediate: int = Field(512, ge=16)
     dropout: float = Field(0.1, ge=0, lt=1)
-    steps: int = Field(1200, ge=1)
+    steps: int = Field(500, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)

@@ -14,7 +14,6 @@ models/*, reports/*) so dvc.yaml serves both modalities unchanged.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import torch
