@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 WORK = Path(".transferline/experiments/text")
 NEEDED = (Path("data/split/train.jsonl"), Path("data/processed/tokenizer.json"))
 PRETRAINED = Path("models/pretrain/model.safetensors")
+COLUMNS = ("model", "test_accuracy", "test_macro_f1", "seconds_per_epoch", "epochs", "train_texts", "trainable_params",
+           "init_from", "arch", "strategy", "lr", "best_val_accuracy", "total_seconds")
 
 
 @contextlib.contextmanager
@@ -143,7 +145,7 @@ def text_models(params: Params, only: list[str] | None = None) -> list[dict]:
             log.info("%s: test accuracy %.4f, %.0f s per epoch", trial.name, row["test_accuracy"], row["seconds_per_epoch"])
             # re-read before writing: another `--trial` run may have finished a row meanwhile
             merged = {**(previous_rows(names) if only else {}), **results}
-            rows = [merged[n] for n in names if n in merged]
+            rows = [{k: merged[n][k] for k in COLUMNS} for n in names if n in merged]
             write_outputs("text_models", rows, rows)  # partial results survive an interrupted run
         mlflow.log_artifacts(str(OUT), "experiments")
     return rows
