@@ -111,6 +111,11 @@ def evaluate(params: Params) -> dict:
 
 
 def main(params: Params) -> None:
+    if params.modality == "text":
+        from transferline.text import stages
+
+        stages.evaluate(params)
+        return
     evaluate(params)
 
 

@@ -80,6 +80,11 @@ def finetune(params: Params) -> dict[str, list[dict]]:
 
 
 def main(params: Params) -> None:
+    if params.modality == "text":
+        from transferline.text import stages
+
+        stages.finetune(params)
+        return
     finetune(params)
 
 

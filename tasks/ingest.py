@@ -136,6 +136,11 @@ def ingest(cfg: IngestParams, out_dir: Path = RAW) -> dict:
 
 
 def main(params: Params) -> None:
+    if params.modality == "text":
+        from transferline.text import stages
+
+        stages.ingest(params)
+        return
     ingest(params.ingest)
 
 

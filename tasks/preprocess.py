@@ -77,6 +77,11 @@ def load_set(name: str, processed: Path = OUT) -> dict[str, torch.Tensor]:
 
 
 def main(params: Params) -> None:
+    if params.modality == "text":
+        from transferline.text import stages
+
+        stages.preprocess(params)
+        return
     preprocess(params)
 
 

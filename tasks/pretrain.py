@@ -67,6 +67,11 @@ def pretrain(params: Params, out: Path = OUT, history_path: Path = HISTORY) -> l
 
 
 def main(params: Params) -> None:
+    if params.modality == "text":
+        from transferline.text import stages
+
+        stages.pretrain(params)
+        return
     pretrain(params)
 
 

@@ -171,6 +171,11 @@ def register(params: Params, out_path: Path = OUT) -> dict:
 
 
 def main(params: Params) -> None:
+    if params.modality == "text":
+        from transferline.text import register as text_register
+
+        text_register.register(params)
+        return
     register(params)
 
 

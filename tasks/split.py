@@ -103,6 +103,11 @@ def split(cfg: SplitParams, seed: int, raw: Path = RAW, out: Path = OUT, report:
 
 
 def main(params: Params) -> None:
+    if params.modality == "text":
+        from transferline.text import stages
+
+        stages.split(params)
+        return
     split(params.split, params.seed)
 
 

@@ -107,6 +107,11 @@ def validate(params: Params, raw: Path = RAW, report: Path = REPORT) -> dict:
 
 
 def main(params: Params) -> None:
+    if params.modality == "text":
+        from transferline.text import stages
+
+        stages.validate(params)
+        return
     validate(params)
 
 

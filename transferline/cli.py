@@ -27,6 +27,7 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 Stage = enum.Enum("Stage", {s: s for s in STAGES})
+Modality = enum.Enum("Modality", {m: m for m in ("image", "text")})
 
 
 def _params_or_exit(path: Path):
@@ -45,6 +46,8 @@ def run(
     until: Stage = typer.Option(None, help="Stop after this stage (default: run every stage)."),
     params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
     push: bool = typer.Option(True, help="Push data and checkpoints to the DVC remote after a full run."),
+    modality: Modality = typer.Option(None, help="Switch the modality first: writes `modality:` into the "
+                                      "params file (so DVC sees the change) and keeps it for later runs."),
 ) -> None:
     """Run the pipeline as a Prefect flow; DVC skips every stage that is up to date.
 
@@ -52,6 +55,10 @@ def run(
     baseline), evaluate, register. Every run is one MLflow run with a nested
     run per stage.
     """
+    if modality is not None:
+        from transferline.text.switch import set_modality
+
+        set_modality(params, modality.value)
     _params_or_exit(params)
     apply_env_defaults()
     from flows.pipeline import pipeline
@@ -149,6 +156,32 @@ def objectives(params: Path = typer.Option(Path("params.yaml"), help="Parameters
     epochs), fine-tune each on the label budget, and compare the test accuracy
     and the gain over the scratch baseline. Needs only `transferline run --until ingest`."""
     _experiment("objectives", params)
+
+
+@experiment_app.command("text-models")
+def text_models(
+    params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
+    trial: list[str] = typer.Option(None, help="Run only this trial (by name; repeatable); the other "
+                                    "trials keep their row from the last run."),
+) -> None:
+    """Test accuracy and train time per epoch of each text model in params.yaml
+    `experiments.text_models` (MiniLM full / LoRA, our MLM encoder, scratch, BiLSTM).
+    Needs `transferline run --modality text --until pretrain`."""
+    cfg = _params_or_exit(params)
+    apply_env_defaults()
+    import logging
+
+    from transferline import experiments
+    from transferline.text.experiment import text_models as run_text_models
+
+    logging.basicConfig(level=logging.INFO, format="[text-models] %(message)s")
+    try:
+        run_text_models(cfg, trial or None)
+    except experiments.ExperimentError as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(1) from None
+    Console().print((experiments.OUT / "text_models.md").read_text())
+    console.print(f"written to {experiments.OUT}/")
 
 
 if __name__ == "__main__":

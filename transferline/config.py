@@ -16,6 +16,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from transferline.datasets import BUILTIN_IMAGE_SETS
 from transferline.models import MODEL_NAMES
 from transferline.strategies import STRATEGIES
+from transferline.text.params import (
+    DEFAULT_TRIALS,
+    TextFinetuneParams,
+    TextIngestParams,
+    TextPreprocessParams,
+    TextPretrainParams,
+    TextRegisterParams,
+    TextSplitParams,
+    TextTrial,
+    TextValidateParams,
+    check_tokenizer_matches,
+)
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -30,11 +42,13 @@ class IngestParams(Section):
     folder: str = "data/external/target"
     image_size: int = Field(28, ge=8, le=512)
     channels: Literal[1, 3] = 1
+    text: TextIngestParams = TextIngestParams()  # modality: text
 
 
 class ValidateParams(Section):
     min_per_class: int = Field(10, ge=1)
     max_leaked: int = Field(0, ge=0)
+    text: TextValidateParams = TextValidateParams()  # modality: text
 
 
 class SplitParams(Section):
@@ -44,10 +58,12 @@ class SplitParams(Section):
     dedupe: bool = True
     source_val_fraction: float = Field(0.1, gt=0, lt=1)
     source_max_samples: int = Field(20000, ge=20)
+    text: TextSplitParams = TextSplitParams()  # modality: text
 
 
 class PreprocessParams(Section):
     dtype: Literal["float16", "float32"] = "float16"
+    text: TextPreprocessParams = TextPreprocessParams()  # modality: text
 
 
 class TrainParams(Section):
@@ -70,6 +86,7 @@ class PretrainParams(TrainParams):
     mask_ratio: float = Field(0.5, ge=0, lt=1)  # denoising: share of 4x4 patches blanked
     noise_std: float = Field(0.3, ge=0)  # denoising: gaussian noise added to the input
     temperature: float = Field(0.2, gt=0)  # contrastive: NT-Xent temperature
+    text: TextPretrainParams = TextPretrainParams()  # modality: text
 
 
 class FinetuneParams(TrainParams):
@@ -81,6 +98,7 @@ class FinetuneParams(TrainParams):
     unfreeze_every: int = Field(3, ge=1)  # strategy gradual: epochs between unfreezing blocks
     lr_decay: float = Field(0.5, gt=0, le=1)  # strategy discriminative: per-block factor
     train_bn: bool = True  # update batch-norm statistics of frozen blocks
+    text: TextFinetuneParams = TextFinetuneParams()  # modality: text
 
     @model_validator(mode="after")
     def _init_from_exists(self) -> FinetuneParams:
@@ -98,6 +116,7 @@ class EvaluateParams(Section):
 
 class RegisterParams(Section):
     model_name: str = Field("transferline-image", min_length=1)
+    text: TextRegisterParams = TextRegisterParams()  # modality: text
 
 
 Objective = Literal["supervised", "denoising", "contrastive"]
@@ -135,6 +154,7 @@ class ExperimentsParams(Section):
     objectives: list[ObjectiveTrial] = Field(
         [ObjectiveTrial(objective=o) for o in ("supervised", "denoising", "contrastive")], min_length=1)
     workers: int = Field(1, ge=1)  # trials run at once (Prefect mapped tasks); each gets cores/workers threads
+    text_models: list[TextTrial] = Field(DEFAULT_TRIALS, min_length=1)  # `transferline experiment text-models`
 
 
 class TrackingParams(Section):
@@ -146,7 +166,7 @@ class TrackingParams(Section):
 class Params(Section):
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    modality: Literal["image"] = "image"
+    modality: Literal["image", "text"] = "image"
     ingest: IngestParams
     validate_: ValidateParams = Field(alias="validate")
     split: SplitParams
@@ -157,6 +177,17 @@ class Params(Section):
     register_: RegisterParams = Field(alias="register")
     tracking: TrackingParams
     experiments: ExperimentsParams = ExperimentsParams()
+
+    @property
+    def model_name(self) -> str:
+        """The registered model's name for this modality."""
+        return self.register_.text.model_name if self.modality == "text" else self.register_.model_name
+
+    @model_validator(mode="after")
+    def _text_tokenizer_fits_model(self) -> Params:
+        if self.modality == "text":
+            check_tokenizer_matches(self.preprocess.text.tokenizer, self.finetune.text.init_from)
+        return self
 
     @model_validator(mode="after")
     def _budget_fits_builtin_data(self) -> Params:

@@ -90,6 +90,6 @@ def status(cfg: Params) -> dict:
     experiment_id = tracking.configure(cfg.tracking)
     client = mlflow.MlflowClient()
     return {
-        "champion": _champion(client, cfg.register_.model_name),
+        "champion": _champion(client, cfg.model_name),
         "last_run": _last_run(client, experiment_id),
     }

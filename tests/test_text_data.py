@@ -1,0 +1,116 @@
+"""Text ingest (built-in Rotten Tomatoes and user CSV/JSONL/Parquet), validation
+errors that name the file and row, the leak-free split, and the modality switch."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from tasks._stage import StageError
+from text_helpers import tiny_text_raw
+from transferline.config import ParamsError, parse_params
+from transferline.text import data as td
+from transferline.text import stages
+
+REVIEWS = [(f"review number {i} {'loved it' if i % 2 else 'hated it'}", "pos" if i % 2 else "neg") for i in range(40)]
+
+
+def write_user_file(path, fmt: str, rows: list[dict]) -> None:
+    df = pd.DataFrame(rows)
+    if fmt == "csv":
+        df.to_csv(path, index=False)
+    elif fmt == "jsonl":
+        df.to_json(path, orient="records", lines=True)
+    else:
+        df.to_parquet(path)
+
+
+def params_for(path, **ingest) -> object:
+    return parse_params(tiny_text_raw(ingest={"source": "file", "file": str(path), **ingest},
+                                      validate={"min_per_class": 5}, split={"val_per_class": 3, "test_fraction": 0.2}))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_user_file_with_configured_columns_ingests_and_validates(tmp_path, monkeypatch, fmt):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / f"reviews.{fmt}"
+    write_user_file(path, fmt, [{"body": t, "sentiment": y, "other": 1} for t, y in REVIEWS])
+    params = params_for(path, text_column="body", label_column="sentiment")
+    meta = stages.ingest(params)
+    assert meta["target"]["classes"] == ["neg", "pos"] and meta["target"]["n"] == 40
+    rows = td.read_jsonl("data/raw/texts.jsonl")
+    assert rows[3] == {"text": REVIEWS[3][0], "label": "pos", "row": 4, "split": None, "unlabelled": False}
+    report = stages.validate(params)
+    assert report["ok"] and report["class_counts"] == {"neg": 20, "pos": 20}
+    assert report["length"]["words"]["min"] == 5 and report["class_balance"] == 1.0
+    counts = stages.split(params)
+    assert counts["target"] == {"train": 26, "val": 6, "test": 8}
+    test_texts = {r["text"] for r in td.read_jsonl("data/split/test.jsonl")}
+    corpus = {r["text"] for r in td.read_jsonl("data/split/corpus.jsonl")}
+    assert len(corpus) == 32 and not corpus & test_texts  # the MLM corpus never holds a test text
+
+
+def test_wrong_column_name_is_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "reviews.csv"
+    write_user_file(path, "csv", [{"text": t, "label": y} for t, y in REVIEWS])
+    with pytest.raises(StageError, match=r"reviews.csv: no column 'sentiment' \(ingest.text.label_column\)"):
+        stages.ingest(params_for(path, label_column="sentiment"))
+
+
+def test_validation_names_file_and_rows_of_empty_texts_missing_labels_and_leaks(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rows = [{"text": t, "label": y, "part": "train"} for t, y in REVIEWS]
+    rows[5]["text"] = "   "  # empty
+    rows[7]["label"] = None  # missing label
+    rows[9]["part"] = "test"
+    rows[9]["text"] = rows[2]["text"]  # same text in test and train
+    path = tmp_path / "reviews.csv"
+    write_user_file(path, "csv", rows)
+    (tmp_path / "bad.csv").write_bytes(path.read_bytes().replace(b"review number 12 ", b"review \xff\xfe 12 "))
+    params = params_for(tmp_path / "bad.csv", split_column="part")
+    stages.ingest(params)
+    with pytest.raises(StageError) as err:
+        stages.validate(params)
+    msg = str(err.value)
+    assert "bad.csv: 2 row(s) with an empty or non-decodable text (empty, not UTF-8 (undecodable bytes)): row 6, 13" in msg
+    assert "bad.csv: 1 row(s) without a label: row 8" in msg
+    assert "bad.csv: row 10 (test) has the same text as row 3 (train)" in msg
+    report = json.loads((tmp_path / "reports/validate.json").read_text())
+    assert report["leaked_across_splits"] == 1 and report["missing_labels"] == 1 and not report["ok"]
+    assert not (tmp_path / "data/split").exists()
+
+
+def test_rotten_tomatoes_builtin_labelled_and_corpus(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = parse_params(tiny_text_raw())
+    meta = stages.ingest(params)
+    assert meta["target"]["classes"] == ["fresh", "rotten"]
+    report = stages.validate(params)
+    # DESIGN.md: fresh 7,368 / rotten 5,384 after dropping "plot" rows and duplicate texts
+    assert report["class_counts"]["fresh"] == 7368 and abs(report["class_counts"]["rotten"] - 5384) <= 2
+    assert report["unlabelled"] > 1000 and report["duplicate_texts"] == 0
+    counts = stages.split(params)
+    assert counts["target"]["train"] == 80 and counts["corpus"] == 400
+
+
+def test_text_params_are_checked():
+    with pytest.raises(ParamsError, match="finetune.text.strategy"):
+        parse_params(tiny_text_raw(finetune={"strategy": "sideways"}))
+    with pytest.raises(ParamsError, match="finetune.text.colour: unknown key"):
+        parse_params(tiny_text_raw(finetune={"colour": 1}))
+    with pytest.raises(ParamsError, match="preprocess.text.tokenizer must be 'minilm'"):
+        parse_params(tiny_text_raw(finetune={"init_from": "minilm"}))
+    assert parse_params(tiny_text_raw()).model_name == "transferline-text"
+
+
+def test_modality_switch_rewrites_only_that_line(tmp_path):
+    from transferline.text.switch import set_modality
+
+    path = tmp_path / "params.yaml"
+    path.write_text("# top\nseed: 1\nmodality: image   # image | text\nsplit:\n  modality: x\n")
+    assert set_modality(path, "text")
+    assert path.read_text() == "# top\nseed: 1\nmodality: text  # image | text\nsplit:\n  modality: x\n"
+    assert not set_modality(path, "text")

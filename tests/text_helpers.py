@@ -1,0 +1,22 @@
+"""Tiny text parameters for tests: a 1-layer encoder, a few dozen labelled texts."""
+
+from __future__ import annotations
+
+from conftest import tiny_raw_params
+
+TINY_TEXT = {
+    "split": {"test_fraction": 0.02, "labels_per_class": 40, "val_per_class": 15, "corpus_max_texts": 400},
+    "preprocess": {"vocab_size": 800, "max_length": 32},
+    "pretrain": {"layers": 1, "hidden": 32, "heads": 2, "intermediate": 64, "steps": 12, "batch_size": 32,
+                 "eval_every": 6, "warmup_steps": 2},
+    "finetune": {"epochs": 2, "batch_size": 16, "lr": 0.001, "baseline_lr": 0.001},
+}
+
+
+def tiny_text_raw(**text: dict) -> dict:
+    """params.yaml as a dict with modality: text and tiny `text:` sub-sections; `text` overrides them."""
+    raw = tiny_raw_params()
+    raw["modality"] = "text"
+    for section in {*TINY_TEXT, *text}:
+        raw[section]["text"] = {**raw[section].get("text", {}), **TINY_TEXT.get(section, {}), **text.get(section, {})}
+    return raw

