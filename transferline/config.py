@@ -93,6 +93,25 @@ class RegisterParams(Section):
     model_name: str = Field("transferline-image", min_length=1)
 
 
+class MetricGate(Section):
+    """One metric of the promotion gate: the challenger needs `min` on its own and must
+    beat the champion by at least `margin_abs` and by at least `margin_rel` x champion."""
+
+    min: float = Field(0.0, ge=0, le=1)
+    margin_abs: float = Field(0.0, ge=0, le=1)
+    margin_rel: float = Field(0.0, ge=0, le=1)
+
+
+class PromoteParams(Section):
+    # metric (as tasks/evaluate.py names it, scored on the test split) -> its gate
+    metrics: dict[Literal["accuracy", "macro_f1"], MetricGate] = Field(
+        default_factory=lambda: {"accuracy": MetricGate(min=0.5, margin_abs=0.005), "macro_f1": MetricGate(min=0.5)},
+        min_length=1,
+    )
+    lock: str = "auto"  # auto | a lock file path | postgresql://... (advisory lock); env TRANSFERLINE_PROMOTE_LOCK wins
+    lock_timeout_s: float = Field(600, gt=0)
+
+
 class ExperimentsParams(Section):
     """Read by `transferline experiment ...`, not by a pipeline stage."""
 
@@ -120,6 +139,7 @@ class Params(Section):
     evaluate: EvaluateParams
     register_: RegisterParams = Field(alias="register")
     tracking: TrackingParams
+    promote: PromoteParams = PromoteParams()
     experiments: ExperimentsParams = ExperimentsParams()
 
     @model_validator(mode="after")
