@@ -232,15 +232,19 @@ def run_gate(params: Params, version: str | None = None, test: TestSet | None = 
     _check_version(client, name, version)
     test = test or load_test_set()
     gates = params.promote.metrics
+    t1 = time.perf_counter()
     challenger = score_version(name, version, test)  # outside the lock: it does not depend on the champion
+    timings = {"challenger_scoring_s": round(time.perf_counter() - t1, 3)}
     with gate_lock(params.promote, name) as lock:
         champion_version = current_champion(client, name)  # re-read inside the lock
+        t2 = time.perf_counter()
         if champion_version == version:
             decision, reason, checks = "already_champion", f"version {version} is already the champion", []
             champion = dict(challenger)
         else:
             champion = score_version(name, champion_version, test) if champion_version else None
             decision, reason, checks = decide(gates, challenger, champion)
+        timings["champion_scoring_s"] = round(time.perf_counter() - t2, 3)
         report = {
             "decision": decision,
             "reason": reason,
@@ -261,6 +265,7 @@ def run_gate(params: Params, version: str | None = None, test: TestSet | None = 
         lock_info = lock.info()
     report["lock"] = lock_info
     report["seconds"] = round(time.perf_counter() - t0, 3)
+    report["timings"] = timings
     log.info("%s version %s: %s (%s); champion is %s", name, version, decision, reason, champion_version)
     return report
 
