@@ -2,7 +2,7 @@
 # A throw-away MLflow tracking server backed by PostgreSQL, on loopback.
 #
 #   scripts/mlflow-postgres.sh start DIR   # initdb + postgres + mlflow server; writes DIR/env
-#   scripts/mlflow-postgres.sh stop DIR    # stops both; DIR can then be deleted
+#   scripts/mlflow-postgres.sh stop DIR    # stops both, deletes the cluster; DIR can then be deleted
 #
 # After `start`, `source DIR/env` points transferline at the server:
 #   MLFLOW_TRACKING_URI=http://127.0.0.1:<port>          (runs, registry, artifacts)
@@ -45,28 +45,30 @@ free_port() {
 start() {
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
-  local pgdata="$dir/pgdata" initdb pg_ctl pgport port
+  local pgroot initdb pg_ctl pgport port
   initdb=$(pg_bin initdb)
   pg_ctl=$(pg_bin pg_ctl)
-  mkdir -p "$pgdata" "$dir/run" "$dir/artifacts"
-  if [[ $(id -u) -eq 0 ]]; then
-    # The postgres user must reach the folder: open the path's parents for traversal.
-    chown postgres "$pgdata" "$dir/run"
-    p="$dir"; while [[ "$p" != "/" ]]; do chmod o+x "$p" 2>/dev/null || true; p=$(dirname "$p"); done
-  fi
-  as_owner "$initdb" -D "$pgdata" -U postgres --auth=trust -E UTF8 >"$dir/initdb.log" 2>&1 \
+  mkdir -p "$dir/artifacts"
+  # The cluster lives in its own temp folder owned by its user, so the postgres
+  # user never needs access to DIR (which may sit under a private folder).
+  pgroot=$(mktemp -d "${TMPDIR:-/tmp}/transferline-pg.XXXXXX")
+  echo "$pgroot" >"$dir/pgroot"
+  mkdir -p "$pgroot/data" "$pgroot/run"
+  if [[ $(id -u) -eq 0 ]]; then chown -R postgres "$pgroot"; fi
+  as_owner "$initdb" -D "$pgroot/data" -U postgres --auth=trust -E UTF8 >"$dir/initdb.log" 2>&1 \
     || { cat "$dir/initdb.log" >&2; exit 1; }
   pgport=$(free_port)
-  as_owner "$pg_ctl" -D "$pgdata" -l "$dir/run/postgres.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $pgport -k $dir/run" start >/dev/null \
-    || { cat "$dir/run/postgres.log" >&2; exit 1; }
+  as_owner "$pg_ctl" -D "$pgroot/data" -l "$pgroot/run/postgres.log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -p $pgport -k $pgroot/run" start >/dev/null \
+    || { cat "$pgroot/run/postgres.log" >&2; exit 1; }
   local psql
   psql=$(pg_bin psql)
   "$psql" -h 127.0.0.1 -p "$pgport" -U postgres -q -c "CREATE DATABASE mlflow" >/dev/null
   local db="postgresql://postgres@127.0.0.1:$pgport/mlflow"
 
   port=$(free_port)
-  MLFLOW_DISABLE_TELEMETRY=true setsid "$PYTHON" -m mlflow server \
+  # No background job runner (GenAI evaluation jobs): it forks a dozen workers we do not use.
+  MLFLOW_DISABLE_TELEMETRY=true MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid "$PYTHON" -m mlflow server \
     --backend-store-uri "${db/postgresql:/postgresql+psycopg2:}" --artifacts-destination "$dir/artifacts" \
     --host 127.0.0.1 --port "$port" --workers 2 >"$dir/mlflow.log" 2>&1 &
   echo $! >"$dir/mlflow.pid"
@@ -97,12 +99,18 @@ stop() {
     pid=$(cat "$dir/mlflow.pid")
     # setsid made the server lead its own process group (it and its workers).
     kill -TERM -- "-$pid" 2>/dev/null || true
-    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    for _ in $(seq 1 10); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     kill -KILL -- "-$pid" 2>/dev/null || true
     rm -f "$dir/mlflow.pid"
   fi
-  if [[ -f "$dir/pgdata/postmaster.pid" ]]; then
-    as_owner "$(pg_bin pg_ctl)" -D "$dir/pgdata" -m fast -w stop >/dev/null || true
+  if [[ -f "$dir/pgroot" ]]; then
+    local pgroot
+    pgroot=$(cat "$dir/pgroot")
+    if [[ -f "$pgroot/data/postmaster.pid" ]]; then
+      as_owner "$(pg_bin pg_ctl)" -D "$pgroot/data" -m fast -w stop >/dev/null || true
+    fi
+    case "$pgroot" in */transferline-pg.*) rm -rf "$pgroot" ;; esac
+    rm -f "$dir/pgroot"
   fi
 }
 
