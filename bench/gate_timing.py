@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import tempfile
 from pathlib import Path
@@ -73,6 +74,20 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"gate_timing{'-' + args.label if args.label else ''}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
+    if not args.label:
+        readme = ROOT / "README.md"
+        k = result["kept"][0]["timings"]
+        table = (
+            f"Gate timing (`uv run python bench/gate_timing.py`, {result['machine']}, SQLite registry, "
+            f"{test.n} test images): one decision takes **{result['gate_decision_s_median']:.2f} s** "
+            f"(median of {args.repeat}; min {result['gate_decision_s_min']:.2f}, max "
+            f"{result['gate_decision_s_max']:.2f}); scoring the challenger {k['challenger_scoring_s']:.2f} s and "
+            f"the champion {k['champion_scoring_s']:.2f} s of it (load from the registry + predict). "
+            f"Results: `bench/results/gate_timing.json`.\n"
+        )
+        text = re.sub(r"<!-- gate-bench:start -->.*<!-- gate-bench:end -->",
+                      f"<!-- gate-bench:start -->\n{table}<!-- gate-bench:end -->", readme.read_text(), flags=re.S)
+        readme.write_text(text)
     print(json.dumps(result, indent=2))
 
 

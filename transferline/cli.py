@@ -232,7 +232,7 @@ def history(
 
 @app.command()
 def lineage(
-    ref: str = typer.Argument("transferline-image@champion", help="NAME@ALIAS or NAME/VERSION."),
+    ref: str = typer.Argument(None, help="NAME@ALIAS or NAME/VERSION (default: register.model_name@champion)."),
     restore: bool = typer.Option(False, "--restore", help="Check out that version's exact data and checkpoints "
                                  "with DVC (the current dvc.lock is saved in .transferline/lineage/)."),
     force: bool = typer.Option(False, "--force", help="With --restore: overwrite outs holding unrecorded changes."),
@@ -249,6 +249,7 @@ def lineage(
 
     tracking.configure(cfg.tracking)
     client = mlflow.MlflowClient()
+    ref = ref or f"{cfg.register_.model_name}@champion"
     info = _registry_call(lin.describe, client, ref)
     if restore:
         info["restore"] = _registry_call(lin.restore, client, ref, force)
