@@ -67,7 +67,10 @@ def load_test_set(split: Path = TEST_SPLIT, meta: Path = META) -> TestSet:
     if "x_test" not in arrays or "y_test" not in arrays:
         raise PromotionError(f"{split}: no x_test/y_test arrays; re-run the split stage")
     classes = [str(c) for c in read_json(meta)["target"]["classes"]]
-    return TestSet(arrays["x_test"], [classes[int(i)] for i in arrays["y_test"]], str(split))
+    x = arrays["x_test"]
+    if x.ndim == 4 and x.shape[1] == 1:
+        x = x[:, 0]  # greyscale (N, 1, H, W) -> (N, H, W): the layout the registered signature promises
+    return TestSet(x, [classes[int(i)] for i in arrays["y_test"]], str(split))
 
 
 def scores(y_true: list[str], y_pred: list[str]) -> dict[str, float]:
