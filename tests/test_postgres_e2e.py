@@ -133,7 +133,7 @@ def test_pipeline_on_postgres_lineage_restore_and_serving(tmp_path, server):
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         body = json.dumps({"inputs": x_test.tolist()}).encode()
-        deadline, answer = time.time() + 240, None
+        deadline, answer = time.time() + 420, None
         while time.time() < deadline and serve.poll() is None:
             try:
                 req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,

@@ -110,7 +110,7 @@ def test_gate_worse_keeps_better_takes_rollback_and_force(registry):
     assert report["challenger"]["accuracy"] >= medium_acc + GATES["accuracy"]["margin_abs"]
     assert report["champion"] == {"version": v2, **{k: report["champion"][k] for k in ("accuracy", "macro_f1")}}
 
-    # 5. the champion champion is re-scored, so a margin it cannot meet keeps it
+    # 5. a margin no challenger can meet keeps the champion (gating an older version on demand)
     strict = parse_params({**raw_params(Path(params.tracking.artifact_root).parent),
                            "promote": {"metrics": {"accuracy": {"min": 0.0, "margin_abs": 0.5}}}})
     report = promotion.run_gate(strict, v2)
