@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger, task
 from prefect.context import get_run_context
 
 from transferline.config import load_params
-from transferline.dvcrun import RUN_ID_ENV, STAGES, StageResult, dag_stages, repro_stage
+from transferline.dvcrun import FLOW_RUN_ENV, RUN_ID_ENV, STAGES, StageResult, dag_stages, repro_stage
 from transferline.runlog import log_stage
 
 
@@ -32,7 +32,9 @@ def run_stage(stage: str, parent_run_id: str, experiment_id: str, params_path: s
     child = client.create_run(experiment_id, run_name=stage, tags={"mlflow.parentRunId": parent_run_id, "stage": stage})
     run_id = child.info.run_id
     try:
-        result = repro_stage(stage, env={RUN_ID_ENV: run_id})
+        from prefect.runtime import flow_run
+
+        result = repro_stage(stage, env={RUN_ID_ENV: run_id, FLOW_RUN_ENV: str(flow_run.id or "")})
         raw = yaml.safe_load(Path(params_path).read_text())
         log_stage(client, run_id, stage, raw, result.ran, result.seconds)
     except Exception:
@@ -54,7 +56,7 @@ def push() -> None:
 
 @flow(name="transferline", log_prints=True)
 def pipeline(until: str | None = None, params_path: str = "params.yaml", push_remote: bool = True) -> dict:
-    """ingest -> validate -> split -> preprocess -> pretrain -> finetune -> evaluate -> register."""
+    """ingest -> validate -> split -> preprocess -> pretrain -> finetune -> evaluate -> register -> promote."""
     import mlflow
 
     from transferline import tracking
@@ -65,7 +67,7 @@ def pipeline(until: str | None = None, params_path: str = "params.yaml", push_re
     flow_run_id = str(get_run_context().flow_run.id)
     t0 = time.perf_counter()
     with mlflow.start_run(run_name="pipeline", tags={"prefect.flow_run_id": flow_run_id, **tracking.git_info()}) as run:
-        mlflow.log_param("until", until or "register")
+        mlflow.log_param("until", until or STAGES[-1])
         results = [run_stage.with_options(name=s)(s, run.info.run_id, experiment_id, params_path) for s in stages]
         if push_remote and until is None:
             push()

@@ -3,9 +3,9 @@
 The logged model is transferline/serving.py (a pyfunc "model from code")
 with the weights and the preprocessing stats as artifacts, so the registry
 holds everything needed to classify raw images. The version is tagged with
-its test metrics, git commit and the DVC hashes of its inputs. The first
-registered version becomes `champion`; later ones wait for a promotion.
-Output: reports/register.json.
+its test metrics and its lineage (transferline/lineage.py: git commit, DVC
+hashes, params, MLflow and Prefect run ids). Whether it becomes `champion`
+is the promote stage's decision. Output: reports/register.json.
 """
 
 from __future__ import annotations
@@ -119,14 +119,13 @@ def register(params: Params, out_path: Path = OUT) -> dict:
     import mlflow
     from mlflow.models import infer_signature
 
-    from transferline import tracking
+    from transferline import lineage, tracking
     from transferline.serving import ImageClassifier
 
     prep, metrics = read_inputs()
     flat = flatten_metrics(metrics)
     name = params.register_.model_name
     provenance = {**tracking.git_info(), **tracking.dvc_hashes()}
-    version_tags = {**{k: f"{v:.6g}" for k, v in flat.items()}, **provenance}
 
     tracking.configure(params.tracking)
     client = mlflow.MlflowClient()
@@ -146,27 +145,23 @@ def register(params: Params, out_path: Path = OUT) -> dict:
         )
         mlflow.log_metrics(flat)
         mlflow.set_tags(provenance)
+        lineage.log_files(client, run_id)
+        version_tags = {**{k: f"{v:.6g}" for k, v in flat.items()}, **lineage.collect(client, run_id)}
     model_version = str(info.registered_model_version)
     for key, value in version_tags.items():
         client.set_model_version_tag(name, model_version, key, value)
 
     champion = client.get_registered_model(name).aliases.get(CHAMPION)
-    became = champion is None
-    if became:
-        client.set_registered_model_alias(name, CHAMPION, model_version)
-        champion = model_version
     summary = {
         "name": name,
         "version": model_version,
         "run_id": run_id,
-        "champion_version": str(champion),
-        "became_champion": became,
+        "champion_version": None if champion is None else str(champion),
+        "became_champion": False,  # kept for readers of this file; the promote stage decides
     }
     write_json(out_path, summary)
-    log.info(
-        "registered %s version %s (run %s); champion is version %s%s",
-        name, model_version, run_id, champion, " (new)" if became else "",
-    )
+    log.info("registered %s version %s (run %s); champion is version %s until the promote stage decides",
+             name, model_version, run_id, champion)
     return summary
 
 

@@ -47,6 +47,8 @@ def test_pipeline_end_to_end(tmp_path):
     assert json.loads(status.stdout) == {}
     assert any((project / ".remote").rglob("*")), "dvc push sent nothing to the remote"
 
+    promoted = json.loads((project / "reports/promote.json").read_text())
+    assert promoted["decision"] == "first_champion", promoted
     info = json.loads(transferline(project, "status", "--json").stdout)
     assert info["champion"]["name"] == "transferline-image" and info["champion"]["version"] == "1"
     assert info["champion"]["metrics"]["test_accuracy"] == pytest.approx(metrics["finetune"]["accuracy"])
@@ -65,10 +67,13 @@ def test_pipeline_end_to_end(tmp_path):
     third = transferline(project, "run")
     assert third.returncode == 0, third.stderr[-3000:]
     ran, skipped = ran_and_skipped(third)
-    assert ran.split(", ") == ["finetune", "evaluate", "register"], third.stderr[-2000:]
+    assert ran.split(", ") == ["finetune", "evaluate", "register", "promote"], third.stderr[-2000:]
     assert skipped.split(", ") == ["ingest", "validate", "split", "preprocess", "pretrain"]
     info = json.loads(transferline(project, "status", "--json").stdout)
-    assert info["champion"]["version"] == "1"  # version 2 registered, champion kept (no gate yet)
+    promoted = json.loads((project / "reports/promote.json").read_text())  # version 2 went through the gate
+    assert promoted["challenger"]["version"] == "2" and promoted["champion"]["version"] == "1"
+    assert promoted["decision"] in ("promoted", "kept")
+    assert info["champion"]["version"] == promoted["champion_after"] == ("2" if promoted["decision"] == "promoted" else "1")
 
     # the MLflow parent run has a nested run per stage and lineage tags
     import mlflow
@@ -80,7 +85,7 @@ def test_pipeline_end_to_end(tmp_path):
     latest = max(parents, key=lambda r: r.info.start_time)
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == latest.info.run_id]
     assert sorted(c.info.run_name for c in children) == sorted(
-        ["ingest", "validate", "split", "preprocess", "pretrain", "finetune", "evaluate", "register"])
+        ["ingest", "validate", "split", "preprocess", "pretrain", "finetune", "evaluate", "register", "promote"])
     assert latest.data.tags["dvc.models/finetune"].endswith(".dir")
     assert "dvc.data/processed" in latest.data.tags and "git.commit" in latest.data.tags
     ft = next(c for c in children if c.info.run_name == "finetune")

@@ -94,14 +94,17 @@ def test_register_twice_keeps_first_champion_and_serves(env: Path) -> None:
     assert status(params)["champion"] is None  # a new, empty store
 
     first = register(params)
-    assert first["version"] == "1" and first["became_champion"] is True
+    # register never sets the alias: the promote stage decides (tests/test_promote.py)
+    assert first["version"] == "1" and first["became_champion"] is False and first["champion_version"] is None
     assert json.loads(Path("reports/register.json").read_text()) == first
 
     client = mlflow.MlflowClient()
-    assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
+    assert client.get_registered_model(MODEL_NAME).aliases == {}
+    client.set_registered_model_alias(MODEL_NAME, "champion", "1")
     tags = client.get_model_version(MODEL_NAME, "1").tags
     assert float(tags["test_accuracy"]) == pytest.approx(0.8)
-    assert {"git.commit", "git.dirty"} <= tags.keys()
+    assert {"git.commit", "git.dirty", "lineage.prefect_flow_run_id", "lineage.params_sha256"} <= tags.keys()
+    assert tags["lineage.mlflow_run_id"] == first["run_id"]
     run = client.get_run(first["run_id"])
     assert run.info.run_name == "register"
     assert run.data.metrics["transfer_gain_accuracy"] == pytest.approx(0.2)

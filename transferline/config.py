@@ -145,6 +145,25 @@ class ObjectiveTrial(Section):
         return "_".join(parts)
 
 
+class MetricGate(Section):
+    """One metric of the promotion gate: the challenger needs `min` on its own and must
+    beat the champion by at least `margin_abs` and by at least `margin_rel` x champion."""
+
+    min: float = Field(0.0, ge=0, le=1)
+    margin_abs: float = Field(0.0, ge=0, le=1)
+    margin_rel: float = Field(0.0, ge=0, le=1)
+
+
+class PromoteParams(Section):
+    # metric (as tasks/evaluate.py names it, scored on the test split) -> its gate
+    metrics: dict[Literal["accuracy", "macro_f1"], MetricGate] = Field(
+        default_factory=lambda: {"accuracy": MetricGate(min=0.5, margin_abs=0.005), "macro_f1": MetricGate(min=0.5)},
+        min_length=1,
+    )
+    lock: str = "auto"  # auto | a lock file path | postgresql://... (advisory lock); env TRANSFERLINE_PROMOTE_LOCK wins
+    lock_timeout_s: float = Field(600, gt=0)
+
+
 class ExperimentsParams(Section):
     """Read by `transferline experiment ...`, not by a pipeline stage."""
 
@@ -176,6 +195,7 @@ class Params(Section):
     evaluate: EvaluateParams
     register_: RegisterParams = Field(alias="register")
     tracking: TrackingParams
+    promote: PromoteParams = PromoteParams()
     experiments: ExperimentsParams = ExperimentsParams()
 
     @property

@@ -26,8 +26,10 @@ class StageFailed(RuntimeError):
 
 
 # The flow's stage order; a test checks it is a topological order of dvc.yaml.
-STAGES = ("ingest", "validate", "split", "preprocess", "pretrain", "finetune", "evaluate", "register")
+STAGES = ("ingest", "validate", "split", "preprocess", "pretrain", "finetune", "evaluate", "register",
+          "promote")
 RUN_ID_ENV = "TRANSFERLINE_MLFLOW_RUN_ID"  # tells a stage which MLflow run is its own
+FLOW_RUN_ENV = "TRANSFERLINE_PREFECT_FLOW_RUN_ID"  # the Prefect flow run a stage belongs to (lineage)
 
 # DVC's hints about git staging; the flow handles pushing itself.
 NOISE = ("To track the changes with git", "git add ", "To enable auto staging", "dvc config core.autostage",

@@ -9,8 +9,8 @@ from transferline.config import Params
 
 CHAMPION = "champion"
 PARENT_TAG = "mlflow.parentRunId"
-# Version tags that are provenance, not metrics (see tasks/register.py).
-PROVENANCE_PREFIXES = ("git.", "dvc.", "mlflow.")
+# Version tags that are provenance or gate records, not metrics (tasks/register.py, transferline/promotion.py).
+PROVENANCE_PREFIXES = ("git.", "dvc.", "mlflow.", "lineage.", "params.", "promote.", "champion.")
 
 
 def _iso(millis: int | None) -> str | None:
