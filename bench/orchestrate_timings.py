@@ -1,0 +1,103 @@
+"""Benchmark: a fresh clone restored from the DVC remote, and the time of a
+"nothing to do" check (from the CLI and as a scheduled deployment run on a
+real Prefect server with a process worker).
+
+Clones the committed repository (default params, its dvc.lock), points the
+clone at the DVC remote holding that lock's data, `dvc pull`s, then times:
+`transferline run` (every stage must be skipped), `transferline check`
+(must say nothing to do), and a run of the `transferline-check` deployment
+on a fresh `prefect server` (trigger -> COMPLETED, and the flow run's own
+duration from the API). Writes bench/results/orchestrate_timings.json.
+
+    uv run python bench/orchestrate_timings.py --remote PATH_OF_THE_DVC_REMOTE [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from transferline.dvcrun import STAGES
+from transferline.prefectserver import prefect_cli, prefect_server, process_worker, trigger, wait_for_run
+from transferline.scaffold import ROOT
+
+RESULTS = ROOT / "bench/results/orchestrate_timings.json"
+
+
+def timed(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
+    return round(seconds, 2), done
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--remote", required=True, help="the DVC remote holding the data of the committed dvc.lock")
+    parser.add_argument("--workdir", type=Path, default=None, help="where to clone")
+    args = parser.parse_args()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="transferline-orch-"))
+    clone = work / "clone"
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "remote", "modify", "--local", "local", "url", str(Path(args.remote).resolve())],
+                   cwd=clone, check=True)
+    tl = [sys.executable, "-m", "transferline.cli"]
+    env = {"PREFECT_HOME": str(clone / ".transferline/prefect")}
+    env = {k: v for k, v in {**os.environ, **env}.items() if k != "PREFECT_API_URL"}
+
+    pull_s, _ = timed([*dvc, "pull", "--quiet"], clone)
+    run_s, run = timed([*tl, "run"], clone, env)
+    text = " ".join(run.stderr.split())
+    ran = text.split("ran: ")[-1].split(" skipped:")[0]
+    skipped = text.split("skipped: ")[-1].split(" test accuracy")[0].split(" done in")[0]
+    checks = []
+    for _ in range(3):
+        seconds, done = timed([*tl, "check"], clone, env)
+        inner = re.search(r"checked in ([\d.]+) s", " ".join(done.stderr.split()))
+        assert "nothing to do" in done.stderr, done.stderr[-2000:]
+        checks.append({"wall_s": seconds, "flow_s": float(inner.group(1)) if inner else None})
+
+    # the same check as a scheduled deployment on a real server
+    home = work / "prefect-server"
+    t0 = time.perf_counter()
+    with prefect_server(home) as api:
+        server_s = round(time.perf_counter() - t0, 1)
+        prefect_cli(home, api, "work-pool", "create", "transferline", "--type", "process")
+        timed([*tl, "deploy", "--name", "bench"], clone, {**env, "PREFECT_API_URL": api})
+        with process_worker(home, api, "transferline"):
+            deployed = []
+            for _ in range(2):  # the first includes the worker's start
+                t0 = time.perf_counter()
+                run_id = trigger(home, api, "transferline-check/bench")
+                state = wait_for_run(api, run_id, timeout=600)
+                wall = round(time.perf_counter() - t0, 2)
+                assert state["state"]["type"] == "COMPLETED", (home / "worker.log").read_text()[-3000:]
+                deployed.append({"trigger_to_completed_s": wall, "flow_run_s": round(state["total_run_time"], 2)})
+
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "commit": commit,
+        "fresh_clone": {"dvc_pull_s": pull_s, "run_s": run_s, "ran": ran, "skipped": skipped,
+                        "every_stage_skipped": ran.startswith("nothing") and skipped == ", ".join(STAGES)},
+        "check_nothing_to_do_cli": checks,
+        "check_nothing_to_do_deployment": {"server_start_s": server_s, "runs": deployed},
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
