@@ -47,7 +47,7 @@ def registry(project: Path) -> tuple[int, str | None]:
     client = MlflowClient(tracking_uri=f"sqlite:///{project}/.transferline/mlflow.db")
     versions = client.search_model_versions("name='transferline-image'")
     champion = client.get_registered_model("transferline-image").aliases.get("champion")
-    return len(versions), champion
+    return len(versions), None if champion is None else str(champion)
 
 
 # --- a real server: deploy, worker, trigger; then a fresh clone pulls and skips everything ---------------
