@@ -2,14 +2,16 @@
 "nothing to do" check (from the CLI and as a scheduled deployment run on a
 real Prefect server with a process worker).
 
-Clones the committed repository (default params, its dvc.lock), points the
-clone at the DVC remote holding that lock's data, `dvc pull`s, then times:
+Builds a throw-away copy of the project with the default params.yaml, runs
+the pipeline once (which pushes to the project's DVC remote) and commits it;
+or, with --remote, uses this repository's committed dvc.lock and the given
+remote. Then clones it, points the clone at the remote, `dvc pull`s, and times:
 `transferline run` (every stage must be skipped), `transferline check`
 (must say nothing to do), and a run of the `transferline-check` deployment
 on a fresh `prefect server` (trigger -> COMPLETED, and the flow run's own
 duration from the API). Writes bench/results/orchestrate_timings.json.
 
-    uv run python bench/orchestrate_timings.py --remote PATH_OF_THE_DVC_REMOTE [--workdir DIR]
+    uv run python bench/orchestrate_timings.py [--workdir DIR] [--remote PATH_OF_THE_DVC_REMOTE]
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 from transferline.dvcrun import STAGES
 from transferline.prefectserver import prefect_cli, prefect_server, process_worker, trigger, wait_for_run
-from transferline.scaffold import ROOT
+from transferline.scaffold import ROOT, make_project
 
 RESULTS = ROOT / "bench/results/orchestrate_timings.json"
 
@@ -43,17 +47,28 @@ def timed(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[float, su
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--remote", required=True, help="the DVC remote holding the data of the committed dvc.lock")
+    parser.add_argument("--remote", help="clone this repository and pull from this remote (it must hold the "
+                        "data of the committed dvc.lock) instead of building and running a copy")
     parser.add_argument("--workdir", type=Path, default=None, help="where to clone")
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="transferline-orch-"))
     clone = work / "clone"
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     dvc = [sys.executable, "-m", "dvc"]
-    subprocess.run([*dvc, "remote", "modify", "--local", "local", "url", str(Path(args.remote).resolve())],
-                   cwd=clone, check=True)
     tl = [sys.executable, "-m", "transferline.cli"]
+    source_run = None
+    if args.remote:
+        origin, remote = ROOT, Path(args.remote).resolve()
+    else:
+        origin = make_project(work / "origin", yaml.safe_load((ROOT / "params.yaml").read_text()))
+        remote = origin / ".remote"
+        (origin / ".git/info/exclude").write_text(".remote/\n")
+        source_run, _ = timed([*tl, "run"], origin, {"PREFECT_HOME": str(origin / ".transferline/prefect")})
+        git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+        subprocess.run([*git, "add", "-A"], cwd=origin, check=True)
+        subprocess.run([*git, "commit", "-qm", "a full run"], cwd=origin, check=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=origin, capture_output=True, text=True).stdout.strip()
+    subprocess.run(["git", "clone", "-q", str(origin), str(clone)], check=True)
+    subprocess.run([*dvc, "remote", "modify", "--local", "local", "url", str(remote)], cwd=clone, check=True)
     env = {"PREFECT_HOME": str(clone / ".transferline/prefect")}
     env = {k: v for k, v in {**os.environ, **env}.items() if k != "PREFECT_API_URL"}
 
@@ -88,7 +103,9 @@ def main() -> None:
 
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "origin": "this repository (--remote)" if args.remote else "a copy with the default params.yaml",
         "commit": commit,
+        "origin_full_run_s": source_run,
         "fresh_clone": {"dvc_pull_s": pull_s, "run_s": run_s, "ran": ran, "skipped": skipped,
                         "every_stage_skipped": ran.startswith("nothing") and skipped == ", ".join(STAGES)},
         "check_nothing_to_do_cli": checks,

@@ -24,11 +24,16 @@ def work_pool_exists(name: str) -> bool:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
+    import httpx
+
     with get_client(sync_client=True) as client:
         try:
             client.read_work_pool(name)
         except ObjectNotFound:
             return False
+        except httpx.HTTPError as err:
+            raise DeployError(f"cannot reach the Prefect server at {client.api_url} ({err}); is "
+                              "`prefect server start` running and PREFECT_API_URL right?") from None
     return True
 
 

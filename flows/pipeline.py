@@ -35,7 +35,7 @@ def run_stage(stage: str, parent_run_id: str, experiment_id: str, params_path: s
     child = client.create_run(experiment_id, run_name=stage, tags={"mlflow.parentRunId": parent_run_id, "stage": stage})
     run_id = child.info.run_id
     try:
-        result = repro_stage(stage, env={RUN_ID_ENV: run_id})
+        result = repro_stage(stage, env={RUN_ID_ENV: run_id}, on_line=logger.info)
         raw = yaml.safe_load(Path(params_path).read_text())
         log_stage(client, run_id, stage, raw, result.ran, result.seconds)
     except Exception:

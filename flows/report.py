@@ -9,6 +9,7 @@ the run goes, a progress artifact counts finished stages.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -111,6 +112,14 @@ def markdown(stages: list[str], results: list[dict], link: str, seconds: float,
 def publish(stages: list[str], results: list[dict], link: str, seconds: float,
             error: str | None = None, failed: str | None = None) -> None:
     """Create the run's markdown summary and tables in the Prefect API."""
+    try:
+        _publish(stages, results, link, seconds, error, failed)
+    except Exception as err:  # a report must never hide the run's own outcome
+        logging.getLogger(__name__).warning("could not publish the run report: %s", err)
+
+
+def _publish(stages: list[str], results: list[dict], link: str, seconds: float,
+             error: str | None, failed: str | None) -> None:
     create_markdown_artifact(markdown(stages, results, link, seconds, error, failed), key=REPORT_KEY,
                              description="What this transferline run did")
     create_table_artifact(stage_rows(stages, results, failed), key=STAGES_KEY,

@@ -18,7 +18,7 @@ import yaml
 
 from conftest import MLFLOW_ENV, make_project, tiny_raw_params
 from transferline.dvcrun import STAGES
-from transferline.prefectserver import artifacts, deployment, prefect_cli, prefect_server, process_worker, trigger, wait_for_run
+from transferline.prefectserver import artifacts, deployment, logs, prefect_cli, prefect_server, process_worker, trigger, wait_for_run
 
 # Far from now: the server's scheduler must not start runs of its own during the test.
 QUIET_CRONS = {"pipeline_cron": "0 3 1 1 *", "check_cron": "30 3 1 1 *", "timezone": "Europe/Berlin"}
@@ -98,6 +98,7 @@ def served(tmp_path_factory, builtin_sets):
         worker_log = (home / "worker.log").read_text()
         return SimpleNamespace(
             project=project, run=run, seconds=seconds, artifacts=artifacts(api, run_id), check_run=check_run,
+            logs=logs(api, run_id),
             check_artifacts=artifacts(api, check_id), worker_log=worker_log, deployed=deployed,
             deployments={n: deployment(api, n) for n in ("transferline/nightly", "transferline-check/nightly")},
         )
@@ -129,6 +130,8 @@ def test_deployment_runs_on_a_real_prefect_server(served):
     assert [row["stage"] for row in stages] == list(STAGES) and {row["status"] for row in stages} == {"ran"}
     table = json.loads(by_key["transferline-metrics"]["data"])
     assert {"model": "finetune", "metric": "accuracy", "value": round(metrics["finetune"]["accuracy"], 4)} in table
+    # training progress reaches the run's log in the Prefect API
+    assert "finetune (pretrain): 100%" in served.logs and "[finetune] pretrain: best val accuracy" in served.logs
     progress = [a for a in served.artifacts if a["type"] == "progress"]
     assert progress and progress[0]["data"] == 100.0
 

@@ -73,6 +73,11 @@ def test_retries_with_backoff_only_where_io_can_fail(tiny_params):
     assert stage_options("register", cfg)["timeout_seconds"] == cfg.registry_timeout_seconds
     assert push_options(cfg)["timeout_seconds"] == cfg.push_timeout_seconds
     assert stage_options("validate", cfg) == {} and stage_options("finetune", cfg) == {}
+    # what the flow builds for ingest: a Prefect task carrying those options
+    from flows.pipeline import run_stage
+
+    task = run_stage.with_options(name="ingest", **fetch)
+    assert (task.retries, task.retry_delay_seconds, task.timeout_seconds) == (2, [10.0, 20.0], 1800.0)
 
 
 @pytest.mark.parametrize("values,needle", [

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,8 +58,12 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
-def repro_stage(stage: str, env: dict[str, str] | None = None) -> StageResult:
-    """`dvc repro --single-item stage`; raise StageFailed with the stage's message."""
+def repro_stage(stage: str, env: dict[str, str] | None = None,
+                on_line: Callable[[str], None] | None = None) -> StageResult:
+    """`dvc repro --single-item stage`; raise StageFailed with the stage's message.
+
+    `on_line` also gets every line the stage prints (the flow forwards them,
+    training progress included, to the Prefect run log)."""
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
     tail: collections.deque[str] = collections.deque(maxlen=40)
@@ -75,6 +80,8 @@ def repro_stage(stage: str, env: dict[str, str] | None = None) -> StageResult:
                     continue
                 sys.stderr.write(line)
                 tail.append(line.rstrip())
+                if on_line is not None:
+                    on_line(line.rstrip())
                 ran = ran or line.startswith(f"Running stage '{stage}'")
         except BaseException:
             # A timeout or an interrupt: stop DVC and the stage it started, not only DVC.

@@ -39,10 +39,11 @@ def server_env(home: Path, api_url: str | None = None) -> dict[str, str]:
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_WORKER_QUERY_SECONDS": "2",  # a worker polls for runs this often
-        "PREFECT_LOGGING_LEVEL": "WARNING",
     })
-    if api_url:
-        env["PREFECT_API_URL"] = api_url
+    if api_url:  # a client or worker: its flow runs send INFO logs (stage output) to the server
+        env.update({"PREFECT_API_URL": api_url, "PREFECT_LOGGING_LEVEL": "INFO"})
+    else:
+        env["PREFECT_LOGGING_LEVEL"] = "WARNING"
     return env
 
 
@@ -133,6 +134,12 @@ def wait_for_run(api: str, flow_run_id: str, timeout: float = 900) -> dict:
 def artifacts(api: str, flow_run_id: str) -> list[dict]:
     body = {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}}
     return httpx.post(f"{api}/artifacts/filter", json=body, timeout=10).json()
+
+
+def logs(api: str, flow_run_id: str) -> str:
+    """The flow run's log messages (its tasks' included), oldest first."""
+    body = {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "sort": "TIMESTAMP_ASC", "limit": 200}
+    return "\n".join(entry["message"] for entry in httpx.post(f"{api}/logs/filter", json=body, timeout=10).json())
 
 
 def deployment(api: str, name: str) -> dict:
