@@ -34,6 +34,39 @@ from transferline.prefectserver import prefect_cli, prefect_server, process_work
 from transferline.scaffold import ROOT, make_project
 
 RESULTS = ROOT / "bench/results/orchestrate_timings.json"
+README = ROOT / "README.md"
+MARKERS = ("<!-- orchestrate-bench:start -->", "<!-- orchestrate-bench:end -->")
+
+
+def readme_table(result: dict) -> str:
+    clone, cli, dep = result["fresh_clone"], result["check_nothing_to_do_cli"], result["check_nothing_to_do_deployment"]
+    best_dep = min(dep["runs"][1:] or dep["runs"], key=lambda r: r["trigger_to_completed_s"])
+    lines = [
+        f"Machine: {result['machine']}; {result['origin']}.",
+        "",
+        "| what | wall time (s) |",
+        "|---|---|",
+    ]
+    if result.get("origin_full_run_s"):
+        lines.append(f"| full run that filled the remote | {result['origin_full_run_s']:.1f} |")
+    lines += [
+        f"| fresh clone: `dvc pull` | {clone['dvc_pull_s']:.1f} |",
+        f"| fresh clone: `transferline run` ({'every stage skipped' if clone['every_stage_skipped'] else 'ran: ' + clone['ran']}) "
+        f"| {clone['run_s']:.1f} |",
+        f"| `transferline check`, nothing to do (CLI, Prefect ephemeral API; median of {len(cli)}) "
+        f"| {sorted(c['wall_s'] for c in cli)[len(cli) // 2]:.1f} |",
+        f"| of which the check flow itself | {sorted(c['flow_s'] for c in cli)[len(cli) // 2]:.2f} |",
+        f"| scheduled check on a Prefect server, nothing to do: trigger to COMPLETED (worker warm) "
+        f"| {best_dep['trigger_to_completed_s']:.1f} |",
+        f"| of which the flow run (server's `total_run_time`) | {best_dep['flow_run_s']:.2f} |",
+    ]
+    return "\n".join(lines)
+
+
+def write_readme(result: dict) -> None:
+    text = README.read_text()
+    start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
+    README.write_text(text[:start] + "\n" + readme_table(result) + "\n" + text[end:])
 
 
 def timed(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
@@ -50,7 +83,11 @@ def main() -> None:
     parser.add_argument("--remote", help="clone this repository and pull from this remote (it must hold the "
                         "data of the committed dvc.lock) instead of building and running a copy")
     parser.add_argument("--workdir", type=Path, default=None, help="where to clone")
+    parser.add_argument("--readme-only", action="store_true", help="only rewrite README's table from the results file")
     args = parser.parse_args()
+    if args.readme_only:
+        write_readme(json.loads(RESULTS.read_text()))
+        return
     work = Path(args.workdir or tempfile.mkdtemp(prefix="transferline-orch-"))
     clone = work / "clone"
     dvc = [sys.executable, "-m", "dvc"]
@@ -113,6 +150,7 @@ def main() -> None:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_readme(result)
     print(json.dumps(result, indent=2))
 
 

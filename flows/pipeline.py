@@ -19,7 +19,7 @@ from prefect.context import get_run_context
 from flows import report
 from flows.policy import push_options, stage_options
 from transferline.config import load_params
-from transferline.dvcrun import RUN_ID_ENV, STAGES, StageResult, dag_stages, repro_stage
+from transferline.dvcrun import RUN_ID_ENV, STAGES, StageFailed, StageResult, dag_stages, repro_stage
 from transferline.runlock import run_lock
 from transferline.runlog import log_stage
 
@@ -52,7 +52,9 @@ def push() -> None:
     import subprocess
     import sys
 
-    subprocess.run([sys.executable, "-m", "dvc", "push", "--quiet"], check=True)
+    done = subprocess.run([sys.executable, "-m", "dvc", "push", "--quiet"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise StageFailed(f"dvc push failed (check `dvc remote list`): {done.stderr.strip()[-1000:]}")
 
 
 @flow(name="transferline", log_prints=True)
