@@ -83,6 +83,8 @@ def main() -> None:
     parser.add_argument("--remote", help="clone this repository and pull from this remote (it must hold the "
                         "data of the committed dvc.lock) instead of building and running a copy")
     parser.add_argument("--workdir", type=Path, default=None, help="where to clone")
+    parser.add_argument("--origin", type=Path, help="clone this project instead (already run, committed, "
+                        "its DVC remote at ORIGIN/.remote)")
     parser.add_argument("--readme-only", action="store_true", help="only rewrite README's table from the results file")
     args = parser.parse_args()
     if args.readme_only:
@@ -95,6 +97,9 @@ def main() -> None:
     source_run = None
     if args.remote:
         origin, remote = ROOT, Path(args.remote).resolve()
+    elif args.origin:
+        origin = args.origin.resolve()
+        remote = origin / ".remote"
     else:
         origin = make_project(work / "origin", yaml.safe_load((ROOT / "params.yaml").read_text()))
         remote = origin / ".remote"
@@ -140,7 +145,9 @@ def main() -> None:
 
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "origin": "this repository (--remote)" if args.remote else "a copy with the default params.yaml",
+        "origin": ("this repository (--remote)" if args.remote else f"an existing project (--origin), params: "
+                   f"{yaml.safe_load((origin / 'params.yaml').read_text())['split']}" if args.origin
+                   else "a copy with the default params.yaml"),
         "commit": commit,
         "origin_full_run_s": source_run,
         "fresh_clone": {"dvc_pull_s": pull_s, "run_s": run_s, "ran": ran, "skipped": skipped,
