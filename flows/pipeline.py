@@ -16,8 +16,11 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.context import get_run_context
 
+from flows import report
+from flows.policy import push_options, stage_options
 from transferline.config import load_params
-from transferline.dvcrun import FLOW_RUN_ENV, RUN_ID_ENV, STAGES, StageResult, dag_stages, repro_stage
+from transferline.dvcrun import FLOW_RUN_ENV, RUN_ID_ENV, STAGES, StageFailed, StageResult, dag_stages, repro_stage
+from transferline.runlock import run_lock
 from transferline.runlog import log_stage
 
 
@@ -34,7 +37,7 @@ def run_stage(stage: str, parent_run_id: str, experiment_id: str, params_path: s
     try:
         from prefect.runtime import flow_run
 
-        result = repro_stage(stage, env={RUN_ID_ENV: run_id, FLOW_RUN_ENV: str(flow_run.id or "")})
+        result = repro_stage(stage, env={RUN_ID_ENV: run_id, FLOW_RUN_ENV: str(flow_run.id or "")}, on_line=logger.info)
         raw = yaml.safe_load(Path(params_path).read_text())
         log_stage(client, run_id, stage, raw, result.ran, result.seconds)
     except Exception:
@@ -51,7 +54,9 @@ def push() -> None:
     import subprocess
     import sys
 
-    subprocess.run([sys.executable, "-m", "dvc", "push", "--quiet"], check=True)
+    done = subprocess.run([sys.executable, "-m", "dvc", "push", "--quiet"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise StageFailed(f"dvc push failed (check `dvc remote list`): {done.stderr.strip()[-1000:]}")
 
 
 @flow(name="transferline", log_prints=True)
@@ -60,27 +65,44 @@ def pipeline(until: str | None = None, params_path: str = "params.yaml", push_re
     import mlflow
 
     from transferline import tracking
+    from transferline.runtime import apply_env_defaults
 
+    apply_env_defaults()  # a worker starts this flow without the CLI
     params = load_params(params_path)  # fail before any work
     stages = list(STAGES) if until is None else list(STAGES[: STAGES.index(until) + 1])
-    experiment_id = tracking.configure(params.tracking)
-    flow_run_id = str(get_run_context().flow_run.id)
-    t0 = time.perf_counter()
-    with mlflow.start_run(run_name="pipeline", tags={"prefect.flow_run_id": flow_run_id, **tracking.git_info()}) as run:
-        mlflow.log_param("until", until or STAGES[-1])
-        results = [run_stage.with_options(name=s)(s, run.info.run_id, experiment_id, params_path) for s in stages]
-        if push_remote and until is None:
-            push()
-        mlflow.set_tags(tracking.dvc_hashes())
-        summary = {
-            "mlflow_run_id": run.info.run_id,
-            "prefect_flow_run_id": flow_run_id,
-            "stages": [{"stage": r.stage, "ran": r.ran, "seconds": r.seconds} for r in results],
-            "ran": [r.stage for r in results if r.ran],
-            "skipped": [r.stage for r in results if not r.ran],
-            "seconds": round(time.perf_counter() - t0, 1),
-        }
-        mlflow.log_metric("pipeline_seconds", summary["seconds"])
+    with run_lock(params.orchestrate.lock_wait_seconds):  # one run at a time per repository
+        experiment_id = tracking.configure(params.tracking)
+        flow_run_id = str(get_run_context().flow_run.id)
+        t0 = time.perf_counter()
+        results: list[StageResult] = []
+        progress = report.start_progress(len(stages))
+        with mlflow.start_run(run_name="pipeline", tags={"prefect.flow_run_id": flow_run_id, **tracking.git_info()}) as run:
+            link = report.mlflow_link(mlflow.get_tracking_uri(), experiment_id, run.info.run_id)
+            try:
+                mlflow.log_param("until", until or STAGES[-1])
+                for s in stages:
+                    task_ = run_stage.with_options(name=s, **stage_options(s, params.orchestrate))
+                    results.append(task_(s, run.info.run_id, experiment_id, params_path))
+                    report.advance(progress, len(results), len(stages))
+                if push_remote and until is None:
+                    push.with_options(**push_options(params.orchestrate))()
+            except BaseException as err:  # leaving the block marks the MLflow run FAILED
+                failed = stages[len(results)] if len(results) < len(stages) else "push"
+                message = f"{type(err).__name__}: {err}" if not str(err).startswith("stage ") else str(err)
+                mlflow.set_tag("error", message[:5000])
+                report.publish(stages, [vars(r) for r in results], link, time.perf_counter() - t0, message, failed)
+                raise
+            mlflow.set_tags(tracking.dvc_hashes())
+            summary = {
+                "mlflow_run_id": run.info.run_id,
+                "prefect_flow_run_id": flow_run_id,
+                "stages": [{"stage": r.stage, "ran": r.ran, "seconds": r.seconds} for r in results],
+                "ran": [r.stage for r in results if r.ran],
+                "skipped": [r.stage for r in results if not r.ran],
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+            mlflow.log_metric("pipeline_seconds", summary["seconds"])
+        report.publish(stages, summary["stages"], link, summary["seconds"])
     return summary
 
 

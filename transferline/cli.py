@@ -5,9 +5,11 @@ Run it from the project root (the folder with dvc.yaml and params.yaml).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -59,16 +61,35 @@ def run(
         from transferline.text.switch import set_modality
 
         set_modality(params, modality.value)
-    _params_or_exit(params)
+    cfg = _params_or_exit(params)
     apply_env_defaults()
-    from flows.pipeline import pipeline
+    from transferline.runlock import run_lock
+
+    with _run_errors(), run_lock(cfg.orchestrate.lock_wait_seconds):  # before Prefect starts: fail fast
+        from flows.pipeline import pipeline
+
+        summary = pipeline(until=until.value if until else None, params_path=str(params), push_remote=push)
+    _print_summary(summary)
+
+
+@contextlib.contextmanager
+def _run_errors() -> Iterator[None]:
+    """A failed run ends with one clear error line (the stage's own message) and exit 1."""
+    from tasks._stage import StageError
     from transferline.dvcrun import StageFailed
+    from transferline.runlock import RunLockBusy
 
     try:
-        summary = pipeline(until=until.value if until else None, params_path=str(params), push_remote=push)
-    except StageFailed as err:
+        yield
+    except (StageFailed, StageError, RunLockBusy) as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(1) from None
+    except TimeoutError as err:
+        console.print(f"[red]error:[/] {err} (limits: params.yaml orchestrate.*_timeout_seconds)")
+        raise typer.Exit(1) from None
+
+
+def _print_summary(summary: dict) -> None:
     table = Table("stage", "status", "seconds", title="transferline run")
     for row in summary["stages"]:
         table.add_row(row["stage"], "ran" if row["ran"] else "skipped (up to date)", f"{row['seconds']:.1f}")
@@ -110,6 +131,82 @@ def status(
     last = info.get("last_run")
     if last:
         out.print(f"[bold]last run[/]: {last['run_id']} {last['status']} started {last['start_time']}")
+
+
+@app.command()
+def check(
+    params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
+    push: bool = typer.Option(True, help="Push data and checkpoints to the DVC remote after a run."),
+) -> None:
+    """Run the pipeline only if the data or params changed (the data-triggered check).
+
+    Re-reads the sources (re-fetches the pinned built-in sets and checks their
+    sha256; DVC hashes a folder target), then asks `dvc status`. Nothing new:
+    "nothing to do" in seconds. Anything new: a full run and a new registered
+    version (a challenger).
+    """
+    cfg = _params_or_exit(params)
+    apply_env_defaults()
+    from transferline.runlock import run_lock
+
+    with _run_errors(), run_lock(cfg.orchestrate.lock_wait_seconds):
+        from flows.check import check as check_flow
+
+        result = check_flow(params_path=str(params), push_remote=push)
+    if result["action"] != "ran":
+        console.print(f"{result['action']}: sources and params unchanged, every stage up to date "
+                      f"(checked in {result['seconds']:.2f} s)")
+        return
+    console.print("changed since the last run: " + "; ".join(result["changes"]))
+    _print_summary(result["pipeline"])
+
+
+@app.command()
+def deploy(
+    params: Path = typer.Option(Path("params.yaml"), help="Parameters file (orchestrate section)."),
+    name: str = typer.Option(None, help="Deployment name (default: this folder's name)."),
+) -> None:
+    """Register the pipeline and the check as deployments on a Prefect server.
+
+    Deployments `transferline/NAME` (cron orchestrate.pipeline_cron) and
+    `transferline-check/NAME` (cron orchestrate.check_cron) run from this folder
+    on the process work pool orchestrate.work_pool. Needs PREFECT_API_URL; the
+    whole path (see README, "Scheduled and data-triggered runs"):
+
+    prefect server start --host 127.0.0.1 --port 4200
+
+    export PREFECT_API_URL=http://127.0.0.1:4200/api
+
+    prefect work-pool create transferline --type process
+
+    transferline deploy
+
+    prefect worker start --pool transferline
+    """
+    import os
+
+    cfg = _params_or_exit(params)
+    if not os.environ.get("PREFECT_API_URL"):
+        console.print("[red]error:[/] PREFECT_API_URL is not set; start a server (prefect server start --host "
+                      "127.0.0.1) and export PREFECT_API_URL=http://127.0.0.1:4200/api")
+        raise typer.Exit(2)
+    apply_env_defaults()
+    from flows.deploy import DeployError
+    from flows.deploy import deploy as deploy_flows
+
+    name = name or Path.cwd().resolve().name
+    try:
+        ids = deploy_flows(cfg.orchestrate, Path.cwd(), name, str(params))
+    except DeployError as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(1) from None
+    o = cfg.orchestrate
+    crons = {"transferline": o.pipeline_cron, "transferline-check": o.check_cron}
+    for full_name, dep_id in ids.items():
+        when = crons[full_name.split("/")[0]]
+        Console().print(f"{full_name}  ({dep_id})  schedule: {when + ' ' + o.timezone if when else 'none'}")
+    console.print(f"start a worker: prefect worker start --pool {o.work_pool}\n"
+                  f"run one now:    prefect deployment run {next(iter(ids))}")
 
 
 experiment_app = typer.Typer(help="Experiments beside the pipeline (need `transferline run --until pretrain`).",

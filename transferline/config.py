@@ -182,6 +182,37 @@ class TrackingParams(Section):
     experiment: str = "transferline"
 
 
+class OrchestrateParams(Section):
+    """Read by the flows and `transferline deploy | check`, not by a DVC stage."""
+
+    work_pool: str = Field("transferline", min_length=1)
+    timezone: str = "UTC"
+    pipeline_cron: str | None = "0 2 * * *"
+    check_cron: str | None = "0 * * * *"
+    retries: int = Field(2, ge=0, le=10)
+    retry_delay_seconds: float = Field(10, ge=0)
+    fetch_timeout_seconds: float = Field(1800, gt=0)
+    registry_timeout_seconds: float = Field(600, gt=0)
+    push_timeout_seconds: float = Field(1800, gt=0)
+    lock_wait_seconds: float = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _schedules_parse(self) -> OrchestrateParams:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        # Field count only: Prefect parses the expression fully at `transferline deploy`
+        # (importing it here would slow every stage down).
+        for key in ("pipeline_cron", "check_cron"):
+            value = getattr(self, key)
+            if value is not None and len(value.split()) not in (5, 6):
+                raise ValueError(f"orchestrate.{key}: {value!r} is not a cron expression (e.g. \"0 2 * * *\")")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"orchestrate.timezone: unknown time zone {self.timezone!r} (e.g. UTC, Europe/Berlin)") from None
+        return self
+
+
 class Params(Section):
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -197,6 +228,7 @@ class Params(Section):
     tracking: TrackingParams
     promote: PromoteParams = PromoteParams()
     experiments: ExperimentsParams = ExperimentsParams()
+    orchestrate: OrchestrateParams = OrchestrateParams()
 
     @property
     def model_name(self) -> str:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,8 +50,22 @@ def dag_stages(dvc_yaml: str | Path = "dvc.yaml") -> list[str]:
     return list(yaml.safe_load(Path(dvc_yaml).read_text())["stages"])
 
 
-def repro_stage(stage: str, env: dict[str, str] | None = None) -> StageResult:
-    """`dvc repro --single-item stage`; raise StageFailed with the stage's message."""
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def repro_stage(stage: str, env: dict[str, str] | None = None,
+                on_line: Callable[[str], None] | None = None) -> StageResult:
+    """`dvc repro --single-item stage`; raise StageFailed with the stage's message.
+
+    `on_line` also gets every line the stage prints (the flow forwards them,
+    training progress included, to the Prefect run log)."""
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
     tail: collections.deque[str] = collections.deque(maxlen=40)
@@ -57,14 +73,22 @@ def repro_stage(stage: str, env: dict[str, str] | None = None) -> StageResult:
     # Stage commands say `python`: make it this interpreter, venv or not.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     full_env = {**os.environ, "PATH": path, "PYTHONUNBUFFERED": "1", **(env or {})}
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env) as proc:
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env,
+                          start_new_session=True) as proc:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            if not line.strip() or line.lstrip().startswith(NOISE):
-                continue
-            sys.stderr.write(line)
-            tail.append(line.rstrip())
-            ran = ran or line.startswith(f"Running stage '{stage}'")
+        try:
+            for line in proc.stdout:
+                if not line.strip() or line.lstrip().startswith(NOISE):
+                    continue
+                sys.stderr.write(line)
+                tail.append(line.rstrip())
+                if on_line is not None:
+                    on_line(line.rstrip())
+                ran = ran or line.startswith(f"Running stage '{stage}'")
+        except BaseException:
+            # A timeout or an interrupt: stop DVC and the stage it started, not only DVC.
+            _kill_group(proc)
+            raise
     if proc.returncode != 0:
         errors = [l for l in tail if "error:" in l.lower() or l.startswith(("  -", "("))] or list(tail)[-10:]
         raise StageFailed(f"stage '{stage}' failed:\n" + "\n".join(errors))

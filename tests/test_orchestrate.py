@@ -1,0 +1,214 @@
+"""Scheduled and data-triggered runs: a real Prefect server with a process
+worker, the check flow, the run lock, failed runs, the DVC remote on a fresh
+clone. Everything real: server, worker, DVC, MLflow registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import MLFLOW_ENV, make_project, tiny_raw_params
+from transferline.dvcrun import STAGES
+from transferline.prefectserver import artifacts, deployment, logs, prefect_cli, prefect_server, process_worker, trigger, wait_for_run
+
+# Far from now: the server's scheduler must not start runs of its own during the test.
+QUIET_CRONS = {"pipeline_cron": "0 3 1 1 *", "check_cron": "30 3 1 1 *", "timezone": "Europe/Berlin"}
+
+
+def transferline(project: Path, *args: str, env: dict | None = None, wait: bool = True):
+    full = {k: v for k, v in os.environ.items() if k not in MLFLOW_ENV and not k.startswith("PREFECT_")}
+    full.update({"PREFECT_HOME": str(project / ".transferline/prefect"), **(env or {})})
+    cmd = [sys.executable, "-m", "transferline.cli", *args]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=project, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, cwd=project, env=full, capture_output=True, text=True, timeout=1200)
+
+
+def summary_lists(stderr: str) -> tuple[list[str], list[str]]:
+    text = " ".join(stderr.split())
+    ran = text.split("ran: ")[-1].split(" skipped:")[0]
+    skipped = text.split("skipped: ")[-1].split(" test accuracy")[0].split(" done in")[0]
+    return ([] if ran.startswith("nothing") else ran.split(", ")), ([] if skipped == "-" else skipped.split(", "))
+
+
+def registry(project: Path) -> tuple[int, str | None]:
+    """(number of registered versions, champion version) in the project's MLflow DB."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project}/.transferline/mlflow.db")
+    versions = client.search_model_versions("name='transferline-image'")
+    champion = client.get_registered_model("transferline-image").aliases.get("champion")
+    return len(versions), None if champion is None else str(champion)
+
+
+# --- a real server: deploy, worker, trigger; then a fresh clone pulls and skips everything ---------------
+
+
+def write_images(folder: Path, x: np.ndarray, y: np.ndarray, classes: dict[int, str], start: int) -> None:
+    from PIL import Image
+
+    for i, (img, label) in enumerate(zip(x, y)):
+        path = folder / classes[int(label)] / f"{start + i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img[0]).save(path)
+
+
+CLASSES = {0: "bear", 2: "cat", 9: "zebra"}  # Animal-MNIST labels -> folder names
+
+
+def target_images(builtin_sets) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Real Animal-MNIST images of three classes: x, y, and two index sets (first run, new data)."""
+    x, y = builtin_sets["target"]
+    rng = np.random.default_rng(0)
+    picks = {c: rng.choice(np.flatnonzero(y == c), 28, replace=False) for c in CLASSES}
+    return x, y, np.concatenate([p[:20] for p in picks.values()]), np.concatenate([p[20:] for p in picks.values()])
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, builtin_sets):
+    """A folder-target project whose first run is a deployment run on a real server."""
+    root = tmp_path_factory.mktemp("served")
+    raw = tiny_raw_params(ingest={"target": "folder"}, validate={"min_per_class": 5},
+                          split={"labels_per_class": 6, "val_per_class": 3, "test_fraction": 0.25},
+                          orchestrate={**QUIET_CRONS, "work_pool": "tl-test"})
+    project = make_project(root / "proj", raw)
+    x, y, first, _ = target_images(builtin_sets)
+    write_images(project / "data/external/target", x[first], y[first], CLASSES, 0)
+    home = root / "prefect-server"
+    with prefect_server(home) as api:
+        prefect_cli(home, api, "work-pool", "create", "tl-test", "--type", "process")
+        deployed = transferline(project, "deploy", "--name", "nightly", env={"PREFECT_API_URL": api})
+        assert deployed.returncode == 0, deployed.stderr[-3000:]
+        with process_worker(home, api, "tl-test"):
+            t0 = time.perf_counter()
+            run_id = trigger(home, api, "transferline/nightly")
+            run = wait_for_run(api, run_id, timeout=900)
+            seconds = time.perf_counter() - t0
+            check_id = trigger(home, api, "transferline-check/nightly")
+            check_run = wait_for_run(api, check_id, timeout=300)
+        worker_log = (home / "worker.log").read_text()
+        return SimpleNamespace(
+            project=project, run=run, seconds=seconds, artifacts=artifacts(api, run_id), check_run=check_run,
+            logs=logs(api, run_id),
+            check_artifacts=artifacts(api, check_id), worker_log=worker_log, deployed=deployed,
+            deployments={n: deployment(api, n) for n in ("transferline/nightly", "transferline-check/nightly")},
+        )
+
+
+@pytest.mark.slow
+def test_deployment_runs_on_a_real_prefect_server(served):
+    assert served.run["state"]["type"] == "COMPLETED", served.worker_log[-4000:]
+    # the schedules come from params.yaml orchestrate
+    crons = {n: [(s["schedule"]["cron"], s["schedule"]["timezone"]) for s in d["schedules"]]
+             for n, d in served.deployments.items()}
+    assert crons == {"transferline/nightly": [("0 3 1 1 *", "Europe/Berlin")],
+                     "transferline-check/nightly": [("30 3 1 1 *", "Europe/Berlin")]}
+    assert all(d["work_pool_name"] == "tl-test" for d in served.deployments.values())
+
+    # every stage ran in the project folder and the model was registered
+    register = json.loads((served.project / "reports/register.json").read_text())
+    assert register["version"] == "1" and register["became_champion"]
+    metrics = json.loads((served.project / "reports/metrics.json").read_text())
+
+    # the run's report: markdown summary, stage and metric tables, progress at 100 %
+    by_key = {a["key"]: a for a in served.artifacts if a.get("key")}
+    report = by_key["transferline-report"]["data"]
+    assert "completed" in report and "ran: " + ", ".join(STAGES) in report
+    assert f"{metrics['transfer_gain']['accuracy']:+.4f}" in report
+    assert "Gate decision: no gate" in report or "Gate decision: **" in report
+    assert "#/experiments/" in report and "/runs/" in report
+    stages = json.loads(by_key["transferline-stages"]["data"])
+    assert [row["stage"] for row in stages] == list(STAGES) and {row["status"] for row in stages} == {"ran"}
+    table = json.loads(by_key["transferline-metrics"]["data"])
+    assert {"model": "finetune", "metric": "accuracy", "value": round(metrics["finetune"]["accuracy"], 4)} in table
+    # training progress reaches the run's log in the Prefect API
+    assert "finetune (pretrain): 100%" in served.logs and "[finetune] pretrain: best val accuracy" in served.logs
+    progress = [a for a in served.artifacts if a["type"] == "progress"]
+    assert progress and progress[0]["data"] == 100.0
+
+    # the scheduled check right after: nothing to do
+    assert served.check_run["state"]["type"] == "COMPLETED", served.worker_log[-4000:]
+    check = next(a for a in served.check_artifacts if a.get("key") == "transferline-check")
+    assert "nothing to do" in check["data"]
+
+
+@pytest.mark.slow
+def test_fresh_clone_pulls_and_skips_every_stage(served, tmp_path):
+    project = served.project
+    (project / ".git/info/exclude").write_text(".remote/\n")  # the DVC remote lives beside the code here
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "add", "-A"], cwd=project, check=True)
+    subprocess.run([*git, "commit", "-qm", "pipeline run"], cwd=project, check=True)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+    assert not (clone / "models/finetune").exists()
+    # .dvc/config names the same remote (an absolute path here)
+    pull = subprocess.run([sys.executable, "-m", "dvc", "pull"], cwd=clone, capture_output=True, text=True)
+    assert pull.returncode == 0, pull.stderr
+    assert (clone / "models/finetune/model.safetensors").is_file()
+
+    again = transferline(clone, "run")
+    assert again.returncode == 0, again.stderr[-3000:]
+    ran, skipped = summary_lists(again.stderr)
+    assert ran == [] and skipped == list(STAGES), again.stderr[-2000:]
+
+
+# --- on the same project: data-triggered check, the run lock, a failed run -----------------------------
+# (runs after the clone test, which needs the project as the server run left it)
+
+
+@pytest.mark.slow
+def test_check_runs_only_on_new_data_and_a_failed_run_changes_nothing(served, builtin_sets):
+    project = served.project
+    target = project / "data/external/target"
+    x, y, _, later = target_images(builtin_sets)
+    assert registry(project) == (1, "1")
+
+    # nothing new: the check says so and runs nothing
+    quiet = transferline(project, "check")
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    assert "nothing to do" in quiet.stderr
+    assert registry(project) == (1, "1")
+
+    # new images: the check runs the pipeline; meanwhile a second run finds the lock taken
+    write_images(target, x[later], y[later], CLASSES, 1000)
+    busy_check = transferline(project, "check", wait=False)
+    lock = project / ".transferline/run.lock"
+    deadline = time.monotonic() + 60
+    while not (lock.is_file() and lock.read_text() == f"pid {busy_check.pid}"):
+        assert time.monotonic() < deadline and busy_check.poll() is None, busy_check.communicate()
+        time.sleep(0.2)
+    second = transferline(project, "run")
+    assert second.returncode == 1
+    assert f"another transferline run holds the lock (pid {busy_check.pid})" in second.stderr
+    out, err = busy_check.communicate(timeout=1200)
+    assert busy_check.returncode == 0, err[-3000:]
+    assert "ingest: data/external/target modified" in " ".join(err.split())
+    ran, skipped = summary_lists(err)
+    assert ran[:4] == ["ingest", "validate", "split", "preprocess"] and "register" in ran, err[-2000:]
+    assert "pretrain" in skipped  # same source data: the pretrained backbone is reused
+    versions, champion = registry(project)
+    assert versions == 2  # a challenger
+
+    # a corrupt image: the run fails with the file named, MLflow run FAILED, registry untouched
+    (target / "cat/corrupt.png").write_bytes(b"\x89PNG truncated")
+    bad = transferline(project, "check")
+    assert bad.returncode == 1
+    assert "stage 'validate' failed" in bad.stderr and "cat/corrupt.png" in bad.stderr
+    assert registry(project) == (versions, champion)
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project}/.transferline/mlflow.db")
+    experiment = client.get_experiment_by_name("transferline").experiment_id
+    runs = client.search_runs([experiment], "attributes.run_name = 'pipeline'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    assert runs[0].info.status == "FAILED" and "validate" in runs[0].data.tags["error"]
