@@ -50,8 +50,14 @@ def gate_line() -> str:
     promote = _read(PROMOTE)
     if promote is None:
         return "no gate"
+    def side(figures: dict | None) -> str:
+        if not figures:
+            return "none"
+        rest = ", ".join(f"{k} {v}" for k, v in figures.items() if k != "version")
+        return f"version {figures.get('version')} ({rest})"
+
     return (f"**{promote.get('decision')}**: {promote.get('reason')} "
-            f"(challenger {promote.get('challenger')}, champion {promote.get('champion')})")
+            f"(challenger {side(promote.get('challenger'))}; champion {side(promote.get('champion'))})")
 
 
 def stage_rows(stages: list[str], results: list[dict], failed: str | None) -> list[dict[str, Any]]:

@@ -32,9 +32,9 @@ def promote(params: Params, registered: Path = REGISTERED, out: Path = OUT, repo
     if not registered.is_file():
         raise StageError(f"{registered} not found; run the register stage first (dvc repro register)")
     info = read_json(registered)
-    if info.get("name") != params.register_.model_name:
+    if info.get("name") != params.model_name:
         raise StageError(f"{registered} is for model {info.get('name')!r}, params.yaml register.model_name is "
-                         f"{params.register_.model_name!r}; re-run the register stage")
+                         f"{params.model_name!r}; re-run the register stage")
     try:
         report = run_gate(params, str(info["version"]))
     except (PromotionError, LockTimeout) as err:

@@ -124,7 +124,7 @@ def register(params: Params, out_path: Path = OUT) -> dict:
 
     prep, metrics = read_inputs()
     flat = flatten_metrics(metrics)
-    name = params.register_.model_name
+    name = params.model_name
     provenance = {**tracking.git_info(), **tracking.dvc_hashes()}
 
     tracking.configure(params.tracking)

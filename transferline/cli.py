@@ -388,7 +388,7 @@ def lineage(
 
     tracking.configure(cfg.tracking)
     client = mlflow.MlflowClient()
-    ref = ref or f"{cfg.register_.model_name}@champion"
+    ref = ref or f"{cfg.model_name}@champion"
     info = _registry_call(lin.describe, client, ref)
     if restore:
         info["restore"] = _registry_call(lin.restore, client, ref, force)

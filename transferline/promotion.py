@@ -49,7 +49,7 @@ class PromotionError(RuntimeError):
 
 @dataclass(frozen=True)
 class TestSet:
-    x: np.ndarray  # raw uint8 images, as a client would send them
+    x: np.ndarray  # raw uint8 images or raw strings, as a client would send them
     y: list[str]  # class names
     path: str
 
@@ -59,7 +59,15 @@ class TestSet:
 
 
 def load_test_set(split: Path = TEST_SPLIT, meta: Path = META) -> TestSet:
-    """The current held-out target images (raw pixels) and their class names."""
+    """The current held-out target set as a client would send it (raw images or
+    raw strings) and its class names."""
+    text_split = split.parent / "test.jsonl"
+    if split == TEST_SPLIT and text_split.is_file() and not split.is_file():  # modality: text
+        from transferline.text.data import read_jsonl
+
+        rows = read_jsonl(text_split)
+        return TestSet(np.array([r["text"] for r in rows], dtype=object), [str(r["label"]) for r in rows],
+                       str(text_split))
     for path, stage in ((split, "split"), (meta, "preprocess")):
         if not path.is_file():
             raise PromotionError(f"{path} not found; run the {stage} stage first (transferline run --until {stage})")
@@ -90,7 +98,8 @@ def score_version(name: str, version: str, test: TestSet) -> dict[str, float]:
     uri = f"models:/{name}/{version}"
     try:
         model = mlflow.pyfunc.load_model(uri)
-        predicted = [str(p) for p in model.predict(test.x)]
+        raw = test.x.tolist() if test.x.dtype == object else test.x  # strings go as a list, images as an array
+        predicted = [str(p) for p in model.predict(raw)]
     except Exception as err:  # a broken or incompatible model: say which one
         raise PromotionError(f"{uri} cannot score the current test split: {err}") from err
     return scores(test.y, predicted)
@@ -229,7 +238,7 @@ def run_gate(params: Params, version: str | None = None, test: TestSet | None = 
     t0 = time.perf_counter()
     tracking.configure(params.tracking)
     client = mlflow.MlflowClient()
-    name = params.register_.model_name
+    name = params.model_name
     current_champion(client, name)  # fails clearly if the model does not exist
     version = str(version or latest_version(client, name))
     _check_version(client, name, version)
@@ -284,7 +293,7 @@ def force_promote(params: Params, version: str, reason: str) -> dict:
         raise PromotionError("a forced promotion needs a reason (--reason '...')")
     tracking.configure(params.tracking)
     client = mlflow.MlflowClient()
-    name = params.register_.model_name
+    name = params.model_name
     current_champion(client, name)
     _check_version(client, name, version)
     with gate_lock(params.promote, name):
@@ -324,7 +333,7 @@ def rollback(params: Params, reason: str) -> dict:
         raise PromotionError("a rollback needs a reason (--reason '...')")
     tracking.configure(params.tracking)
     client = mlflow.MlflowClient()
-    name = params.register_.model_name
+    name = params.model_name
     current_champion(client, name)
     with gate_lock(params.promote, name):
         current = current_champion(client, name)
@@ -346,7 +355,7 @@ def history(params: Params) -> dict:
 
     tracking.configure(params.tracking)
     client = mlflow.MlflowClient()
-    name = params.register_.model_name
+    name = params.model_name
     return {"model": name, "champion": current_champion(client, name), "moves": read_history(client, name)}
 
 

@@ -1,7 +1,8 @@
 """register for `modality: text`: log transferline/text/serving.py as a pyfunc
 "model from code" with the weights, tokenizer and labels as artifacts, and
-register it under register.text.model_name. Shares the run handling, tags and
-champion rule with tasks/register.py."""
+register it under register.text.model_name as a challenger. Shares the run
+handling and lineage tags with tasks/register.py; the promote stage decides
+whether it becomes `champion`."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def register(params: Params, out_path: Path = OUT) -> dict:
     import mlflow
     from mlflow.models import infer_signature
 
-    from transferline import tracking
+    from transferline import lineage, tracking
     from transferline.text.serving import TextClassifier
 
     for path, stage in ((MODEL, "finetune"), (PROCESSED / "meta.json", "preprocess"),
@@ -60,19 +61,19 @@ def register(params: Params, out_path: Path = OUT) -> dict:
         )
         mlflow.log_metrics(flat)
         mlflow.set_tags({**provenance, "modality": "text"})
+        lineage.log_files(client, run_id)
+        version_tags = {**{k: f"{v:.6g}" for k, v in flat.items()}, **lineage.collect(client, run_id),
+                        "modality": "text"}
     version = str(info.registered_model_version)
-    for key, value in {**{k: f"{v:.6g}" for k, v in flat.items()}, **provenance, "modality": "text"}.items():
+    for key, value in version_tags.items():
         client.set_model_version_tag(name, version, key, value)
     champion = client.get_registered_model(name).aliases.get(CHAMPION)
-    became = champion is None
-    if became:
-        client.set_registered_model_alias(name, CHAMPION, version)
-        champion = version
-    summary = {"name": name, "version": version, "run_id": run_id, "champion_version": str(champion),
-               "became_champion": became}
+    summary = {"name": name, "version": version, "run_id": run_id,
+               "champion_version": None if champion is None else str(champion),
+               "became_champion": False}  # the promote stage decides
     write_json(out_path, summary)
-    log.info("registered %s version %s (run %s); champion is version %s%s", name, version, run_id, champion,
-             " (new)" if became else "")
+    log.info("registered %s version %s (run %s); champion is version %s until the promote stage decides",
+             name, version, run_id, champion)
     return summary
 
 

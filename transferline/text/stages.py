@@ -145,6 +145,9 @@ def preprocess(params: Params, split_dir: Path = SPLIT, out: Path = PROCESSED) -
     save_file({k: v.contiguous() for k, v in target.items()}, str(out / "target.safetensors"))
     source = tt.encode(tok, corpus, cfg.max_length)
     save_file({"ids": source.contiguous()}, str(out / "source.safetensors"))
+    # pretrain's deps name the image pipeline's unlabelled pool too; for text the
+    # whole unlabelled corpus is source.safetensors, so the pool is empty.
+    save_file({"ids": torch.zeros((0, cfg.max_length), dtype=torch.long)}, str(out / "pool.safetensors"))
     lengths = (target["ids_train"] != special["[PAD]"]).sum(1).float()
     meta = {"modality": "text", "target": {
         "classes": classes, "max_length": cfg.max_length, "tokenizer": cfg.tokenizer, "lowercase": cfg.lowercase,
