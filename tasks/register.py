@@ -44,9 +44,9 @@ SERVING_PACKAGES = ("mlflow", "torch", "numpy", "safetensors")
 METRIC_PREFIX = {"finetune": "test"}
 
 
-def pip_requirements() -> list[str]:
+def pip_requirements(packages: tuple[str, ...] = SERVING_PACKAGES) -> list[str]:
     reqs = []
-    for name in SERVING_PACKAGES:
+    for name in packages:
         try:
             # A local build tag (torch 2.x+cu132) is not on PyPI: pin the release.
             reqs.append(f"{name}=={version(name).split('+')[0]}")

@@ -9,6 +9,7 @@ unpickled on load.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from safetensors import safe_open
+
+log = logging.getLogger(__name__)
 
 
 def save_weights(model: torch.nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
@@ -33,6 +36,22 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
 def read_meta(path: str | Path) -> dict[str, Any]:
     with safe_open(str(path), framework="pt") as f:
         return json.loads((f.metadata() or {}).get("meta", "{}"))
+
+
+def resume_state(checkpoint: str | Path | None, key: str) -> dict[str, Any]:
+    """The resume state saved in `checkpoint` if it was made with fingerprint
+    `key` (same settings, same data), else {} (and the log says why)."""
+    if not checkpoint or not Path(checkpoint).exists():
+        return {}
+    try:
+        saved = read_meta(checkpoint).get("state", {})
+    except Exception as err:  # a truncated or foreign file: start over, say so
+        log.warning("ignoring unreadable checkpoint %s (%s)", checkpoint, err)
+        return {}
+    if saved.get("fingerprint") != key:
+        log.info("checkpoint %s was made with other settings or data; training from the start", checkpoint)
+        return {}
+    return saved
 
 
 def save_checkpoint(

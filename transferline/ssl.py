@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from transferline.checkpoint import load_checkpoint, read_meta, save_checkpoint, save_weights
+from transferline.checkpoint import load_checkpoint, resume_state, save_checkpoint, save_weights
 from transferline.strategies import warmup_cosine
 from transferline.training import fingerprint
 
@@ -204,15 +204,7 @@ def fit_ssl(
     transform = view_transform(train.shape[-1]) if model.objective == "contrastive" else None
     history: list[dict[str, float]] = []
     start, best, best_state, stale = 0, math.inf, None, 0
-    saved: dict[str, Any] = {}
-    if checkpoint and Path(checkpoint).exists():
-        try:
-            saved = read_meta(checkpoint).get("state", {})
-        except Exception as err:  # a truncated or foreign file: start over, say so
-            log.warning("ignoring unreadable checkpoint %s (%s)", checkpoint, err)
-        if saved.get("fingerprint") != key:
-            log.info("checkpoint %s was made with other settings or data; training from the start", checkpoint)
-            saved = {}
+    saved = resume_state(checkpoint, key)
     if saved:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
         start, history = state["epoch"], state["history"]

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from safetensors.torch import save_file
 
-from transferline.checkpoint import load_checkpoint, load_weights, read_meta, save_checkpoint
+from transferline.checkpoint import load_checkpoint, load_weights, resume_state, save_checkpoint
 from transferline.config import TrainParams
 from transferline.strategies import param_groups, set_batchnorm_training, unfreeze_for_epoch, warmup_cosine
 
@@ -114,15 +114,7 @@ def fit(
                       labels=int(train[1].sum()), desc=desc)
     history: list[dict[str, float]] = []
     start, best_acc, best_state = 0, -1.0, None
-    saved: dict[str, Any] = {}
-    if checkpoint and Path(checkpoint).exists():
-        try:
-            saved = read_meta(checkpoint).get("state", {})
-        except Exception as err:  # a truncated or foreign file: start over, say so
-            log.warning("ignoring unreadable checkpoint %s (%s)", checkpoint, err)
-        if saved.get("fingerprint") != key:
-            log.info("checkpoint %s was made with other settings or data; training from the start", checkpoint)
-            saved = {}
+    saved = resume_state(checkpoint, key)
     if saved and strategy == "gradual":
         # the optimizer needs the saved number of groups before loading into it
         unfreeze_for_epoch(model, optimizer, saved["epoch"] - 1, cfg.unfreeze_every)  # type: ignore[attr-defined]

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from tasks._stage import StageError
-from tasks.register import CHAMPION, OUT, PACKAGE, _run, flatten_metrics, pip_requirements
+from tasks.register import CHAMPION, OUT, PACKAGE, SERVING_PACKAGES, _run, flatten_metrics, pip_requirements
 from transferline.config import Params
 from transferline.io import read_json, write_json
 
@@ -56,7 +56,7 @@ def register(params: Params, out_path: Path = OUT) -> dict:
             code_paths=[str(PACKAGE)],
             signature=infer_signature(EXAMPLE, predicted),
             input_example=EXAMPLE,
-            pip_requirements=pip_requirements() + [r for r in _text_requirements()],
+            pip_requirements=pip_requirements(SERVING_PACKAGES + TEXT_PACKAGES),
             registered_model_name=name,
         )
         mlflow.log_metrics(flat)
@@ -75,15 +75,3 @@ def register(params: Params, out_path: Path = OUT) -> dict:
     log.info("registered %s version %s (run %s); champion is version %s until the promote stage decides",
              name, version, run_id, champion)
     return summary
-
-
-def _text_requirements() -> list[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    reqs = []
-    for pkg in TEXT_PACKAGES:
-        try:
-            reqs.append(f"{pkg}=={version(pkg).split('+')[0]}")
-        except PackageNotFoundError:
-            reqs.append(pkg)
-    return reqs
