@@ -3,7 +3,8 @@ tensor cache (safetensors) that training reads in one call.
 
 Outputs data/processed/{source,target}.safetensors (x_* as float16 by
 default, y_* as int64), data/processed/pool.safetensors (the unlabelled
-target pool, normalised like the target) and data/processed/meta.json (per set: mean, std,
+target pool, normalised like the target; empty unless pretrain.objective is
+self-supervised with `target` in pretrain.unlabelled) and data/processed/meta.json (per set: mean, std,
 classes, channels, image_size), which the registered model also uses to
 normalise raw images.
 """
@@ -63,8 +64,11 @@ def preprocess(params: Params, split_dir: Path = SPLIT, out: Path = OUT) -> dict
             "image_size": params.ingest.image_size,
         }
         log.info("%s: %s", name, {k: tuple(v.shape) for k, v in tensors.items()})
-    # unlabelled target images, for self-supervised pretraining: the target's statistics
+    # unlabelled target images, for self-supervised pretraining: the target's statistics.
+    # Kept empty unless pretrain uses them, so new target data leaves pretrain up to date.
     pool, _ = normalise_set(load_arrays(split_dir / "pool.npz"), dtype, stats=meta["target"])
+    if params.pretrain.objective == "supervised" or "target" not in params.pretrain.unlabelled:
+        pool = {k: v[:0].contiguous() for k, v in pool.items()}
     save_file(pool, str(out / "pool.safetensors"))
     meta["pool"] = {"n_target": len(pool["x_target"])}
     write_json(out / "meta.json", meta)

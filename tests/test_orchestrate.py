@@ -116,7 +116,9 @@ def test_deployment_runs_on_a_real_prefect_server(served):
 
     # every stage ran in the project folder and the model was registered
     register = json.loads((served.project / "reports/register.json").read_text())
-    assert register["version"] == "1" and register["became_champion"]
+    assert register["version"] == "1"
+    gate = json.loads((served.project / "reports/promote.json").read_text())
+    assert gate["decision"] == "first_champion" and gate["challenger"]["version"] == "1"
     metrics = json.loads((served.project / "reports/metrics.json").read_text())
 
     # the run's report: markdown summary, stage and metric tables, progress at 100 %
@@ -124,7 +126,7 @@ def test_deployment_runs_on_a_real_prefect_server(served):
     report = by_key["transferline-report"]["data"]
     assert "completed" in report and "ran: " + ", ".join(STAGES) in report
     assert f"{metrics['transfer_gain']['accuracy']:+.4f}" in report
-    assert "Gate decision: no gate" in report or "Gate decision: **" in report
+    assert "Gate decision: **first_champion**" in report
     assert "#/experiments/" in report and "/runs/" in report
     stages = json.loads(by_key["transferline-stages"]["data"])
     assert [row["stage"] for row in stages] == list(STAGES) and {row["status"] for row in stages} == {"ran"}

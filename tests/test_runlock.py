@@ -110,9 +110,10 @@ def test_report_shows_the_gate_decision_when_there_is_one(tmp_path, monkeypatch)
     assert "**+0.1000**" in text and "Gate decision: no gate" in text
     assert "(http://127.0.0.1:5000/#/experiments/1/runs/abc)" in text
     (tmp_path / "reports/promote.json").write_text(json.dumps(
-        {"decision": "promoted", "reason": "beats champion by 0.02", "challenger": "3", "champion": "2"}))
-    assert "Gate decision: **promoted**: beats champion by 0.02 (challenger 3, champion 2)" in report.markdown(
-        stages, results, link, 6.0)
+        {"decision": "promoted", "reason": "beats champion by 0.02",
+         "challenger": {"version": "3", "accuracy": 0.93}, "champion": {"version": "2", "accuracy": 0.91}}))
+    assert ("Gate decision: **promoted**: beats champion by 0.02 (challenger version 3 (accuracy 0.93); "
+            "champion version 2 (accuracy 0.91))") in report.markdown(stages, results, link, 6.0)
     failed = report.markdown(stages, results[:1], link, 2.0, "stage 'validate' failed: bad.png", "validate")
     assert "FAILED" in failed and "bad.png" in failed and "failed / not reached: validate, register" in failed
     rows = report.stage_rows(stages, results[:1], "validate")

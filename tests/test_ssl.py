@@ -85,9 +85,13 @@ def test_objective_learns_and_feeds_finetune(tiny_raw, objective):
 
 
 def test_target_only_pool(tiny_raw):
+    supervised = _ssl_params("supervised")
+    split(supervised.split, supervised.seed)
+    preprocess(supervised)  # no objective reads the pool: it stays empty, new target data leaves pretrain alone
+    assert len(load_set("pool")["x_target"]) == 0
     params = _ssl_params("denoising", epochs=1, unlabelled=["target"])
-    split(params.split, params.seed)
     preprocess(params)
+    assert len(load_set("pool")["x_target"]) > 50
     pretrain(params)
     meta = read_meta(tiny_raw / "models/pretrain/model.safetensors")
     assert meta["unlabelled"] == ["target"] and meta["images"] == len(load_set("pool")["x_target"])
