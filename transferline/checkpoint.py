@@ -54,6 +54,14 @@ def resume_state(checkpoint: str | Path | None, key: str) -> dict[str, Any]:
     return saved
 
 
+def save_epoch(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+               key: str, history: list[dict], generator: torch.Generator) -> None:
+    """The resume point after an epoch: weights, optimizer, scheduler, history and RNG states."""
+    state = {"fingerprint": key, "epoch": len(history), "history": history,
+             "rng": torch.get_rng_state().tolist(), "gen": generator.get_state().tolist()}
+    save_checkpoint(path, model, optimizer, scheduler, state)
+
+
 def save_checkpoint(
     path: str | Path,
     model: torch.nn.Module,

@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from transferline.checkpoint import load_checkpoint, resume_state, save_checkpoint, save_weights
+from transferline.checkpoint import load_checkpoint, resume_state, save_epoch, save_weights
 from transferline.strategies import warmup_cosine
 from transferline.training import fingerprint
 
@@ -246,9 +246,7 @@ def fit_ssl(
         else:
             stale += 1
         if checkpoint:
-            state = {"fingerprint": key, "epoch": epoch + 1, "history": history,
-                     "rng": torch.get_rng_state().tolist(), "gen": generator.get_state().tolist()}
-            save_checkpoint(checkpoint, model, optimizer, scheduler, state)
+            save_epoch(checkpoint, model, optimizer, scheduler, key, history, generator)
         if cfg.patience and stale >= cfg.patience:
             log.info("%s: early stop after epoch %d (best val loss %.4f)", desc, epoch + 1, best)
             break

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from safetensors.torch import save_file
 
-from transferline.checkpoint import load_checkpoint, load_weights, resume_state, save_checkpoint
+from transferline.checkpoint import load_checkpoint, load_weights, resume_state, save_epoch
 from transferline.config import TrainParams
 from transferline.strategies import param_groups, set_batchnorm_training, unfreeze_for_epoch, warmup_cosine
 
@@ -160,14 +160,7 @@ def fit(
         else:
             stale += 1
         if checkpoint:
-            state = {
-                "fingerprint": key,
-                "epoch": epoch + 1,
-                "history": history,
-                "rng": torch.get_rng_state().tolist(),
-                "gen": generator.get_state().tolist(),
-            }
-            save_checkpoint(checkpoint, model, optimizer, scheduler, state)
+            save_epoch(checkpoint, model, optimizer, scheduler, key, history, generator)
         if cfg.patience and stale >= cfg.patience:
             log.info("%s: early stop after epoch %d (best val accuracy %.4f)", desc, epoch + 1, best_acc)
             break
