@@ -1,7 +1,8 @@
 """`transferline experiment text-models`: test accuracy and train time per epoch
 of every model in params.yaml `experiments.text_models` (MiniLM full and LoRA,
 our MLM-pretrained encoder, the same encoder from scratch, a BiLSTM), on the
-text pipeline's own split and label budget.
+text pipeline's own split and label budget, or a seeded subset of that budget
+(`labels_per_class`), each trial over one or more seeds (mean and spread).
 
 Needs `transferline run --modality text --until pretrain`. Each trial runs in
 .transferline/experiments/text/<tokenizer>/ with the pipeline's split and
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from transferline.config import Params
 from transferline.io import read_json
-from transferline.experiments import OUT, ExperimentError, _log_trial, write_outputs
+from transferline.experiments import OUT, ExperimentError, write_outputs
 from transferline.text.params import TextTrial
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,9 @@ log = logging.getLogger(__name__)
 WORK = Path(".transferline/experiments/text")
 NEEDED = (Path("data/split/train.jsonl"), Path("data/processed/tokenizer.json"))
 PRETRAINED = Path("models/pretrain/model.safetensors")
-COLUMNS = ("model", "test_accuracy", "test_macro_f1", "seconds_per_epoch", "epochs", "train_texts", "trainable_params",
-           "init_from", "arch", "strategy", "lr", "best_val_accuracy", "total_seconds")
+COLUMNS = ("model", "labels_per_class", "test_accuracy", "test_accuracy_sd", "seeds", "test_macro_f1",
+           "seconds_per_epoch", "epochs", "train_texts", "trainable_params", "init_from", "arch", "strategy", "lr",
+           "best_val_accuracy", "test_accuracy_per_seed", "total_seconds")
 
 
 @contextlib.contextmanager
@@ -75,36 +77,53 @@ def _with(params: Params, trial: TextTrial) -> Params:
 
 
 def run_text_trial(params: Params, trial: TextTrial) -> dict:
-    """Train one model on the pipeline's label budget and test it; accuracy, F1, seconds per epoch."""
+    """Train one model per seed on the label budget and test it; mean (and spread over seeds)
+    of accuracy and F1, seconds per epoch."""
+    import statistics
+
     from sklearn.metrics import accuracy_score, f1_score
 
+    from transferline.checkpoint import read_meta
     from transferline.text import stages
 
     slug = re.sub(r"[^a-z0-9]+", "_", trial.name.lower()).strip("_")
     p = _with(params, trial)
     uses_pipeline_tokens = trial.init_from in ("pretrain", "scratch")
+    runs = []
     # a model's own tokenization is made per trial: trials may run side by side
     with trial_dir("pipeline" if uses_pipeline_tokens else f"{trial.init_from}-{slug}", p):
-        t0 = time.perf_counter()
-        history = stages.train_one(p, trial.init_from, trial.model, trial.strategy, trial.lr, trial.epochs,
-                                   Path("models") / slug, Path("reports") / f"{slug}_history.json")
-        total = time.perf_counter() - t0
-        meta = stages.processed_meta()
-        model = stages.load_classifier(Path("models") / slug / "model.safetensors")
-        y_true, y_pred = stages.test_predictions(model, p, meta)
-        n_train = int(stages.load_file(str(stages.PROCESSED / "target.safetensors"))["y_train"].numel())
-        from transferline.checkpoint import read_meta
-
+        for seed in trial.seeds or [params.seed]:
+            ps = p.model_copy(update={"seed": seed})
+            t0 = time.perf_counter()
+            history = stages.train_one(ps, trial.init_from, trial.model, trial.strategy, trial.lr, trial.epochs,
+                                       Path("models") / slug, Path("reports") / f"{slug}_history.json",
+                                       labels_per_class=trial.labels_per_class)
+            total = time.perf_counter() - t0
+            model = stages.load_classifier(Path("models") / slug / "model.safetensors")
+            y_true, y_pred = stages.test_predictions(model, ps, stages.processed_meta())
+            runs.append({"seed": seed, "accuracy": float(accuracy_score(y_true, y_pred)),
+                         "macro_f1": float(f1_score(y_true, y_pred, average="macro")),
+                         "best_val": max(h["val_acc"] for h in history), "epochs": len(history), "total": total,
+                         "per_epoch": sum(h["train_seconds"] for h in history) / len(history)})
+            log.info("%s, seed %d: test accuracy %.4f", trial.name, seed, runs[-1]["accuracy"])
+        y_train = stages.load_file(str(stages.PROCESSED / "target.safetensors"))["y_train"]
+        n_train = len(stages.subsample(y_train, trial.labels_per_class, params.seed)) if trial.labels_per_class \
+            else len(y_train)
         trainable = read_meta(Path("models") / slug / "model.safetensors").get("trainable_params")
-    per_epoch = [h["train_seconds"] for h in history]
+    accs = [r["accuracy"] for r in runs]
     return {
         "model": trial.name, "init_from": trial.init_from, "arch": trial.model, "strategy": trial.strategy,
-        "lr": trial.lr, "epochs": len(history), "train_texts": n_train, "trainable_params": trainable,
-        "test_accuracy": round(float(accuracy_score(y_true, y_pred)), 4),
-        "test_macro_f1": round(float(f1_score(y_true, y_pred, average="macro")), 4),
-        "best_val_accuracy": max(h["val_acc"] for h in history),
-        "seconds_per_epoch": round(sum(per_epoch) / len(per_epoch), 1),
-        "total_seconds": round(total, 1),
+        "lr": trial.lr, "epochs": max(r["epochs"] for r in runs), "trainable_params": trainable,
+        "labels_per_class": trial.labels_per_class or params.split.text.labels_per_class,
+        "train_texts": n_train,
+        "seeds": len(runs),
+        "test_accuracy": round(statistics.mean(accs), 4),
+        "test_accuracy_sd": round(statistics.stdev(accs), 4) if len(accs) > 1 else 0.0,
+        "test_accuracy_per_seed": " ".join(f"{a:.4f}" for a in accs),
+        "test_macro_f1": round(statistics.mean(r["macro_f1"] for r in runs), 4),
+        "best_val_accuracy": round(statistics.mean(r["best_val"] for r in runs), 4),
+        "seconds_per_epoch": round(statistics.mean(r["per_epoch"] for r in runs), 1),
+        "total_seconds": round(sum(r["total"] for r in runs), 1),
     }
 
 
@@ -130,6 +149,12 @@ def text_models(params: Params, only: list[str] | None = None) -> list[dict]:
     unknown = [n for n in only or [] if n not in names]
     if unknown:
         raise ExperimentError(f"--trial {unknown[0]!r} is not in experiments.text_models ({', '.join(names)})")
+    budget = params.split.text.labels_per_class
+    for trial in trials:
+        if trial.labels_per_class > budget:
+            raise ExperimentError(f"experiments.text_models {trial.name!r}: labels_per_class {trial.labels_per_class} "
+                                  f"is more than the pipeline's budget (split.text.labels_per_class: {budget}); "
+                                  "raise that and rerun the pipeline, or lower this")
     results: dict[str, dict] = {}
     tracking.configure(params.tracking)
     rows: list[dict] = []
@@ -140,12 +165,14 @@ def text_models(params: Params, only: list[str] | None = None) -> list[dict]:
             log.info("trial: %s", trial.name)
             row = run_text_trial(params, trial)
             results[trial.name] = row
-            _log_trial(parent.info.run_id, trial.name, trial.model_dump(),
-                       {k: row[k] for k in ("test_accuracy", "test_macro_f1", "seconds_per_epoch", "total_seconds")})
+            with mlflow.start_run(run_name=trial.name, nested=True, tags={"trial": trial.name}):
+                mlflow.log_params(trial.model_dump())
+                mlflow.log_metrics({k: row[k] for k in ("test_accuracy", "test_accuracy_sd", "test_macro_f1",
+                                                        "seconds_per_epoch", "total_seconds")})
             log.info("%s: test accuracy %.4f, %.0f s per epoch", trial.name, row["test_accuracy"], row["seconds_per_epoch"])
             # re-read before writing: another `--trial` run may have finished a row meanwhile
             merged = {**(previous_rows(names) if only else {}), **results}
-            rows = [{k: merged[n][k] for k in COLUMNS} for n in names if n in merged]
+            rows = [{k: merged[n].get(k, "") for k in COLUMNS} for n in names if n in merged]
             write_outputs("text_models", rows, rows)  # partial results survive an interrupted run
         mlflow.log_artifacts(str(OUT), "experiments")
     return rows

@@ -56,15 +56,15 @@ class TextPretrainParams(_Section):
     heads: int = Field(4, ge=1)
     intermediate: int = Field(512, ge=16)
     dropout: float = Field(0.1, ge=0, lt=1)
-    steps: int = Field(500, ge=1)
+    steps: int = Field(6000, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
-    warmup_steps: int = Field(100, ge=0)
+    warmup_steps: int = Field(300, ge=0)
     mask_prob: float = Field(0.15, gt=0, lt=1)
-    eval_every: int = Field(250, ge=1)  # also the checkpoint interval (resume point)
+    eval_every: int = Field(1000, ge=1)  # also the checkpoint interval (resume point)
     val_fraction: float = Field(0.05, gt=0, lt=1)
-    threads: int = Field(1, ge=0)  # torch CPU threads; 0 = torch's default (all cores)
+    threads: int = Field(0, ge=0)  # torch CPU threads; 0 = torch's default (all cores)
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> TextPretrainParams:
@@ -78,10 +78,10 @@ class TextFinetuneParams(_Section):
     init_from: str = "pretrain"
     baseline: Literal["scratch", "bilstm"] = "scratch"  # same encoder from scratch, or a BiLSTM
     strategy: Literal[TEXT_STRATEGIES] = "full"  # type: ignore[valid-type]
-    epochs: int = Field(3, ge=1)
+    epochs: int = Field(8, ge=1)
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(2e-4, gt=0)
-    baseline_lr: float = Field(5e-4, gt=0)  # the scratch/BiLSTM baseline trains all weights from random
+    lr: float = Field(1e-3, gt=0)
+    baseline_lr: float = Field(1e-3, gt=0)  # the scratch/BiLSTM baseline trains all weights from random
     weight_decay: float = Field(0.01, ge=0)
     warmup_fraction: float = Field(0.1, ge=0, lt=1)  # linear warm-up, then linear decay
     lora_r: int = Field(8, ge=1)
@@ -91,7 +91,7 @@ class TextFinetuneParams(_Section):
     lstm_hidden: int = Field(128, ge=8)  # BiLSTM baseline
     lstm_embedding: int = Field(128, ge=8)
     max_train_steps: int = Field(0, ge=0)  # cap per run (0 = none); for smoke tests
-    threads: int = Field(1, ge=0)  # torch CPU threads (also evaluate); 0 = torch's default (all cores)
+    threads: int = Field(0, ge=0)  # torch CPU threads (also evaluate); 0 = torch's default (all cores)
 
     @model_validator(mode="after")
     def _init_from_known(self) -> TextFinetuneParams:
@@ -116,14 +116,20 @@ class TextTrial(_Section):
     strategy: Literal[TEXT_STRATEGIES] = "full"  # type: ignore[valid-type]
     lr: float = Field(gt=0)
     epochs: int = Field(1, ge=1)
+    labels_per_class: int = Field(0, ge=0)  # 0 = the pipeline's budget; else a seeded subset of its train split
+    seeds: list[int] = Field(default_factory=list, max_length=20)  # one run each, mean reported; [] = params seed
 
 
-DEFAULT_TRIALS = [
-    TextTrial(name="MiniLM full fine-tune", init_from=MINILM, lr=5e-5, epochs=2),
-    TextTrial(name="MiniLM LoRA", init_from=MINILM, strategy="lora", lr=1e-3, epochs=2),
-    TextTrial(name="our MLM-pretrained encoder", init_from="pretrain", lr=2e-4, epochs=3),
-    TextTrial(name="same encoder from scratch", init_from="scratch", lr=5e-4, epochs=3),
-    TextTrial(name="BiLSTM baseline", init_from="scratch", model="bilstm", lr=2e-3, epochs=3),
+DEFAULT_TRIALS = [  # as shipped in params.yaml
+    TextTrial(name="MiniLM full fine-tune", init_from=MINILM, lr=1e-4, epochs=3, seeds=[0, 1, 2]),
+    TextTrial(name="MiniLM LoRA", init_from=MINILM, strategy="lora", lr=1e-3, epochs=3, seeds=[0, 1, 2]),
+    TextTrial(name="our MLM-pretrained encoder", init_from="pretrain", lr=1e-3, epochs=8, seeds=[0, 1, 2]),
+    TextTrial(name="same encoder from scratch", init_from="scratch", lr=1e-3, epochs=8, seeds=[0, 1, 2]),
+    TextTrial(name="BiLSTM baseline", init_from="scratch", model="bilstm", lr=2e-3, epochs=8, seeds=[0, 1, 2]),
+    TextTrial(name="our MLM-pretrained encoder @250", init_from="pretrain", lr=1e-3, epochs=15, labels_per_class=250,
+              seeds=[0, 1, 2]),
+    TextTrial(name="same encoder from scratch @250", init_from="scratch", lr=1e-3, epochs=15, labels_per_class=250,
+              seeds=[0, 1, 2]),
 ]
 
 

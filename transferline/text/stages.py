@@ -227,9 +227,20 @@ def build_model(params: Params, init_from: str, kind: str, meta: dict) -> tuple[
     return model, {"init_from": init_from}
 
 
+def subsample(labels: torch.Tensor, per_class: int, seed: int) -> torch.Tensor:
+    """Indices (ascending) of `per_class` seeded picks of each class: a smaller label budget."""
+    g = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in labels.unique().tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        picks.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+    return torch.cat(picks).sort().values
+
+
 def train_one(params: Params, init_from: str, kind: str, strategy: str, lr: float, epochs: int, out_dir: Path,
-              history_path: Path) -> list[dict]:
-    """Train one classifier on the label budget; save merged weights + history."""
+              history_path: Path, labels_per_class: int = 0) -> list[dict]:
+    """Train one classifier on the label budget (or `labels_per_class` seeded picks of it, seed
+    params.seed); save merged weights + history."""
     cfg = params.finetune.text
     meta = processed_meta()
     set_threads(cfg.threads)
@@ -241,6 +252,10 @@ def train_one(params: Params, init_from: str, kind: str, strategy: str, lr: floa
     trainable, total = tm.count_params(model)
     log.info("%s (%s, %s): %d of %d parameters train", kind, init_from, strategy, trainable, total)
     data = load_file(str(PROCESSED / "target.safetensors"))
+    if labels_per_class:
+        keep = subsample(data["y_train"], labels_per_class, params.seed)
+        data["ids_train"], data["y_train"] = data["ids_train"][keep], data["y_train"][keep]
+        log.info("label budget %d per class: %d of the split's training texts", labels_per_class, len(keep))
     history = fit_classifier(model, (data["ids_train"], data["y_train"]), (data["ids_val"], data["y_val"]), groups,
                              epochs, cfg.batch_size, cfg.warmup_fraction, meta["special_ids"]["[PAD]"],
                              resolve_device(params.device), generator, cfg.max_train_steps, desc=f"{kind} ({init_from})")
