@@ -48,6 +48,7 @@ def test_text_models_budgets_seeds_runs_and_rerun(tmp_path, monkeypatch):
     assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in rows)
     assert read_json("reports/experiments/text_models.json") == rows
     assert "| mlm | 10 |" in Path("reports/experiments/text_models.md").read_text()
+    assert Path("reports/experiments/text_models.png").stat().st_size > 5000
 
     parent = mlflow.search_runs(filter_string="attributes.run_name = 'text-models'", output_format="list")[0]
     children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
