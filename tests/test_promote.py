@@ -145,6 +145,24 @@ def cli(project: Path, *args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def test_versions_scored_at_once_keep_their_own_weights(registry):
+    """MLflow loads a model-from-code through a module global: two versions scored at the
+    same time in one process must each be scored with their own weights (this race once
+    left the racing test below with the worse champion)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from transferline import promotion
+
+    params, project, model = registry
+    versions = [register_weights(params, m, project)["version"] for m in (graded(model, 7), model)]
+    test = promotion.load_test_set()
+    alone = [promotion.score_version(NAME, v, test) for v in versions]
+    assert alone[0]["accuracy"] + 0.2 < alone[1]["accuracy"]
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(4):
+            assert list(pool.map(lambda v: promotion.score_version(NAME, v, test), versions)) == alone
+
+
 def test_racing_gates_end_on_the_better_model(registry):
     """Two gates at once (threads here; processes against PostgreSQL in
     test_postgres_e2e.py), a worse and a better challenger, both better than the

@@ -22,6 +22,7 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -91,13 +92,20 @@ def scores(y_true: list[str], y_pred: list[str]) -> dict[str, float]:
     }
 
 
+# MLflow loads a "model from code" by running the file and reading back the model it set in a
+# module global (mlflow.models.set_model): two loads at once in one process can hand both
+# callers the same object, so one version gets scored with the other's weights.
+_PYFUNC_LOAD = threading.Lock()
+
+
 def score_version(name: str, version: str, test: TestSet) -> dict[str, float]:
     """Load `models:/name/version` as a pyfunc and score it on raw test images."""
     import mlflow
 
     uri = f"models:/{name}/{version}"
     try:
-        model = mlflow.pyfunc.load_model(uri)
+        with _PYFUNC_LOAD:
+            model = mlflow.pyfunc.load_model(uri)
         raw = test.x.tolist() if test.x.dtype == object else test.x  # strings go as a list, images as an array
         predicted = [str(p) for p in model.predict(raw)]
     except Exception as err:  # a broken or incompatible model: say which one
