@@ -67,3 +67,8 @@ def test_text_models_refuses_a_budget_above_the_split(tmp_path, monkeypatch):
     with pytest.raises(ExperimentError, match=r"'mlm': labels_per_class 41 .*split.text.labels_per_class: 40"):
         text_models(params)
     assert not Path("reports/experiments/text_models.json").exists()
+
+
+def test_two_trials_with_one_name_are_refused():
+    with pytest.raises(ValueError, match=r"experiments.text_models: the name 'mlm' is used twice"):
+        _params([TRIALS[0], {**TRIALS[1], "name": "mlm"}])

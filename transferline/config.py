@@ -175,6 +175,15 @@ class ExperimentsParams(Section):
     workers: int = Field(1, ge=1)  # trials run at once (Prefect mapped tasks); each gets cores/workers threads
     text_models: list[TextTrial] = Field(DEFAULT_TRIALS, min_length=1)  # `transferline experiment text-models`
 
+    @model_validator(mode="after")
+    def _unique_trial_names(self) -> ExperimentsParams:
+        names = [t.name for t in self.text_models]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"experiments.text_models: the name {twice[0]!r} is used twice; each trial is one row "
+                             "of the table, so give each a different name")
+        return self
+
 
 class TrackingParams(Section):
     uri: str = "sqlite:///.transferline/mlflow.db"
