@@ -236,7 +236,7 @@ def fit_ssl(
             "seconds": round(time.perf_counter() - t0, 3),
         }
         history.append(row)
-        bar.set_postfix(loss=f"{row['train_loss']:.4f}", knn_acc=f"{row['val_acc']:.3f}")
+        bar.set_postfix(loss=f"{row['train_loss']:.4f}", knn_acc=f"{row['val_acc']:.3f}", refresh=False)
         log.info("%s epoch %d: loss %.4f, val loss %.4f, kNN val accuracy %.4f", desc, epoch + 1,
                  row["train_loss"], row["val_loss"], row["val_acc"])
         if row["val_loss"] < best:

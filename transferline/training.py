@@ -151,7 +151,7 @@ def fit(
             "seconds": round(time.perf_counter() - t0, 3),
         }
         history.append(row)
-        bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}")
+        bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}", refresh=False)
         if val_acc > best_acc:
             best_acc, stale = val_acc, 0
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
