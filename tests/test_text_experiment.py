@@ -72,3 +72,12 @@ def test_text_models_refuses_a_budget_above_the_split(tmp_path, monkeypatch):
 def test_two_trials_with_one_name_are_refused():
     with pytest.raises(ValueError, match=r"experiments.text_models: the name 'mlm' is used twice"):
         _params([TRIALS[0], {**TRIALS[1], "name": "mlm"}])
+
+
+def test_shipped_trials_are_the_schema_default():
+    """params.yaml and the schema default list the same trials: a params file without
+    experiments.text_models runs the table the README shows."""
+    from transferline.config import load_params
+    from transferline.text.params import DEFAULT_TRIALS
+
+    assert load_params(Path(__file__).parents[1] / "params.yaml").experiments.text_models == DEFAULT_TRIALS

@@ -188,15 +188,15 @@ def plot_text_models(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in rows if r.get("test_accuracy") != ""]
-    labels = [f"{r['model']} ({r['labels_per_class']}/class)" if r.get("labels_per_class") != "" else r["model"]
-              for r in rows]
+    labels = [r["model"] if r.get("labels_per_class") in ("", None) or f"@{r['labels_per_class']}" in r["model"]
+              else f"{r['model']} ({r['labels_per_class']}/class)" for r in rows]
     acc = [r["test_accuracy"] for r in rows]
     sd = [r.get("test_accuracy_sd") or 0.0 for r in rows]
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.2))
     y = range(len(rows))[::-1]
     ax.barh(list(y), acc, xerr=sd, color="tab:blue", alpha=0.8, capsize=3)
-    for yi, a, r in zip(y, acc, rows):
-        ax.text(a + 0.01, yi, f"{a:.3f}  ({r['seconds_per_epoch']} s/epoch)", va="center", fontsize=8)
+    for yi, a, s, r in zip(y, acc, sd, rows):
+        ax.text(a + s + 0.01, yi, f"{a:.3f}  ({r['seconds_per_epoch']} s/epoch)", va="center", fontsize=8)
     ax.set_yticks(list(y), labels, fontsize=8)
     ax.set(xlim=(0.5, 1.0), xlabel="test accuracy (mean over seeds; line: sd)", title="text models, Rotten Tomatoes")
     ax.grid(axis="x", alpha=0.3)

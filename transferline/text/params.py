@@ -126,10 +126,9 @@ DEFAULT_TRIALS = [  # as shipped in params.yaml
     TextTrial(name="our MLM-pretrained encoder", init_from="pretrain", lr=1e-3, epochs=8, seeds=[0, 1, 2]),
     TextTrial(name="same encoder from scratch", init_from="scratch", lr=1e-3, epochs=8, seeds=[0, 1, 2]),
     TextTrial(name="BiLSTM baseline", init_from="scratch", model="bilstm", lr=2e-3, epochs=8, seeds=[0, 1, 2]),
-    TextTrial(name="our MLM-pretrained encoder @250", init_from="pretrain", lr=1e-3, epochs=15, labels_per_class=250,
-              seeds=[0, 1, 2]),
-    TextTrial(name="same encoder from scratch @250", init_from="scratch", lr=1e-3, epochs=15, labels_per_class=250,
-              seeds=[0, 1, 2]),
+    *(TextTrial(name=f"{name} @{n}", init_from=init, lr=1e-3, epochs=epochs, labels_per_class=n, seeds=list(range(10)))
+      for n, epochs in ((250, 15), (100, 30))
+      for name, init in (("our MLM-pretrained encoder", "pretrain"), ("same encoder from scratch", "scratch"))),
 ]
 
 
