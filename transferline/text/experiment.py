@@ -92,6 +92,7 @@ def run_text_trial(params: Params, trial: TextTrial) -> dict:
     runs = []
     # a model's own tokenization is made per trial: trials may run side by side
     with trial_dir("pipeline" if uses_pipeline_tokens else f"{trial.init_from}-{slug}", p):
+        meta = stages.processed_meta()
         for seed in trial.seeds or [params.seed]:
             ps = p.model_copy(update={"seed": seed})
             t0 = time.perf_counter()
@@ -100,22 +101,19 @@ def run_text_trial(params: Params, trial: TextTrial) -> dict:
                                        labels_per_class=trial.labels_per_class)
             total = time.perf_counter() - t0
             model = stages.load_classifier(Path("models") / slug / "model.safetensors")
-            y_true, y_pred = stages.test_predictions(model, ps, stages.processed_meta())
+            y_true, y_pred = stages.test_predictions(model, ps, meta)
             runs.append({"seed": seed, "accuracy": float(accuracy_score(y_true, y_pred)),
                          "macro_f1": float(f1_score(y_true, y_pred, average="macro")),
                          "best_val": max(h["val_acc"] for h in history), "epochs": len(history), "total": total,
                          "per_epoch": sum(h["train_seconds"] for h in history) / len(history)})
             log.info("%s, seed %d: test accuracy %.4f", trial.name, seed, runs[-1]["accuracy"])
-        y_train = stages.load_file(str(stages.PROCESSED / "target.safetensors"))["y_train"]
-        n_train = len(stages.subsample(y_train, trial.labels_per_class, params.seed)) if trial.labels_per_class \
-            else len(y_train)
-        trainable = read_meta(Path("models") / slug / "model.safetensors").get("trainable_params")
+        saved = read_meta(Path("models") / slug / "model.safetensors")
     accs = [r["accuracy"] for r in runs]
     return {
         "model": trial.name, "init_from": trial.init_from, "arch": trial.model, "strategy": trial.strategy,
-        "lr": trial.lr, "epochs": max(r["epochs"] for r in runs), "trainable_params": trainable,
+        "lr": trial.lr, "epochs": max(r["epochs"] for r in runs), "trainable_params": saved.get("trainable_params"),
         "labels_per_class": trial.labels_per_class or params.split.text.labels_per_class,
-        "train_texts": n_train,
+        "train_texts": saved.get("train_texts"),
         "seeds": len(runs),
         "test_accuracy": round(statistics.mean(accs), 4),
         "test_accuracy_sd": round(statistics.stdev(accs), 4) if len(accs) > 1 else 0.0,

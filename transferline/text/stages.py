@@ -262,7 +262,8 @@ def train_one(params: Params, init_from: str, kind: str, strategy: str, lr: floa
     model = tm.merged(model).cpu()
     arch = tm.arch_meta(model, len(meta["classes"]), meta["special_ids"]["[PAD]"])
     save_weights(model, out_dir / "model.safetensors", meta={**arch, **report, "strategy": strategy,
-                                                             "trainable_params": trainable})
+                                                             "trainable_params": trainable,
+                                                             "train_texts": len(data["y_train"])})
     write_json(history_path, history)
     return history
 
