@@ -279,7 +279,9 @@ def _format(err: ValidationError, path: Path) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see params.yaml for the known keys)"
-        got = "" if e["type"] in ("missing", "extra_forbidden") else f" (got {e.get('input')!r})"
+        # a whole section's input (from a section-level check) would bury the message: that one names the value
+        quiet = e["type"] in ("missing", "extra_forbidden") or isinstance(e.get("input"), dict)
+        got = "" if quiet else f" (got {e.get('input')!r})"
         lines.append(f"  {key}: {msg}{got}")
     return "\n".join(lines)
 
