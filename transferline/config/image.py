@@ -1,0 +1,159 @@
+"""Image-modality values: the `image:` sub-section of each stage section in
+params.yaml, read when `modality: image`. Typed, unknown keys rejected,
+errors name the key (`finetune.image.lr`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from transferline.config.base import Section
+from transferline.datasets import BUILTIN_IMAGE_SETS
+
+# The names the image package builds (transferline/image/models.py and
+# strategies.py check theirs against these, so the schema needs no torch).
+MODEL_NAMES = ("small_cnn", "resnet18", "mobilenet_v3_small")
+STRATEGIES = ("full", "linear_probe", "last_n", "discriminative", "gradual")
+Objective = Literal["supervised", "denoising", "contrastive"]
+
+
+class IngestParams(Section):
+    source: Literal["mnist"] = "mnist"
+    target: Literal["animal-mnist", "folder"] = "animal-mnist"
+    folder: str = "data/external/target"
+    image_size: int = Field(28, ge=8, le=512)
+    channels: Literal[1, 3] = 1
+
+
+class ValidateParams(Section):
+    min_per_class: int = Field(10, ge=1)
+    max_leaked: int = Field(0, ge=0)
+
+
+class SplitParams(Section):
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    labels_per_class: int = Field(50, ge=1)
+    val_per_class: int = Field(20, ge=1)
+    dedupe: bool = True
+    source_val_fraction: float = Field(0.1, gt=0, lt=1)
+    source_max_samples: int = Field(20000, ge=20)
+
+
+class PreprocessParams(Section):
+    dtype: Literal["float16", "float32"] = "float16"
+
+
+class TrainParams(Section):
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_epochs: int = Field(0, ge=0)  # linear warm-up, then cosine decay
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment: bool = False  # random affine jitter (torchvision v2) on training batches
+    patience: int = Field(0, ge=0)  # early stopping on val accuracy; 0 = off
+
+
+class PretrainParams(TrainParams):
+    model: Literal[MODEL_NAMES] = "small_cnn"  # type: ignore[valid-type]
+    # supervised: source labels; denoising / contrastive: no labels, on the
+    # unlabelled pool (transferline/image/objectives.py); finetune loads the backbone alike.
+    objective: Objective = "supervised"
+    unlabelled: list[Literal["source", "target"]] = Field(["source", "target"], min_length=1)  # pool sets
+    mask_ratio: float = Field(0.5, ge=0, lt=1)  # denoising: share of 4x4 patches blanked
+    noise_std: float = Field(0.3, ge=0)  # denoising: gaussian noise added to the input
+    temperature: float = Field(0.2, gt=0)  # contrastive: NT-Xent temperature
+
+
+class FinetuneParams(TrainParams):
+    # pretrain (this project's pretrain stage), scratch, or a weights file in
+    # data/external/weights/ (safetensors or a torch state dict)
+    init_from: str = "pretrain"
+    strategy: Literal[STRATEGIES] = "full"  # type: ignore[valid-type]
+    last_n_blocks: int = Field(1, ge=0)  # strategy last_n
+    unfreeze_every: int = Field(3, ge=1)  # strategy gradual: epochs between unfreezing blocks
+    lr_decay: float = Field(0.5, gt=0, le=1)  # strategy discriminative: per-block factor
+    train_bn: bool = True  # update batch-norm statistics of frozen blocks
+
+    @model_validator(mode="after")
+    def _init_from_exists(self) -> FinetuneParams:
+        if self.init_from not in ("pretrain", "scratch") and not Path(self.init_from).is_file():
+            raise ValueError(
+                f"finetune.image.init_from: {self.init_from!r} is neither 'pretrain', 'scratch' nor an existing "
+                "weights file (put it in data/external/weights/)"
+            )
+        return self
+
+
+class EvaluateParams(Section):
+    batch_size: int = Field(512, ge=1)
+
+
+class RegisterParams(Section):
+    model_name: str = Field("transferline-image", min_length=1)
+
+
+class ObjectiveTrial(Section):
+    """One pretraining set-up in `transferline experiment objectives`: an objective,
+    optionally with its own pool and epochs (else pretrain's). A plain name is short
+    for {objective: name}."""
+
+    objective: Objective
+    unlabelled: list[Literal["source", "target"]] | None = Field(None, min_length=1)
+    epochs: int | None = Field(None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: object) -> object:
+        return {"objective": value} if isinstance(value, str) else value
+
+    def label(self) -> str:
+        parts = [self.objective]
+        if self.unlabelled and self.objective != "supervised":
+            parts.append("+".join(self.unlabelled))
+        if self.epochs:
+            parts.append(f"{self.epochs}ep")
+        return "_".join(parts)
+
+
+class ExperimentsParams(Section):
+    """Read by `transferline experiment label-efficiency | strategies | objectives`, not by a stage."""
+
+    budgets: list[int] = Field([5, 10, 25, 50, 100], min_length=1)  # labels per class
+    seeds: list[int] = Field([0, 1, 2], min_length=1)
+    strategies: list[Literal[STRATEGIES]] = Field(list(STRATEGIES), min_length=1)  # type: ignore[valid-type]
+    objectives: list[ObjectiveTrial] = Field(
+        [ObjectiveTrial(objective=o) for o in ("supervised", "denoising", "contrastive")], min_length=1)
+    workers: int = Field(1, ge=1)  # trials run at once (Prefect mapped tasks); each gets cores/workers threads
+
+
+class ImageValues(Section):
+    """Every image value, one attribute per stage section (`params.image.finetune.lr`)."""
+
+    ingest: IngestParams = IngestParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    split: SplitParams = SplitParams()
+    preprocess: PreprocessParams = PreprocessParams()
+    pretrain: PretrainParams
+    finetune: FinetuneParams
+    evaluate: EvaluateParams = EvaluateParams()
+    register_: RegisterParams = Field(RegisterParams(), alias="register")
+    experiments: ExperimentsParams = ExperimentsParams()
+
+    @model_validator(mode="after")
+    def _budget_fits_builtin_data(self) -> ImageValues:
+        # A folder's class sizes are known only after ingest; validate checks those.
+        if self.ingest.target == "folder":
+            return self
+        available = int(BUILTIN_IMAGE_SETS[self.ingest.target].per_class * (1 - self.split.test_fraction))
+        wanted = self.split.labels_per_class + self.split.val_per_class
+        if wanted > available:
+            raise ValueError(
+                f"split.image.labels_per_class ({self.split.labels_per_class}) + split.image.val_per_class "
+                f"({self.split.val_per_class}) = {wanted} labels per class, but "
+                f"{self.ingest.target} has only {available} per class outside the test set "
+                f"(split.image.test_fraction={self.split.test_fraction}); lower split.image.labels_per_class"
+            )
+        return self

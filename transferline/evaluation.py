@@ -1,0 +1,74 @@
+"""What the evaluate stage writes, for either modality: given test labels and
+each model's predictions, the metrics (DVC metrics file), per-class scores,
+the confusion matrix and the learning curves."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from transferline import metrics as m
+from transferline.io import read_json, write_json
+from transferline.paths import Paths
+
+log = logging.getLogger(__name__)
+
+RUNS = ("finetune", "scratch")  # the fine-tuned model and its from-scratch baseline
+
+
+def save_confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str], path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on servers
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    disp = ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=range(len(classes)),
+                                                   display_labels=list(classes), xticks_rotation=45, colorbar=False)
+    disp.ax_.set_title(title)
+    disp.figure_.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    disp.figure_.savefig(path, dpi=100)
+    plt.close(disp.figure_)
+
+
+def save_learning_curves(histories: dict[str, list[dict]], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, rows in histories.items():
+        epochs = [r["epoch"] for r in rows]
+        ax_loss.plot(epochs, [r["train_loss"] for r in rows], label=f"{name} train")
+        ax_loss.plot(epochs, [r["val_loss"] for r in rows], "--", label=f"{name} val")
+        ax_acc.plot(epochs, [r["val_acc"] for r in rows], label=f"{name} val")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_evaluation(y_true: np.ndarray, predictions: dict[str, np.ndarray], classes: Sequence[str],
+                     paths: Paths) -> dict:
+    """metrics.json ({finetune, scratch, transfer_gain, n_test}), per_class.json and the plots."""
+    scores = {name: m.classification_scores(y_true, predictions[name]) for name in RUNS}
+    per_class = {name: m.per_class_scores(y_true, predictions[name], classes) for name in RUNS}
+    result = {**scores, "transfer_gain": m.transfer_gain(scores["finetune"], scores["scratch"]),
+              "n_test": int(len(y_true))}
+    save_confusion_matrix(y_true, predictions["finetune"], classes, paths.plots / "confusion_matrix.png",
+                          f"fine-tuned, test accuracy {scores['finetune']['accuracy']:.3f}")
+    save_learning_curves({n: read_json(paths.history(n)) for n in RUNS}, paths.plots / "learning_curves.png")
+    write_json(paths.report("metrics"), result)
+    write_json(paths.report("per_class"), per_class)
+    log.info("test accuracy: fine-tuned %.4f, scratch %.4f, gain %+.4f", scores["finetune"]["accuracy"],
+             scores["scratch"]["accuracy"], result["transfer_gain"]["accuracy"])
+    return result
