@@ -1,25 +1,30 @@
-"""What every stage's `main()` shares: logging setup, params, clean exit."""
+"""What every stage's entry point shares: logging, params, the modality, a clean exit.
+
+`python -m tasks.<stage>` loads params.yaml, picks the modality once and runs
+`transferline.<modality>.<stage>.run(params, params.paths)`. The modality
+module is imported by name, so an image stage never imports text code (and
+the reverse); dvc.yaml lists `transferline/${modality}/...` accordingly.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
-from collections.abc import Callable
 
-from transferline.config import Params, ParamsError, load_params
-from transferline.runtime import apply_env_defaults
-
-
-class StageError(RuntimeError):
-    """The stage cannot go on; the message says what is wrong and how to fix it."""
+from transferline.config import ParamsError, load_params
+from transferline.env import apply_env_defaults
+from transferline.errors import StageError
 
 
-def run_main(stage: str, work: Callable[[Params], object]) -> None:
-    """Load params, run the stage, turn known errors into one clear line and exit 1."""
+def run_stage(stage: str) -> None:
+    """Load params, run the stage for the active modality, turn known errors into one clear line and exit 1."""
     apply_env_defaults()
     logging.basicConfig(level=logging.INFO, format=f"[{stage}] %(message)s")
     try:
-        work(load_params())
+        params = load_params()
+        module = importlib.import_module(f"transferline.{params.modality}.{stage}")
+        module.run(params, params.paths)
     except (StageError, ParamsError) as err:
         print(f"[{stage}] error: {err}", file=sys.stderr)
         sys.exit(1)
