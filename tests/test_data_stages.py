@@ -18,7 +18,7 @@ from tasks.preprocess import load_set, preprocess
 from tasks.split import assign_target, image_hashes, split
 from tasks.validate import validate
 from transferline.config import parse_params
-from transferline.datasets import ANIMAL_MNIST
+from transferline.config.image import ANIMAL_MNIST
 from transferline.io import load_arrays, read_json, save_arrays
 
 

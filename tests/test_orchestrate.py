@@ -82,7 +82,7 @@ def served(tmp_path_factory, builtin_sets):
                           orchestrate={**QUIET_CRONS, "work_pool": "tl-test"})
     project = make_project(root / "proj", raw)
     x, y, first, _ = target_images(builtin_sets)
-    write_images(project / "data/external/target", x[first], y[first], CLASSES, 0)
+    write_images(project / "data/external/image", x[first], y[first], CLASSES, 0)
     home = root / "prefect-server"
     with prefect_server(home) as api:
         prefect_cli(home, api, "work-pool", "create", "tl-test", "--type", "process")
@@ -171,7 +171,7 @@ def test_fresh_clone_pulls_and_skips_every_stage(served, tmp_path):
 @pytest.mark.slow
 def test_check_runs_only_on_new_data_and_a_failed_run_changes_nothing(served, builtin_sets):
     project = served.project
-    target = project / "data/external/target"
+    target = project / "data/external/image"
     x, y, _, later = target_images(builtin_sets)
     assert registry(project) == (1, "1")
 
@@ -194,7 +194,7 @@ def test_check_runs_only_on_new_data_and_a_failed_run_changes_nothing(served, bu
     assert f"another transferline run holds the lock (pid {busy_check.pid})" in second.stderr
     out, err = busy_check.communicate(timeout=1200)
     assert busy_check.returncode == 0, err[-3000:]
-    assert "ingest: data/external/target modified" in " ".join(err.split())
+    assert "ingest: data/external/image modified" in " ".join(err.split())
     ran, skipped = summary_lists(err)
     assert ran[:4] == ["ingest", "validate", "split", "preprocess"] and "register" in ran, err[-2000:]
     assert "pretrain" in skipped  # same source data: the pretrained backbone is reused

@@ -103,10 +103,10 @@ def test_bad_data_stops_the_run_and_keeps_the_champion_data(tmp_path):
                           validate={"min_per_class": 3})
     project = make_project(tmp_path / "proj", raw)
     for cls in ("cat", "dog"):
-        (project / "data/external/target" / cls).mkdir(parents=True)
+        (project / "data/external/image" / cls).mkdir(parents=True)
         for i in range(6):
-            Image.new("L", (32, 32), i * 30 + (cls == "dog") * 7).save(project / "data/external/target" / cls / f"{i}.png")
-    (project / "data/external/target/dog/corrupt.jpg").write_bytes(b"\xff\xd8 truncated")
+            Image.new("L", (32, 32), i * 30 + (cls == "dog") * 7).save(project / "data/external/image" / cls / f"{i}.png")
+    (project / "data/external/image/dog/corrupt.jpg").write_bytes(b"\xff\xd8 truncated")
     result = transferline(project, "run")
     assert result.returncode == 1
     assert "dog/corrupt.jpg" in result.stderr and "stage 'validate' failed" in result.stderr

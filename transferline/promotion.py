@@ -24,6 +24,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,13 +33,14 @@ from typing import Any
 import numpy as np
 
 from transferline.config import MetricGate, Params
-from transferline.io import load_arrays, read_json, write_json
+from transferline.paths import Paths
+from transferline.errors import StageError
+from transferline.io import read_json, write_json
+from transferline.metrics import classification_scores
 
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
-TEST_SPLIT = Path("data/split/target.npz")
-META = Path("data/processed/meta.json")
 HISTORY_PREFIX = "champion_history/"  # registered-model tag keys, one per alias move
 TAG = "promote."  # version tag prefix for gate decisions
 EPS = 1e-9  # figures are rounded to 5 decimals; a margin met exactly is met
@@ -59,39 +61,6 @@ class TestSet:
         return len(self.y)
 
 
-def load_test_set(split: Path = TEST_SPLIT, meta: Path = META) -> TestSet:
-    """The current held-out target set as a client would send it (raw images or
-    raw strings) and its class names."""
-    text_split = split.parent / "test.jsonl"
-    if split == TEST_SPLIT and text_split.is_file() and not split.is_file():  # modality: text
-        from transferline.text.data import read_jsonl
-
-        rows = read_jsonl(text_split)
-        return TestSet(np.array([r["text"] for r in rows], dtype=object), [str(r["label"]) for r in rows],
-                       str(text_split))
-    for path, stage in ((split, "split"), (meta, "preprocess")):
-        if not path.is_file():
-            raise PromotionError(f"{path} not found; run the {stage} stage first (transferline run --until {stage})")
-    arrays = load_arrays(split)
-    if "x_test" not in arrays or "y_test" not in arrays:
-        raise PromotionError(f"{split}: no x_test/y_test arrays; re-run the split stage")
-    classes = [str(c) for c in read_json(meta)["target"]["classes"]]
-    x = arrays["x_test"]
-    if x.ndim == 4 and x.shape[1] == 1:
-        x = x[:, 0]  # greyscale (N, 1, H, W) -> (N, H, W): the layout the registered signature promises
-    return TestSet(x, [classes[int(i)] for i in arrays["y_test"]], str(split))
-
-
-def scores(y_true: list[str], y_pred: list[str]) -> dict[str, float]:
-    """Accuracy and macro-F1, computed as tasks/evaluate.py computes them."""
-    from sklearn.metrics import accuracy_score, f1_score
-
-    return {
-        "accuracy": round(float(accuracy_score(y_true, y_pred)), 5),
-        "macro_f1": round(float(f1_score(y_true, y_pred, average="macro")), 5),
-    }
-
-
 # MLflow loads a "model from code" by running the file and reading back the model it set in a
 # module global (mlflow.models.set_model): two loads at once in one process can hand both
 # callers the same object, so one version gets scored with the other's weights.
@@ -110,7 +79,7 @@ def score_version(name: str, version: str, test: TestSet) -> dict[str, float]:
         predicted = [str(p) for p in model.predict(raw)]
     except Exception as err:  # a broken or incompatible model: say which one
         raise PromotionError(f"{uri} cannot score the current test split: {err}") from err
-    return scores(test.y, predicted)
+    return classification_scores(test.y, predicted)
 
 
 def decide(gates: dict[str, MetricGate], challenger: dict[str, float],
@@ -232,8 +201,9 @@ def _tag_version(client: Any, name: str, version: str, report: dict) -> None:
 
 # -- the gate ----------------------------------------------------------------
 
-def run_gate(params: Params, version: str | None = None, test: TestSet | None = None) -> dict:
-    """Score `version` (default: the newest) against the champion; move the alias if it wins.
+def run_gate(params: Params, test: TestSet, version: str | None = None) -> dict:
+    """Score `version` (default: the newest) against the champion on `test` (the
+    modality's current test split); move the alias if it wins.
 
     Returns the report (see write_report). The champion is read, scored and
     replaced under the gate lock, so concurrent gates serialise.
@@ -250,7 +220,6 @@ def run_gate(params: Params, version: str | None = None, test: TestSet | None = 
     current_champion(client, name)  # fails clearly if the model does not exist
     version = str(version or latest_version(client, name))
     _check_version(client, name, version)
-    test = test or load_test_set()
     gates = params.promote.metrics
     t1 = time.perf_counter()
     challenger = score_version(name, version, test)  # outside the lock: it does not depend on the champion
@@ -404,3 +373,23 @@ def write_report(report: dict, json_path: Path, md_path: Path) -> None:
     write_json(json_path, report)
     md_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text(markdown(report))
+
+
+def promote_registered(params: Params, paths: Paths, load_test: Callable[[Paths], TestSet]) -> dict:
+    """The promote stage, for either modality: gate the version register just made
+    (reports/register.json) on the test split `load_test` reads; write the reports."""
+    registered = paths.report("register")
+    if not registered.is_file():
+        raise StageError(f"{registered} not found; run the register stage first (dvc repro register)")
+    info = read_json(registered)
+    if info.get("name") != params.model_name:
+        raise StageError(f"{registered} is for model {info.get('name')!r}, params.yaml register.{params.modality}."
+                         f"model_name is {params.model_name!r}; re-run the register stage")
+    from transferline.locks import LockTimeout
+
+    try:
+        report = run_gate(params, load_test(paths), str(info["version"]))
+    except (PromotionError, LockTimeout) as err:
+        raise StageError(str(err)) from None
+    write_report(report, paths.report("promote"), paths.reports / "promote.md")
+    return report

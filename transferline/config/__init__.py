@@ -107,6 +107,12 @@ class Params(Section):
         """The active modality's values (ImageValues or TextValues)."""
         return getattr(self, self.modality)
 
+    def to_raw(self) -> dict:
+        """The params.yaml layout again (what parse_params reads): for a trial's own copy."""
+        shared = self.model_dump(mode="json", by_alias=True, exclude={"image", "text"})
+        values = self.values.model_dump(mode="json", by_alias=True)
+        return {**shared, **{section: {self.modality: v} for section, v in values.items()}}
+
     @property
     def model_name(self) -> str:
         """The registered model's name for this modality."""

@@ -2,18 +2,23 @@
 `head` (an nn.Sequential ending in nn.Linear), so fine-tuning swaps the head
 and keeps the backbone. `blocks(model)` lists the backbone's stages from input
 to output, for last-N unfreezing and per-block learning rates
-(`transferline.strategies`).
+(`transferline.image.strategies`).
 
 The torchvision models keep torchvision's module names inside `backbone`
 (`backbone.layer1.0.conv1.weight`, `backbone.features.0.0.weight`), so a
 torchvision state dict maps onto them by prefixing `backbone.`
-(`transferline.weights`).
+(`transferline.image.weights`).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
+
+from transferline.checkpoint import load_weights, read_meta
+from transferline.config.image import MODEL_NAMES
 
 
 def conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -171,13 +176,22 @@ MODELS: dict[str, type[Classifier]] = {
     "resnet18": ResNet18,
     "mobilenet_v3_small": MobileNetV3Small,
 }
-MODEL_NAMES = tuple(MODELS)
+# the schema (transferline/config/image.py) names them without importing torch
+assert tuple(MODELS) == MODEL_NAMES, "transferline/config/image.py MODEL_NAMES must match MODELS"
 
 
 def build_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     return MODELS[name](num_classes=num_classes, in_channels=in_channels)
+
+
+def load_classifier(weights: Path) -> nn.Module:
+    """A saved classifier (safetensors with its arch in the metadata), in eval mode."""
+    meta = read_meta(weights)
+    model = build_model(meta["arch"], int(meta["num_classes"]), int(meta["in_channels"]))
+    model.load_state_dict(load_weights(weights))
+    return model.eval()
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:

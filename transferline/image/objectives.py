@@ -17,7 +17,7 @@ split left out of train, val and test. Labels are used only to *monitor*:
 `val_acc` in the history is the k-nearest-neighbour accuracy of the
 backbone's features on the source validation set (neighbours from source
 training images), so a run's features can be compared across epochs and
-objectives. Checkpoints and resume work as in `transferline.training.fit`.
+objectives. Checkpoints and resume work as in `transferline.image.train.fit`.
 The saved weights hold the backbone alone (`backbone.*` keys), which
 `finetune` loads exactly like a supervised backbone.
 """
@@ -38,8 +38,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from transferline.checkpoint import load_checkpoint, resume_state, save_epoch, save_weights
-from transferline.strategies import warmup_cosine
-from transferline.training import fingerprint
+from transferline.image.strategies import warmup_cosine
+from transferline.image.models import build_model
+from transferline.image.train import fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -262,10 +263,8 @@ def pretrain_ssl(
     params: Any, source: dict[str, torch.Tensor], pool: dict[str, torch.Tensor], out: Path, generator: torch.Generator,
     device: torch.device,
 ) -> list[dict]:
-    """Self-supervised pretraining per params.pretrain; writes out/model.safetensors (backbone only)."""
-    from transferline.models import build_model
-
-    cfg = params.pretrain
+    """Self-supervised pretraining per params.image.pretrain; writes out/model.safetensors (backbone only)."""
+    cfg = params.image.pretrain
     parts = {"source": source["x_train"], "target": pool["x_target"]}
     train = torch.cat([parts[name] for name in cfg.unlabelled])
     if len(train) < 2:
@@ -273,7 +272,7 @@ def pretrain_ssl(
                          "self-supervised pretraining needs at least 2")
     log.info("%s pretraining on %d unlabelled images (%s)", cfg.objective, len(train),
              ", ".join(f"{n}: {len(parts[n])}" for n in cfg.unlabelled))
-    channels, size = params.ingest.channels, train.shape[-1]
+    channels, size = params.image.ingest.channels, train.shape[-1]
     classifier = build_model(cfg.model, num_classes=2, in_channels=channels)
     model = SSLModel(classifier.backbone, classifier.feature_dim, cfg.objective, channels, size)
     ref = (source["x_train"][:KNN_REFERENCE], source["y_train"][:KNN_REFERENCE])

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from transferline.checkpoint import load_weights, read_meta
-from transferline.models import build_model
+from transferline.image.models import build_model
 
 BATCH = 512  # bounds memory for a large request; the model itself is tiny
 

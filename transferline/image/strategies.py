@@ -3,7 +3,7 @@
 `param_groups()` freezes what a strategy leaves out (`requires_grad=False`,
 and in no optimizer group, so weight decay cannot move it either) and
 returns groups for a torch optimizer. Blocks come from
-`transferline.models.blocks()`, input to output; "the top" is the output end.
+`transferline.image.models.blocks()`, input to output; "the top" is the output end.
 
 | strategy | trains | learning rate |
 |---|---|---|
@@ -27,11 +27,11 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-from transferline.models import blocks
+from transferline.config.image import STRATEGIES
+from transferline.image.models import blocks
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("full", "linear_probe", "last_n", "discriminative", "gradual")
 
 
 def _params(module: nn.Module) -> list[nn.Parameter]:

@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 from safetensors.torch import save_file
 
 from transferline.checkpoint import load_checkpoint, load_weights, resume_state, save_epoch
-from transferline.config import TrainParams
-from transferline.strategies import param_groups, set_batchnorm_training, unfreeze_for_epoch, warmup_cosine
+from transferline.config.image import TrainParams
+from transferline.image.strategies import param_groups, set_batchnorm_training, unfreeze_for_epoch, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def fit(
     """Train with AdamW, warm-up + cosine; return per-epoch history.
 
     A FinetuneParams `cfg` also picks the strategy (which blocks train, at
-    which lr; see transferline.strategies). With `patience`, training stops
+    which lr; see transferline.image.strategies). With `patience`, training stops
     after that many epochs without a better val accuracy and the best
     weights are kept. With `checkpoint`, state is saved after every epoch
     and a matching earlier checkpoint (same config and data) is resumed

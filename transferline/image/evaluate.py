@@ -1,0 +1,32 @@
+"""evaluate (images): the fine-tuned model and the scratch baseline on the
+held-out test set; transferline.evaluation writes the metrics (DVC metrics
+file), per-class scores, the transfer gain, the confusion matrix and the
+learning curves, as for text."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from transferline.config import Params
+from transferline.evaluation import RUNS, write_evaluation
+from transferline.image.data import load_set
+from transferline.image.models import load_classifier
+from transferline.image.train import predict
+from transferline.io import read_json
+from transferline.paths import Paths
+from transferline.runtime import resolve_device
+
+
+def predict_classes(model, x, batch_size: int, device) -> np.ndarray:
+    """Predicted class indices of `model` for cached (normalised) images `x`."""
+    return predict(model.to(device), x, batch_size, device).argmax(1).numpy()
+
+
+def run(params: Params, paths: Paths) -> dict:
+    data = load_set(paths, "target")
+    classes = read_json(paths.processed_meta)["target"]["classes"]
+    device = resolve_device(params.device)
+    batch = params.image.evaluate.batch_size
+    predictions = {name: predict_classes(load_classifier(paths.weights(name)), data["x_test"], batch, device)
+                   for name in RUNS}
+    return write_evaluation(data["y_test"].numpy(), predictions, classes, paths)

@@ -1,0 +1,42 @@
+"""register (images): log the fine-tuned model as a pyfunc that takes raw
+images (transferline/image/serving.py, weights and preprocessing stats as
+artifacts) and register it as a new challenger version (transferline.registry)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from transferline.config import Params
+from transferline.errors import StageError
+from transferline.image.serving import ImageClassifier
+from transferline.io import read_json, write_json
+from transferline.paths import Paths
+from transferline.registry import PACKAGE, register_model, require
+
+SERVING = PACKAGE / "image" / "serving.py"
+PREPROCESS_KEYS = ("mean", "std", "classes", "image_size", "channels")
+
+
+def input_example(prep: dict, seed: int) -> np.ndarray:
+    """Two raw uint8 images in the layout the signature will promise."""
+    size, channels = int(prep["image_size"]), int(prep["channels"])
+    shape = (2, size, size) if channels == 1 else (2, channels, size, size)
+    return np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def run(params: Params, paths: Paths) -> dict:
+    """Log and register the fine-tuned model; return (and write) the summary."""
+    model = paths.weights("finetune")
+    require({model: "finetune", paths.processed_meta: "preprocess", paths.report("metrics"): "evaluate"})
+    prep = read_json(paths.processed_meta).get("target")
+    missing = [k for k in PREPROCESS_KEYS if not isinstance(prep, dict) or k not in prep]
+    if missing:
+        raise StageError(f"{paths.processed_meta}: target is missing {', '.join(missing)}; re-run the preprocess stage")
+    with tempfile.TemporaryDirectory() as tmp:
+        prep_path = write_json(Path(tmp) / "preprocess.json", prep)
+        example = input_example(prep, params.seed)
+        labels = ImageClassifier().load(str(model), str(prep_path)).predict(None, example)
+        return register_model(params, paths, SERVING, {"weights": model, "preprocess": prep_path}, example, labels)
