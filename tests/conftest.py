@@ -75,7 +75,7 @@ def tiny_params():
 @pytest.fixture(scope="session")
 def builtin_sets() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The real MNIST and Animal-MNIST arrays (downloaded once, sha256-checked)."""
-    from tasks.ingest import load_animal_mnist, load_mnist
+    from transferline.image.data import load_animal_mnist, load_mnist
 
     return {"source": load_mnist(), "target": load_animal_mnist()}
 
@@ -83,7 +83,7 @@ def builtin_sets() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 @pytest.fixture
 def tiny_raw(tmp_path, monkeypatch, builtin_sets) -> Path:
     """A project folder holding data/raw with a stratified slice of the real sets."""
-    from tasks.ingest import ANIMAL_MNIST, MNIST
+    from transferline.config.image import ANIMAL_MNIST, MNIST
     from transferline.io import save_arrays, write_json
 
     monkeypatch.chdir(tmp_path)

@@ -12,13 +12,12 @@ import torch
 from PIL import Image
 
 from conftest import DOWNLOADS, tiny_raw_params
-from tasks._stage import StageError
-from tasks.ingest import load_animal_mnist, load_folder, fetch_member
-from tasks.preprocess import load_set, preprocess
-from tasks.split import assign_target, image_hashes, split
-from tasks.validate import validate
+from transferline.artifacts import fetch_member
 from transferline.config import parse_params
 from transferline.config.image import ANIMAL_MNIST
+from transferline.errors import StageError
+from transferline.image import preprocess, split, validate
+from transferline.image.data import image_hashes, load_folder, load_set
 from transferline.io import load_arrays, read_json, save_arrays
 
 
@@ -58,7 +57,7 @@ def test_folder_ingest_reads_formats_and_reports_unreadable(tmp_path):
 
 
 def test_validate_passes_real_slice(tiny_raw, tiny_params):
-    report = validate(tiny_params)
+    report = validate.run(tiny_params, tiny_params.paths)
     assert report["ok"] and report["target"]["leaked_train_test"] == 0
     assert read_json("reports/validate.json")["target"]["class_counts"]["zebra"] == 40
 
@@ -73,7 +72,7 @@ def test_validate_names_unreadable_files_and_bad_labels(tiny_raw, tiny_params):
     t["y"][0] = 12
     save_arrays("data/raw/target.npz", **t)
     with pytest.raises(StageError) as err:
-        validate(tiny_params)
+        validate.run(tiny_params, tiny_params.paths)
     assert "cat/0001.png" in str(err.value)
     assert "labels span 0..12" in str(err.value)
     assert read_json("reports/validate.json")["ok"] is False
@@ -87,16 +86,16 @@ def test_validate_catches_leakage_when_dedupe_is_off(tiny_raw):
     cats = np.flatnonzero(t["y"] == 2)
     save_arrays("data/raw/target.npz", x=np.concatenate([t["x"], t["x"][cats]]), y=np.concatenate([t["y"], t["y"][cats]]))
     with pytest.raises(StageError, match="leakage"):
-        validate(params)
+        validate.run(params, params.paths)
     ok = parse_params(tiny_raw_params(split={"dedupe": True, "labels_per_class": 10, "val_per_class": 5,
                                              "test_fraction": 0.5}))
-    assert validate(ok)["target"]["leaked_train_test"] == 0
+    assert validate.run(ok, ok.paths)["target"]["leaked_train_test"] == 0
 
 
 def test_split_is_deterministic_stratified_and_budgeted(tiny_raw, tiny_params):
-    counts = split(tiny_params.split, seed=7)
+    counts = split.run(tiny_params.model_copy(update={"seed": 7}), tiny_params.paths)
     first = load_arrays("data/split/target.npz")
-    split(tiny_params.split, seed=7)
+    split.run(tiny_params.model_copy(update={"seed": 7}), tiny_params.paths)
     again = load_arrays("data/split/target.npz")
     assert all(np.array_equal(first[k], again[k]) for k in first)
     assert np.bincount(first["y_train"]).tolist() == [10] * 10
@@ -104,14 +103,14 @@ def test_split_is_deterministic_stratified_and_budgeted(tiny_raw, tiny_params):
     assert counts["target"]["test"] == 40  # 10% of 40 per class
     train_h, test_h = set(image_hashes(first["x_train"])), set(image_hashes(first["x_test"]))
     assert not train_h & test_h
-    split(tiny_params.split, seed=8)
+    split.run(tiny_params.model_copy(update={"seed": 8}), tiny_params.paths)
     assert not np.array_equal(first["x_train"], load_arrays("data/split/target.npz")["x_train"])
 
 
 def test_preprocess_normalises_with_train_stats(tiny_raw, tiny_params):
-    split(tiny_params.split, tiny_params.seed)
-    meta = preprocess(tiny_params)
-    target = load_set("target")
+    split.run(tiny_params, tiny_params.paths)
+    meta = preprocess.run(tiny_params, tiny_params.paths)
+    target = load_set(tiny_params.paths, "target")
     assert target["x_train"].dtype == torch.float16
     assert abs(target["x_train"].float().mean().item()) < 1e-2
     assert abs(target["x_train"].float().std().item() - 1) < 1e-2

@@ -13,7 +13,7 @@ from conftest import tiny_raw_params
 from transferline.checkpoint import save_weights
 from transferline.config import parse_params
 from transferline.experiments import ExperimentError, OUT, compare_strategies, label_efficiency, objectives
-from transferline.models import SmallCNN
+from transferline.image.models import SmallCNN
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -11,9 +11,9 @@ import torchvision
 from torch import nn
 
 from transferline.checkpoint import load_checkpoint, save_checkpoint, save_weights
-from transferline.models import MODEL_NAMES, SmallCNN, blocks, build_model
-from transferline.strategies import param_groups, set_batchnorm_training, unfreeze_for_epoch, warmup_cosine
-from transferline.weights import load_pretrained
+from transferline.image.models import MODEL_NAMES, SmallCNN, blocks, build_model
+from transferline.image.strategies import param_groups, set_batchnorm_training, unfreeze_for_epoch, warmup_cosine
+from transferline.image.weights import load_pretrained
 
 N_BLOCKS = {"small_cnn": 3, "resnet18": 5, "mobilenet_v3_small": 7}
 

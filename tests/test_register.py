@@ -12,7 +12,7 @@ import yaml
 
 from transferline.checkpoint import save_weights
 from transferline.config import Params, ParamsError, parse_params
-from transferline.models import SmallCNN
+from transferline.image.models import SmallCNN
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["cat", "dog", "fish"]

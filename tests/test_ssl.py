@@ -16,16 +16,17 @@ import torch
 import yaml
 
 from conftest import tiny_raw_params
-from tasks._stage import StageError
-from tasks.finetune import initialise, train_target
-from tasks.preprocess import load_set, preprocess
-from tasks.pretrain import pretrain
-from tasks.split import check_pool, image_hashes, split
+from transferline.errors import StageError
+from transferline.image.finetune import initialise, train_target
+from transferline.image import preprocess, split
+from transferline.image.data import check_pool, image_hashes, load_set
+from transferline.image.pretrain import run as pretrain
 from transferline.checkpoint import read_meta
 from transferline.config import parse_params
+from transferline.paths import Paths
 from transferline.io import load_arrays
-from transferline.models import SmallCNN
-from transferline.ssl import nt_xent
+from transferline.image.models import SmallCNN
+from transferline.image.objectives import nt_xent
 
 
 def _ssl_params(objective: str, **pretrain):
@@ -44,7 +45,7 @@ def test_pool_holds_no_test_image(tiny_raw, builtin_sets):
     np.savez(tiny_raw / "data/raw/target.npz", x=x, y=y)
     for dedupe in (True, False):
         params = parse_params(tiny_raw_params(split={"dedupe": dedupe}))
-        counts = split(params.split, params.seed)
+        counts = split.run(params, params.paths)
         tgt, pool = load_arrays(tiny_raw / "data/split/target.npz"), load_arrays(tiny_raw / "data/split/pool.npz")
         assert set(pool) == {"x_target"}  # no labels
         pool_h = set(image_hashes(pool["x_target"]))
@@ -66,9 +67,9 @@ def test_nt_xent_prefers_matching_views():
 @pytest.mark.parametrize("objective", ["denoising", "contrastive"])
 def test_objective_learns_and_feeds_finetune(tiny_raw, objective):
     params = _ssl_params(objective)
-    split(params.split, params.seed)
-    preprocess(params)
-    history = pretrain(params)
+    split.run(params, params.paths)
+    preprocess.run(params, params.paths)
+    history = pretrain(params, params.paths)
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert 0 <= history[-1]["val_acc"] <= 1
@@ -77,24 +78,24 @@ def test_objective_learns_and_feeds_finetune(tiny_raw, objective):
     assert not (tiny_raw / "models/pretrain/checkpoint.safetensors").exists()
     # the same finetune stage loads it: every backbone tensor, nothing skipped
     model = SmallCNN(10)
-    report = initialise(model, "pretrain")
+    report = initialise(model, "pretrain", Paths().weights("pretrain"))
     n_backbone = sum(k.startswith("backbone.") for k in model.state_dict())
     assert report["loaded"] == n_backbone and report["missing"] == report["skipped_shape"] == 0
-    ft = train_target(params, "pretrain", tiny_raw / "models/finetune", tiny_raw / "reports/finetune_history.json")
+    ft = train_target(params, params.paths, "pretrain", "finetune")
     assert len(ft) == 1 and 0 <= ft[0]["val_acc"] <= 1
 
 
 def test_target_only_pool(tiny_raw):
     supervised = _ssl_params("supervised")
-    split(supervised.split, supervised.seed)
-    preprocess(supervised)  # no objective reads the pool: it stays empty, new target data leaves pretrain alone
-    assert len(load_set("pool")["x_target"]) == 0
+    split.run(supervised, supervised.paths)
+    preprocess.run(supervised, supervised.paths)  # no objective reads the pool: it stays empty, new target data leaves pretrain alone
+    assert len(load_set(Paths(), "pool")["x_target"]) == 0
     params = _ssl_params("denoising", epochs=1, unlabelled=["target"])
-    preprocess(params)
-    assert len(load_set("pool")["x_target"]) > 50
-    pretrain(params)
+    preprocess.run(params, params.paths)
+    assert len(load_set(Paths(), "pool")["x_target"]) > 50
+    pretrain(params, params.paths)
     meta = read_meta(tiny_raw / "models/pretrain/model.safetensors")
-    assert meta["unlabelled"] == ["target"] and meta["images"] == len(load_set("pool")["x_target"])
+    assert meta["unlabelled"] == ["target"] and meta["images"] == len(load_set(Paths(), "pool")["x_target"])
 
 
 @pytest.mark.slow
@@ -103,8 +104,8 @@ def test_killed_ssl_pretrain_resumes(tiny_raw):
                           split={"source_max_samples": 100})
     (tiny_raw / "params.yaml").write_text(yaml.safe_dump(raw))
     params = parse_params(raw)
-    split(params.split, params.seed)
-    preprocess(params)
+    split.run(params, params.paths)
+    preprocess.run(params, params.paths)
     ckpt = tiny_raw / "models/pretrain/checkpoint.safetensors"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "tasks.pretrain"], cwd=tiny_raw, env=env,
@@ -130,10 +131,10 @@ def test_killed_ssl_pretrain_resumes(tiny_raw):
 def test_objective_params():
     params = parse_params(tiny_raw_params(experiments={"objectives": [
         "denoising", {"objective": "contrastive", "unlabelled": ["target"], "epochs": 4}]}))
-    assert [o.label() for o in params.experiments.objectives] == ["denoising", "contrastive_target_4ep"]
+    assert [o.label() for o in params.image.experiments.objectives] == ["denoising", "contrastive_target_4ep"]
     from transferline.config import ParamsError
 
-    with pytest.raises(ParamsError, match="pretrain.objective"):
+    with pytest.raises(ParamsError, match="pretrain.image.objective"):
         parse_params(tiny_raw_params(pretrain={"objective": "masked"}))
-    with pytest.raises(ParamsError, match="pretrain.unlabelled"):
+    with pytest.raises(ParamsError, match="pretrain.image.unlabelled"):
         parse_params(tiny_raw_params(pretrain={"unlabelled": []}))

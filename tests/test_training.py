@@ -14,11 +14,11 @@ import pytest
 import yaml
 
 from conftest import tiny_raw_params
-from tasks.preprocess import preprocess
-from tasks.split import split
+from transferline.image import preprocess, split
 from transferline.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from transferline.config import parse_params
-from transferline.models import SmallCNN
+from transferline.paths import Paths
+from transferline.image.models import SmallCNN
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -44,8 +44,8 @@ def test_killed_pretrain_resumes_from_last_epoch(tiny_raw):
     raw = tiny_raw_params(pretrain={"epochs": 20, "batch_size": 32}, split={"source_max_samples": 200})
     (tiny_raw / "params.yaml").write_text(yaml.safe_dump(raw))
     params = parse_params(raw)
-    split(params.split, params.seed)
-    preprocess(params)
+    split.run(params, params.paths)
+    preprocess.run(params, params.paths)
     ckpt = tiny_raw / "models/pretrain/checkpoint.safetensors"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "tasks.pretrain"], cwd=tiny_raw, env=env,
@@ -70,17 +70,17 @@ def test_killed_pretrain_resumes_from_last_epoch(tiny_raw):
 
 
 def _target_tensors(tiny_raw):
-    from tasks.preprocess import load_set
+    from transferline.image.data import load_set
 
     params = parse_params(tiny_raw_params())
-    split(params.split, params.seed)
-    preprocess(params)
-    return load_set("target")
+    split.run(params, params.paths)
+    preprocess.run(params, params.paths)
+    return load_set(Paths(), "target")
 
 
 def test_linear_probe_trains_only_the_head(tiny_raw):
-    from transferline.config import FinetuneParams
-    from transferline.training import fit
+    from transferline.config.image import FinetuneParams
+    from transferline.image.train import fit
 
     data = _target_tensors(tiny_raw)
     model = SmallCNN(10)
@@ -94,8 +94,8 @@ def test_linear_probe_trains_only_the_head(tiny_raw):
 
 
 def test_early_stopping_keeps_the_best_epoch(tiny_raw):
-    from transferline.config import FinetuneParams
-    from transferline.training import evaluate, fit
+    from transferline.config.image import FinetuneParams
+    from transferline.image.train import fit, loss_and_accuracy
 
     data = _target_tensors(tiny_raw)
     model = SmallCNN(10)
@@ -104,4 +104,4 @@ def test_early_stopping_keeps_the_best_epoch(tiny_raw):
                   torch.device("cpu"), torch.Generator().manual_seed(0))
     assert len(history) < 40
     best = max(r["val_acc"] for r in history)
-    assert evaluate(model, data["x_val"], data["y_val"], 512, torch.device("cpu"))[1] == pytest.approx(best, abs=1e-6)
+    assert loss_and_accuracy(model, data["x_val"], data["y_val"], 512, torch.device("cpu"))[1] == pytest.approx(best, abs=1e-6)

@@ -77,7 +77,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.de
     return torch.cat(out) if out else torch.empty(0)
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device) -> tuple[float, float]:
+def loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device) -> tuple[float, float]:
     """(loss, accuracy) of model on x, y."""
     logits = predict(model, x, batch_size, device)
     loss = nn.functional.cross_entropy(logits, y).item()
@@ -140,7 +140,7 @@ def fit(
         train_loss, train_acc = train_one_epoch(
             model, loader, optimizer, scheduler, device, cfg.label_smoothing, augment, train_bn
         )
-        val_loss, val_acc = evaluate(model, *val, batch_size=512, device=device)
+        val_loss, val_acc = loss_and_accuracy(model, *val, batch_size=512, device=device)
         row = {
             "epoch": epoch + 1,
             "train_loss": round(train_loss, 5),
