@@ -8,11 +8,11 @@ import json
 import pandas as pd
 import pytest
 
-from tasks._stage import StageError
 from text_helpers import tiny_text_raw
 from transferline.config import ParamsError, parse_params
+from transferline.errors import StageError
 from transferline.text import data as td
-from transferline.text import stages
+from transferline.text import ingest, split, validate
 
 REVIEWS = [(f"review number {i} {'loved it' if i % 2 else 'hated it'}", "pos" if i % 2 else "neg") for i in range(40)]
 
@@ -33,35 +33,34 @@ def params_for(path, **ingest) -> object:
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
-def test_user_file_with_configured_columns_ingests_and_validates(tmp_path, monkeypatch, fmt):
-    monkeypatch.chdir(tmp_path)
+def test_user_file_with_configured_columns_ingests_and_validates(tmp_path, fmt):
     path = tmp_path / f"reviews.{fmt}"
     write_user_file(path, fmt, [{"body": t, "sentiment": y, "other": 1} for t, y in REVIEWS])
     params = params_for(path, text_column="body", label_column="sentiment")
-    meta = stages.ingest(params)
+    paths = params.paths.under(tmp_path)
+    meta = ingest.run(params, paths)
     assert meta["target"]["classes"] == ["neg", "pos"] and meta["target"]["n"] == 40
-    rows = td.read_jsonl("data/raw/texts.jsonl")
+    rows = td.read_jsonl(tmp_path / "data/raw/texts.jsonl")
     assert rows[3] == {"text": REVIEWS[3][0], "label": "pos", "row": 4, "split": None, "unlabelled": False}
-    report = stages.validate(params)
+    report = validate.run(params, paths)
     assert report["ok"] and report["class_counts"] == {"neg": 20, "pos": 20}
     assert report["length"]["words"]["min"] == 5 and report["class_balance"] == 1.0
-    counts = stages.split(params)
+    counts = split.run(params, paths)
     assert counts["target"] == {"train": 26, "val": 6, "test": 8}
-    test_texts = {r["text"] for r in td.read_jsonl("data/split/test.jsonl")}
-    corpus = {r["text"] for r in td.read_jsonl("data/split/corpus.jsonl")}
+    test_texts = {r["text"] for r in td.read_jsonl(tmp_path / "data/split/test.jsonl")}
+    corpus = {r["text"] for r in td.read_jsonl(tmp_path / "data/split/corpus.jsonl")}
     assert len(corpus) == 32 and not corpus & test_texts  # the MLM corpus never holds a test text
 
 
-def test_wrong_column_name_is_named(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_wrong_column_name_is_named(tmp_path):
     path = tmp_path / "reviews.csv"
     write_user_file(path, "csv", [{"text": t, "label": y} for t, y in REVIEWS])
     with pytest.raises(StageError, match=r"reviews.csv: no column 'sentiment' \(ingest.text.label_column\)"):
-        stages.ingest(params_for(path, label_column="sentiment"))
+        params = params_for(path, label_column="sentiment")
+        ingest.run(params, params.paths.under(tmp_path))
 
 
-def test_validation_names_file_and_rows_of_empty_texts_missing_labels_and_leaks(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_validation_names_file_and_rows_of_empty_texts_missing_labels_and_leaks(tmp_path):
     rows = [{"text": t, "label": y, "part": "train"} for t, y in REVIEWS]
     rows[5]["text"] = "   "  # empty
     rows[7]["label"] = None  # missing label
@@ -71,9 +70,10 @@ def test_validation_names_file_and_rows_of_empty_texts_missing_labels_and_leaks(
     write_user_file(path, "csv", rows)
     (tmp_path / "bad.csv").write_bytes(path.read_bytes().replace(b"review number 12 ", b"review \xff\xfe 12 "))
     params = params_for(tmp_path / "bad.csv", split_column="part")
-    stages.ingest(params)
+    paths = params.paths.under(tmp_path)
+    ingest.run(params, paths)
     with pytest.raises(StageError) as err:
-        stages.validate(params)
+        validate.run(params, paths)
     msg = str(err.value)
     assert "bad.csv: 2 row(s) with an empty or non-decodable text (empty, not UTF-8 (undecodable bytes)): row 6, 13" in msg
     assert "bad.csv: 1 row(s) without a label: row 8" in msg
@@ -83,16 +83,16 @@ def test_validation_names_file_and_rows_of_empty_texts_missing_labels_and_leaks(
     assert not (tmp_path / "data/split").exists()
 
 
-def test_rotten_tomatoes_builtin_labelled_and_corpus(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_rotten_tomatoes_builtin_labelled_and_corpus(tmp_path):
     params = parse_params(tiny_text_raw())
-    meta = stages.ingest(params)
+    paths = params.paths.under(tmp_path)
+    meta = ingest.run(params, paths)
     assert meta["target"]["classes"] == ["fresh", "rotten"]
-    report = stages.validate(params)
+    report = validate.run(params, paths)
     # DESIGN.md: fresh 7,368 / rotten 5,384 after dropping "plot" rows and duplicate texts
     assert report["class_counts"]["fresh"] == 7368 and abs(report["class_counts"]["rotten"] - 5384) <= 2
     assert report["unlabelled"] > 1000 and report["duplicate_texts"] == 0
-    counts = stages.split(params)
+    counts = split.run(params, paths)
     assert counts["target"]["train"] == 80 and counts["corpus"] == 400
 
 

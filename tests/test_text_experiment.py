@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from text_helpers import tiny_text_raw
+from text_helpers import run_stages, tiny_text_raw
 from transferline.config import parse_params
 from transferline.experiments import ExperimentError
+from transferline.experiments.text import WORK, text_models
 from transferline.io import read_json
-from transferline.text import stages
-from transferline.text.experiment import text_models
 
 TRIALS = [
     {"name": "mlm", "init_from": "pretrain", "lr": 1e-3, "epochs": 1, "labels_per_class": 10, "seeds": [0, 1]},
@@ -25,7 +24,7 @@ TRIALS = [
 
 def _params(trials):
     raw = tiny_text_raw(finetune={"max_train_steps": 2})
-    raw["experiments"]["text_models"] = trials
+    raw["experiments"]["text"] = {"text_models": trials}
     return parse_params(raw)
 
 
@@ -34,8 +33,7 @@ def test_text_models_budgets_seeds_runs_and_rerun(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     params = _params(TRIALS)
-    for stage in ("ingest", "validate", "split", "preprocess", "pretrain"):
-        getattr(stages, stage)(params)
+    run_stages(params, params.paths, "ingest", "validate", "split", "preprocess", "pretrain")
 
     rows = text_models(params)
     assert [r["model"] for r in rows] == ["mlm", "scratch", "bilstm"]
@@ -49,6 +47,10 @@ def test_text_models_budgets_seeds_runs_and_rerun(tmp_path, monkeypatch):
     assert read_json("reports/experiments/text_models.json") == rows
     assert "| mlm | 10 |" in Path("reports/experiments/text_models.md").read_text()
     assert Path("reports/experiments/text_models.png").stat().st_size > 5000
+    # trials wrote into their own folder, read the pipeline's data there, and left the pipeline's models alone
+    assert (WORK / "pipeline/models/mlm/model.safetensors").is_file()
+    assert not any(p.is_symlink() for p in WORK.rglob("*"))
+    assert sorted(p.name for p in Path("models").iterdir()) == ["pretrain"]
 
     parent = mlflow.search_runs(filter_string="attributes.run_name = 'text-models'", output_format="list")[0]
     children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
@@ -70,14 +72,16 @@ def test_text_models_refuses_a_budget_above_the_split(tmp_path, monkeypatch):
 
 
 def test_two_trials_with_one_name_are_refused():
-    with pytest.raises(ValueError, match=r"experiments.text_models: the name 'mlm' is used twice"):
+    with pytest.raises(ValueError, match=r"experiments\.text\.text_models: the name 'mlm' is used twice"):
         _params([TRIALS[0], {**TRIALS[1], "name": "mlm"}])
 
 
 def test_shipped_trials_are_the_schema_default():
     """params.yaml and the schema default list the same trials: a params file without
     experiments.text_models runs the table the README shows."""
-    from transferline.config import load_params
-    from transferline.text.params import DEFAULT_TRIALS
+    from transferline.config import read_raw
+    from transferline.config.text import DEFAULT_TRIALS
 
-    assert load_params(Path(__file__).parents[1] / "params.yaml").experiments.text_models == DEFAULT_TRIALS
+    raw = read_raw(Path(__file__).parents[1] / "params.yaml")
+    raw["modality"] = "text"  # the text values are read (and typed) only for the text modality
+    assert parse_params(raw).text.experiments.text_models == DEFAULT_TRIALS

@@ -6,59 +6,57 @@ from __future__ import annotations
 import pytest
 import torch
 
-from text_helpers import tiny_text_raw
+from text_helpers import run_stages, tiny_text_raw
 from transferline.checkpoint import load_weights, read_meta
 from transferline.config import parse_params
 from transferline.io import read_json
+from transferline.paths import Paths
+from transferline.text import evaluate, finetune, preprocess, pretrain
 from transferline.text import models as tm
-from transferline.text import stages
+from transferline.text import strategies as ts
 
 
 @pytest.fixture(scope="module")
-def text_project(tmp_path_factory):
+def text_project(tmp_path_factory) -> Paths:
     """ingest -> validate -> split -> preprocess -> pretrain on the real data, tiny settings."""
     root = tmp_path_factory.mktemp("text")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        params = parse_params(tiny_text_raw())
-        for stage in ("ingest", "validate", "split", "preprocess", "pretrain"):
-            getattr(stages, stage)(params)
-    return root
+    params = parse_params(tiny_text_raw())
+    paths = params.paths.under(root)
+    run_stages(params, paths, "ingest", "validate", "split", "preprocess", "pretrain")
+    return paths
 
 
-def test_mlm_pretraining_learns_and_resumes(text_project, monkeypatch):
-    monkeypatch.chdir(text_project)
-    history = read_json("reports/pretrain_history.json")
+def test_mlm_pretraining_learns_and_resumes(text_project):
+    paths = text_project
+    history = read_json(paths.history("pretrain"))
     assert [h["step"] for h in history] == [6, 12]
     assert history[-1]["val_loss"] < history[0]["val_loss"] + 0.05  # not diverging
     assert history[0]["train_loss"] < 7.0  # below chance on an 800-word vocabulary (ln 800 = 6.7) + slack
-    meta = read_meta("models/pretrain/model.safetensors")
+    meta = read_meta(paths.weights("pretrain"))
     assert meta["objective"] == "masked-lm"
-    first = load_weights("models/pretrain/model.safetensors")
+    first = load_weights(paths.weights("pretrain"))
 
     # more steps: resumes at step 12 from the checkpoint and continues the same history
     longer = parse_params(tiny_text_raw(pretrain={"steps": 18}))
-    resumed = stages.pretrain(longer)
+    resumed = pretrain.run(longer, paths)
     assert [h["step"] for h in resumed] == [6, 12, 18] and resumed[:2] == history
-    after = load_weights("models/pretrain/model.safetensors")
+    after = load_weights(paths.weights("pretrain"))
     assert not torch.equal(first["embeddings.word_embeddings.weight"], after["embeddings.word_embeddings.weight"])
 
 
-def _train(params, init, kind, strategy, name):
-    from pathlib import Path
-
-    hist = stages.train_one(params, init, kind, strategy, 1e-3, 1, Path("models") / name, Path("reports") / f"{name}.json")
-    return hist, load_weights(Path("models") / name / "model.safetensors")
+def _train(params, paths, init, kind, strategy, name):
+    hist = finetune.train_one(params, paths, name, init, kind, strategy, 1e-3, 1)
+    return hist, load_weights(paths.weights(name))
 
 
-def test_strategies_and_bilstm(text_project, monkeypatch):
-    monkeypatch.chdir(text_project)
+def test_strategies_and_bilstm(text_project):
+    paths = text_project
     params = parse_params(tiny_text_raw(finetune={"max_train_steps": 3}))
-    pretrained = load_weights("models/pretrain/model.safetensors")
+    pretrained = load_weights(paths.weights("pretrain"))
 
-    _, full = _train(params, "pretrain", "encoder", "full", "full")
-    _, frozen = _train(params, "pretrain", "encoder", "frozen", "frozen")
-    _, lora = _train(params, "pretrain", "encoder", "lora", "lora")
+    _, full = _train(params, paths, "pretrain", "encoder", "full", "full")
+    _, frozen = _train(params, paths, "pretrain", "encoder", "frozen", "frozen")
+    _, lora = _train(params, paths, "pretrain", "encoder", "lora", "lora")
     for key, value in pretrained.items():
         assert torch.equal(frozen[f"encoder.{key}"], value), key  # frozen: the encoder never moved
     q = "encoder.encoder.layer.0.attention.self.query.weight"
@@ -67,40 +65,38 @@ def test_strategies_and_bilstm(text_project, monkeypatch):
     # LoRA merged into a plain classifier: query/value changed, key untouched, no adapter tensors left
     assert not torch.equal(lora[q], pretrained[q[8:]]) and torch.equal(lora[k], pretrained[k[8:]])
     assert set(lora) == set(full)
-    model = tm.build_classifier(read_meta("models/lora/model.safetensors"))
+    model = tm.build_classifier(read_meta(paths.weights("lora")))
     model.load_state_dict(lora)
 
-    enc = tm.build_classifier(read_meta("models/full/model.safetensors"))
-    groups = tm.param_groups(enc, "discriminative", 1e-3, 0.5, 0.0)
+    enc = tm.build_classifier(read_meta(paths.weights("full")))
+    groups = ts.param_groups(enc, "discriminative", 1e-3, 0.5, 0.0)
     assert [g["lr"] for g in groups] == pytest.approx([1e-3, 5e-4, 2.5e-4])  # head, layer 0, embeddings
 
-    hist, lstm = _train(params, "scratch", "bilstm", "full", "bilstm")
-    assert read_meta("models/bilstm/model.safetensors")["arch"] == "bilstm" and "lstm.weight_ih_l0" in lstm
+    hist, lstm = _train(params, paths, "scratch", "bilstm", "full", "bilstm")
+    assert read_meta(paths.weights("bilstm"))["arch"] == "bilstm" and "lstm.weight_ih_l0" in lstm
     assert 0.0 <= hist[0]["val_acc"] <= 1.0 and hist[0]["train_loss"] < 1.0
 
 
-def test_finetune_and_evaluate_stage_report_transfer_gain(text_project, monkeypatch):
-    monkeypatch.chdir(text_project)
+def test_finetune_and_evaluate_stage_report_transfer_gain(text_project):
+    paths = text_project
     params = parse_params(tiny_text_raw(finetune={"epochs": 3}))
-    stages.finetune(params)
-    metrics = stages.evaluate(params)
+    finetune.run(params, paths)
+    metrics = evaluate.run(params, paths)
     assert metrics["n_test"] == 255
     assert metrics["transfer_gain"]["accuracy"] == pytest.approx(
         metrics["finetune"]["accuracy"] - metrics["scratch"]["accuracy"], abs=1e-4)
-    assert (text_project / "reports/plots/confusion_matrix.png").stat().st_size > 5000
+    assert read_json(paths.report("metrics")) == metrics
+    assert (paths.plots / "confusion_matrix.png").stat().st_size > 5000
 
 
-def test_minilm_lora_few_steps(tmp_path, monkeypatch, text_project):
+def test_minilm_lora_few_steps(tmp_path, text_project):
     """The packaged all-MiniLM-L6-v2: its own tokenizer, LoRA, two steps, merged weights."""
-    import shutil
-
-    monkeypatch.chdir(tmp_path)
-    shutil.copytree(text_project / "data/raw", tmp_path / "data/raw")
-    shutil.copytree(text_project / "data/split", tmp_path / "data/split")
     params = parse_params(tiny_text_raw(preprocess={"tokenizer": "minilm"},
                                         finetune={"init_from": "minilm", "max_train_steps": 2, "batch_size": 8}))
-    meta = stages.preprocess(params)
+    # the project's raw data and split, re-tokenized and trained in a folder of its own
+    paths = params.paths.under(tmp_path).model_copy(update={"raw": text_project.raw, "split": text_project.split})
+    meta = preprocess.run(params, paths)
     assert meta["target"]["vocab_size"] == 30522
-    hist, weights = _train(params, "minilm", "encoder", "lora", "minilm")
+    hist, weights = _train(params, paths, "minilm", "encoder", "lora", "minilm")
     assert weights["encoder.embeddings.word_embeddings.weight"].shape == (30522, 384)
     assert hist[0]["val_acc"] >= 0.0

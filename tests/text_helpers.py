@@ -20,3 +20,10 @@ def tiny_text_raw(**text: dict) -> dict:
     for section in {*TINY_TEXT, *text}:
         raw[section]["text"] = {**raw[section].get("text", {}), **TINY_TEXT.get(section, {}), **text.get(section, {})}
     return raw
+
+
+def run_stages(params, paths, *stages: str) -> dict:
+    """Run text stages in order, as tasks/<stage>.py does (`transferline.text.<stage>.run`); their results."""
+    import importlib
+
+    return {stage: importlib.import_module(f"transferline.text.{stage}").run(params, paths) for stage in stages}

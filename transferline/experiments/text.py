@@ -1,118 +1,113 @@
 """`transferline experiment text-models`: test accuracy and train time per epoch
-of every model in params.yaml `experiments.text_models` (MiniLM full and LoRA,
-our MLM-pretrained encoder, the same encoder from scratch, a BiLSTM), on the
-text pipeline's own split and label budget, or a seeded subset of that budget
-(`labels_per_class`), each trial over one or more seeds (mean and spread).
+of every model in params.yaml `experiments.text.text_models` (MiniLM full and
+LoRA, our MLM-pretrained encoder, the same encoder from scratch, a BiLSTM), on
+the text pipeline's own split and label budget, or a seeded subset of that
+budget (`labels_per_class`), each trial over one or more seeds (mean and spread).
 
-Needs `transferline run --modality text --until pretrain`. Each trial runs in
-.transferline/experiments/text/<tokenizer>/ with the pipeline's split and
-pretrained encoder linked in read-only use; a pretrained model folder gets
-the split re-tokenized with its own tokenizer there. Each trial is a nested
-MLflow run; the table lands in reports/experiments/text_models.{csv,md,json}.
+Needs `transferline run --modality text --until pretrain`. A trial runs the
+text stage functions (finetune's `train_one`, evaluate's `test_predictions`,
+and preprocess for a model with its own tokenizer) with two `Paths`: it reads
+the pipeline's raw data, split, token ids and pretrained encoder from
+`params.paths`, and writes its models and reports below
+.transferline/experiments/text/<key>/ (`paths.under`); a pretrained model
+folder gets the split re-tokenized with its own tokenizer into that folder.
+The pipeline's outputs are never written. Each trial is a nested MLflow run;
+the table lands in reports/experiments/text_models.{csv,md,json,png}.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import re
+import statistics
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from transferline.config import Params
-from transferline.io import read_json
+from transferline.config.text import TextTrial
 from transferline.experiments import OUT, ExperimentError, write_outputs
-from transferline.text.params import TextTrial
+from transferline.io import read_json
+from transferline.paths import Paths
 
 log = logging.getLogger(__name__)
 
 WORK = Path(".transferline/experiments/text")
-NEEDED = (Path("data/split/train.jsonl"), Path("data/processed/tokenizer.json"))
-PRETRAINED = Path("models/pretrain/model.safetensors")
 COLUMNS = ("model", "labels_per_class", "test_accuracy", "test_accuracy_sd", "seeds", "test_macro_f1",
            "seconds_per_epoch", "epochs", "train_texts", "trainable_params", "init_from", "arch", "strategy", "lr",
            "best_val_accuracy", "test_accuracy_per_seed", "total_seconds")
 
 
-@contextlib.contextmanager
-def trial_dir(tokenizer: str, params: Params) -> Iterator[Path]:
-    """cwd in a folder seeing the pipeline's raw data, split and pretrained encoder; its
-    data/processed is the pipeline's (our tokenizer, key "pipeline") or made there with the
-    tokenizer of params.preprocess.text.tokenizer."""
-    from transferline.text import stages
+def trial_paths(params: Params, key: str) -> tuple[Paths, Paths]:
+    """(where a trial reads, where it writes). It writes below WORK/<key>; it reads the
+    pipeline's raw data, split and pretrained encoder, and the pipeline's token ids
+    (key "pipeline": our tokenizer) or its own, made in its folder by preprocess."""
+    pipeline = params.paths
+    own = pipeline.under(WORK / re.sub(r"[^A-Za-z0-9_.-]+", "_", key))
+    if key == "pipeline":
+        return pipeline, own
+    return pipeline.model_copy(update={"processed": own.processed}), own
 
-    missing = [str(p) for p in NEEDED if not p.exists()]
-    if params.finetune.text.init_from == "pretrain" and not PRETRAINED.exists():
-        missing.append(str(PRETRAINED))
+
+def check_inputs(params: Params, init_from: str) -> None:
+    """Fail with the command to run when the pipeline has not made what a trial reads."""
+    from transferline.text import data as td
+
+    paths = params.paths
+    needed = [td.split_file(paths, "train"), td.tokenizer_file(paths)]
+    if init_from == "pretrain":
+        needed.append(paths.weights("pretrain"))
+    missing = [str(p) for p in needed if not p.exists()]
     if missing:
         raise ExperimentError(f"{', '.join(missing)} not found; run `transferline run --modality text --until pretrain` first")
-    root = Path.cwd()
-    work = (WORK / re.sub(r"[^A-Za-z0-9_.-]+", "_", tokenizer)).resolve()
-    links = [("data/raw", "data/raw"), ("data/split", "data/split"), ("models/pretrain", "models/pretrain")]
-    if tokenizer == "pipeline":
-        links.append(("data/processed", "data/processed"))
-    for link, target in links:
-        (work / link).parent.mkdir(parents=True, exist_ok=True)
-        if not (work / link).is_symlink():
-            (work / link).symlink_to(root / target, target_is_directory=True)
-    os.chdir(work)
-    try:
-        if tokenizer != "pipeline":  # seconds; never stale against the pipeline's split
-            stages.preprocess(params)
-        yield work
-    finally:
-        os.chdir(root)
 
 
 def _with(params: Params, trial: TextTrial) -> Params:
-    tokenizer = trial.init_from if trial.init_from not in ("pretrain", "scratch") else params.preprocess.text.tokenizer
-    text_ft = params.finetune.text.model_copy(update={"init_from": trial.init_from})
-    text_pre = params.preprocess.text.model_copy(update={"tokenizer": tokenizer})
-    return params.model_copy(update={
-        "finetune": params.finetune.model_copy(update={"text": text_ft}),
-        "preprocess": params.preprocess.model_copy(update={"text": text_pre}),
-    })
+    """params with the trial's init_from, and the tokenizer that goes with it."""
+    text = params.text
+    tokenizer = trial.init_from if trial.init_from not in ("pretrain", "scratch") else text.preprocess.tokenizer
+    return params.model_copy(update={"text": text.model_copy(update={
+        "finetune": text.finetune.model_copy(update={"init_from": trial.init_from}),
+        "preprocess": text.preprocess.model_copy(update={"tokenizer": tokenizer}),
+    })})
 
 
 def run_text_trial(params: Params, trial: TextTrial) -> dict:
     """Train one model per seed on the label budget and test it; mean (and spread over seeds)
     of accuracy and F1, seconds per epoch."""
-    import statistics
-
-    from sklearn.metrics import accuracy_score, f1_score
-
     from transferline.checkpoint import read_meta
-    from transferline.text import stages
+    from transferline.metrics import classification_scores
+    from transferline.text import data as td
+    from transferline.text import evaluate, finetune, preprocess
+    from transferline.text.models import load_classifier
 
     slug = re.sub(r"[^a-z0-9]+", "_", trial.name.lower()).strip("_")
     p = _with(params, trial)
+    check_inputs(params, trial.init_from)
     uses_pipeline_tokens = trial.init_from in ("pretrain", "scratch")
-    runs = []
     # a model's own tokenization is made per trial: trials may run side by side
-    with trial_dir("pipeline" if uses_pipeline_tokens else f"{trial.init_from}-{slug}", p):
-        meta = stages.processed_meta()
-        for seed in trial.seeds or [params.seed]:
-            ps = p.model_copy(update={"seed": seed})
-            t0 = time.perf_counter()
-            history = stages.train_one(ps, trial.init_from, trial.model, trial.strategy, trial.lr, trial.epochs,
-                                       Path("models") / slug, Path("reports") / f"{slug}_history.json",
-                                       labels_per_class=trial.labels_per_class)
-            total = time.perf_counter() - t0
-            model = stages.load_classifier(Path("models") / slug / "model.safetensors")
-            y_true, y_pred = stages.test_predictions(model, ps, meta)
-            runs.append({"seed": seed, "accuracy": float(accuracy_score(y_true, y_pred)),
-                         "macro_f1": float(f1_score(y_true, y_pred, average="macro")),
-                         "best_val": max(h["val_acc"] for h in history), "epochs": len(history), "total": total,
-                         "per_epoch": sum(h["train_seconds"] for h in history) / len(history)})
-            log.info("%s, seed %d: test accuracy %.4f", trial.name, seed, runs[-1]["accuracy"])
-        saved = read_meta(Path("models") / slug / "model.safetensors")
+    paths, out = trial_paths(params, "pipeline" if uses_pipeline_tokens else f"{trial.init_from}-{slug}")
+    if not uses_pipeline_tokens:  # seconds; never stale against the pipeline's split
+        preprocess.run(p, paths)
+    meta = td.processed_meta(paths)
+    runs = []
+    for seed in trial.seeds or [params.seed]:
+        ps = p.model_copy(update={"seed": seed})
+        t0 = time.perf_counter()
+        history = finetune.train_one(ps, paths, slug, trial.init_from, trial.model, trial.strategy, trial.lr,
+                                     trial.epochs, labels_per_class=trial.labels_per_class, out=out)
+        total = time.perf_counter() - t0
+        y_true, y_pred = evaluate.test_predictions(load_classifier(out.weights(slug)), ps, paths, meta)
+        scores = classification_scores(y_true, y_pred)
+        runs.append({"seed": seed, "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"],
+                     "best_val": max(h["val_acc"] for h in history), "epochs": len(history), "total": total,
+                     "per_epoch": sum(h["train_seconds"] for h in history) / len(history)})
+        log.info("%s, seed %d: test accuracy %.4f", trial.name, seed, runs[-1]["accuracy"])
+    saved = read_meta(out.weights(slug))
     accs = [r["accuracy"] for r in runs]
     return {
         "model": trial.name, "init_from": trial.init_from, "arch": trial.model, "strategy": trial.strategy,
         "lr": trial.lr, "epochs": max(r["epochs"] for r in runs), "trainable_params": saved.get("trainable_params"),
-        "labels_per_class": trial.labels_per_class or params.split.text.labels_per_class,
+        "labels_per_class": trial.labels_per_class or params.text.split.labels_per_class,
         "train_texts": saved.get("train_texts"),
         "seeds": len(runs),
         "test_accuracy": round(statistics.mean(accs), 4),
@@ -134,7 +129,7 @@ def previous_rows(names: list[str]) -> dict[str, dict]:
 
 
 def text_models(params: Params, only: list[str] | None = None) -> list[dict]:
-    """Every trial in params.experiments.text_models (or those named in `only`; the
+    """Every trial in params.text.experiments.text_models (or those named in `only`; the
     other listed trials keep their row from the last run); writes reports/experiments/text_models.*"""
     import mlflow
 
@@ -142,15 +137,15 @@ def text_models(params: Params, only: list[str] | None = None) -> list[dict]:
 
     if params.modality != "text":
         raise ExperimentError("params.yaml has modality: image; run `transferline run --modality text --until pretrain` first")
-    trials = params.experiments.text_models
+    trials = params.text.experiments.text_models
     names = [t.name for t in trials]
     unknown = [n for n in only or [] if n not in names]
     if unknown:
-        raise ExperimentError(f"--trial {unknown[0]!r} is not in experiments.text_models ({', '.join(names)})")
-    budget = params.split.text.labels_per_class
+        raise ExperimentError(f"--trial {unknown[0]!r} is not in experiments.text.text_models ({', '.join(names)})")
+    budget = params.text.split.labels_per_class
     for trial in trials:
         if trial.labels_per_class > budget:
-            raise ExperimentError(f"experiments.text_models {trial.name!r}: labels_per_class {trial.labels_per_class} "
+            raise ExperimentError(f"experiments.text.text_models {trial.name!r}: labels_per_class {trial.labels_per_class} "
                                   f"is more than the pipeline's budget (split.text.labels_per_class: {budget}); "
                                   "raise that and rerun the pipeline, or lower this")
     results: dict[str, dict] = {}

@@ -1,0 +1,39 @@
+"""evaluate for `modality: text`: test-set predictions of the fine-tuned model
+and its baseline; `transferline.evaluation.write_evaluation` writes what both
+modalities write (metrics.json, per_class.json, confusion matrix, learning
+curves). `test_predictions` is also how an experiment trial scores a model."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from transferline.config import Params
+from transferline.evaluation import RUNS, write_evaluation
+from transferline.paths import Paths
+from transferline.runtime import resolve_device
+from transferline.text import data as td
+from transferline.text.models import load_classifier
+from transferline.text.train import predict_logits, set_threads
+
+log = logging.getLogger(__name__)
+
+
+def test_predictions(model: torch.nn.Module, params: Params, paths: Paths, meta: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(true, predicted) class indices on ${paths.processed}'s test split."""
+    data = td.load_set(paths, "target")
+    logits = predict_logits(model, data["ids_test"], meta["special_ids"]["[PAD]"], params.text.evaluate.batch_size,
+                            resolve_device(params.device))
+    return data["y_test"].numpy(), logits.argmax(1).numpy()
+
+
+def run(params: Params, paths: Paths) -> dict:
+    """Score both models on the test split; the metrics (as written to metrics.json)."""
+    meta = td.processed_meta(paths)
+    set_threads(params.text.finetune.threads)
+    predictions = {}
+    for name in RUNS:
+        y_true, predictions[name] = test_predictions(load_classifier(paths.weights(name)), params, paths, meta)
+    return write_evaluation(y_true, predictions, meta["classes"], paths)

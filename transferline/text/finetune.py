@@ -1,0 +1,119 @@
+"""finetune for `modality: text`: the classifier on the label budget, started
+from finetune.text.init_from (our masked-LM encoder, MiniLM or a model folder)
+and trained with finetune.text.strategy, plus its baseline (the same encoder
+from scratch, or a BiLSTM) on the same labels. Writes ${paths.models}/{finetune,
+scratch}/model.safetensors (merged weights; their meta rebuilds the model) and
+${paths.reports}/{finetune,scratch}_history.json. `train_one` is also what each
+text-models experiment trial runs."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import torch
+from transformers import BertConfig
+
+from transferline.checkpoint import load_weights, read_meta, save_weights
+from transferline.config import Params
+from transferline.errors import StageError
+from transferline.io import write_json
+from transferline.paths import Paths
+from transferline.runtime import resolve_device, seed_everything
+from transferline.text import data as td
+from transferline.text import models as tm
+from transferline.text import strategies as ts
+from transferline.text.train import fit_classifier, set_threads
+from transferline.text.weights import load_pretrained_encoder, model_folder
+
+log = logging.getLogger(__name__)
+
+
+def build_model(params: Params, paths: Paths, init_from: str, kind: str, meta: dict) -> tuple[torch.nn.Module, dict]:
+    """(model, init report) for init_from pretrain | scratch | minilm | folder and kind encoder | bilstm."""
+    cfg = params.text.finetune
+    pad, n = meta["special_ids"]["[PAD]"], len(meta["classes"])
+    if kind == "bilstm":
+        return tm.BiLSTMClassifier(meta["vocab_size"], n, cfg.lstm_embedding, cfg.lstm_hidden, cfg.dropout, pad), {"init_from": "scratch"}
+    if init_from == "pretrain":
+        path = paths.weights("pretrain")
+        if not path.is_file():
+            raise StageError(f"{path} not found; run the pretrain stage first or set finetune.text.init_from")
+        model = tm.EncoderClassifier(BertConfig(**json.loads(read_meta(path)["config"])), n, cfg.dropout)
+        model.encoder.load_state_dict(load_weights(path))
+        return model, {"init_from": str(path)}
+    if init_from == "scratch":
+        # the architecture the fine-tuned model has: our encoder's config, or the pretrained folder's
+        ft = cfg.init_from
+        if ft in ("pretrain", "scratch"):
+            config = tm.encoder_config(meta["vocab_size"], meta["max_length"], params.text.pretrain, pad)
+        else:
+            config = load_pretrained_encoder(model_folder(ft)).config
+        return tm.EncoderClassifier(config, n, cfg.dropout), {"init_from": "scratch"}
+    folder = model_folder(init_from)
+    try:
+        encoder = load_pretrained_encoder(folder)
+    except (OSError, ValueError) as err:
+        raise StageError(f"finetune.text.init_from: {err}") from None
+    if encoder.config.vocab_size != meta["vocab_size"]:
+        raise StageError(f"finetune.text.init_from: {folder} has a vocabulary of {encoder.config.vocab_size}, the "
+                         f"data was tokenized with {meta['vocab_size']}; set preprocess.text.tokenizer: {init_from}")
+    model = tm.EncoderClassifier(encoder.config, n, cfg.dropout)
+    model.encoder.load_state_dict(encoder.state_dict())
+    return model, {"init_from": init_from}
+
+
+def subsample(labels: torch.Tensor, per_class: int, seed: int) -> torch.Tensor:
+    """Indices (ascending) of `per_class` seeded picks of each class: a smaller label budget."""
+    g = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in labels.unique().tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        picks.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+    return torch.cat(picks).sort().values
+
+
+def train_one(params: Params, paths: Paths, name: str, init_from: str, kind: str, strategy: str, lr: float,
+              epochs: int, labels_per_class: int = 0, out: Paths | None = None) -> list[dict]:
+    """Train one classifier on the label budget (or `labels_per_class` seeded picks of it, seed
+    params.seed); save merged weights to out.weights(name) and the history to out.history(name).
+
+    Reads the token ids and the pretrained encoder from `paths`; writes to `out`
+    (default `paths`): an experiment trial reads the pipeline's data and writes
+    into its own folder."""
+    out = out or paths
+    cfg = params.text.finetune
+    meta = td.processed_meta(paths)
+    set_threads(cfg.threads)
+    generator = seed_everything(params.seed)
+    model, report = build_model(params, paths, init_from, kind, meta)
+    if strategy == "lora" and isinstance(model, tm.EncoderClassifier):
+        model = ts.add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.dropout)
+    groups = ts.param_groups(model, strategy, lr, cfg.lr_decay, cfg.weight_decay)
+    trainable, total = ts.count_params(model)
+    log.info("%s (%s, %s): %d of %d parameters train", kind, init_from, strategy, trainable, total)
+    data = td.load_set(paths, "target")
+    if labels_per_class:
+        keep = subsample(data["y_train"], labels_per_class, params.seed)
+        data["ids_train"], data["y_train"] = data["ids_train"][keep], data["y_train"][keep]
+        log.info("label budget %d per class: %d of the split's training texts", labels_per_class, len(keep))
+    history = fit_classifier(model, (data["ids_train"], data["y_train"]), (data["ids_val"], data["y_val"]), groups,
+                             epochs, cfg.batch_size, cfg.warmup_fraction, meta["special_ids"]["[PAD]"],
+                             resolve_device(params.device), generator, cfg.max_train_steps, desc=f"{kind} ({init_from})")
+    model = ts.merged(model).cpu()
+    arch = tm.arch_meta(model, len(meta["classes"]), meta["special_ids"]["[PAD]"])
+    save_weights(model, out.weights(name), meta={**arch, **report, "strategy": strategy,
+                                                 "trainable_params": trainable,
+                                                 "train_texts": len(data["y_train"])})
+    write_json(out.history(name), history)
+    return history
+
+
+def run(params: Params, paths: Paths) -> dict[str, list[dict]]:
+    """The fine-tuned model and its baseline; their histories by name."""
+    cfg = params.text.finetune
+    return {
+        "finetune": train_one(params, paths, "finetune", cfg.init_from, "encoder", cfg.strategy, cfg.lr, cfg.epochs),
+        "scratch": train_one(params, paths, "scratch", "scratch", "bilstm" if cfg.baseline == "bilstm" else "encoder",
+                             "full", cfg.baseline_lr, cfg.epochs),
+    }

@@ -1,0 +1,73 @@
+"""preprocess for `modality: text`: the tokenizer (a WordPiece vocabulary
+trained on the corpus, or a pretrained model's own) and the token-id caches:
+${paths.processed}/tokenizer.json, target.safetensors (ids_/y_ of train, val,
+test), source.safetensors (the corpus, for masked-LM pretraining), an empty
+pool.safetensors and meta.json."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer
+
+from transferline.config import Params
+from transferline.errors import StageError
+from transferline.io import read_json, write_json
+from transferline.paths import Paths
+from transferline.text import data as td
+from transferline.text import tokenize as tt
+from transferline.text.weights import model_folder
+
+log = logging.getLogger(__name__)
+
+
+def load_tokenizer(spec: str, corpus: list[str], params: Params) -> Tokenizer:
+    """preprocess.text.tokenizer: "train" (on the corpus), "minilm" or a model folder."""
+    cfg = params.text.preprocess
+    if spec == "train":
+        return tt.train_wordpiece(corpus, cfg.vocab_size, cfg.lowercase)
+    folder = model_folder(spec)
+    try:
+        return tt.load_folder_tokenizer(folder)
+    except FileNotFoundError as err:
+        raise StageError(f"preprocess.text.tokenizer: {err}") from None
+
+
+def encode_splits(tok: Tokenizer, paths: Paths, classes: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    """ids_<split> (N, max_length) and y_<split> (N,) for train, val and test."""
+    tensors = {}
+    for name in td.SPLITS:
+        rows = td.read_jsonl(td.split_file(paths, name))
+        tensors[f"ids_{name}"] = tt.encode(tok, [r["text"] for r in rows], max_length)
+        tensors[f"y_{name}"] = torch.tensor([classes.index(r["label"]) for r in rows], dtype=torch.int64)
+    return tensors
+
+
+def run(params: Params, paths: Paths) -> dict:
+    """Tokenizer and token-id caches from ${paths.split}; the meta."""
+    cfg = params.text.preprocess
+    classes = read_json(paths.raw_meta)["target"]["classes"]
+    corpus = [r["text"] for r in td.read_jsonl(td.split_file(paths, "corpus"))]
+    tok = load_tokenizer(cfg.tokenizer, corpus, params)
+    special = tt.special_ids(tok)
+    paths.processed.mkdir(parents=True, exist_ok=True)
+    tok.save(str(td.tokenizer_file(paths)))
+    target = encode_splits(tok, paths, classes, cfg.max_length)
+    save_file({k: v.contiguous() for k, v in target.items()}, str(paths.cache("target")))
+    source = tt.encode(tok, corpus, cfg.max_length)
+    save_file({"ids": source.contiguous()}, str(paths.cache("source")))
+    # pretrain's deps name the image pipeline's unlabelled pool too; for text the
+    # whole unlabelled corpus is source.safetensors, so the pool is empty.
+    save_file({"ids": torch.zeros((0, cfg.max_length), dtype=torch.long)}, str(paths.cache("pool")))
+    lengths = (target["ids_train"] != special["[PAD]"]).sum(1).float()
+    meta = {"modality": "text", "target": {
+        "classes": classes, "max_length": cfg.max_length, "tokenizer": cfg.tokenizer, "lowercase": cfg.lowercase,
+        "vocab_size": tok.get_vocab_size(), "special_ids": special,
+        "truncated_train_share": round(float((lengths >= cfg.max_length).float().mean()), 4),
+    }, "source": {"n": len(corpus)}}
+    write_json(paths.processed_meta, meta)
+    log.info("tokenizer %s (vocab %d); %d corpus texts; %.1f%% of train texts truncated at %d tokens", cfg.tokenizer,
+             tok.get_vocab_size(), len(corpus), 100 * meta["target"]["truncated_train_share"], cfg.max_length)
+    return meta
