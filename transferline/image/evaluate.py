@@ -9,10 +9,8 @@ import numpy as np
 
 from transferline.config import Params
 from transferline.evaluation import RUNS, write_evaluation
-from transferline.image.data import load_set
-from transferline.image.models import load_classifier
-from transferline.image.train import predict
-from transferline.io import read_json
+from transferline.image.data import load_set, processed_meta
+from transferline.image.models import load_classifier, predict
 from transferline.paths import Paths
 from transferline.runtime import resolve_device
 
@@ -24,7 +22,7 @@ def predict_classes(model, x, batch_size: int, device) -> np.ndarray:
 
 def run(params: Params, paths: Paths) -> dict:
     data = load_set(paths, "target")
-    classes = read_json(paths.processed_meta)["target"]["classes"]
+    classes = processed_meta(paths)["classes"]
     device = resolve_device(params.device)
     batch = params.image.evaluate.batch_size
     predictions = {name: predict_classes(load_classifier(paths.weights(name)), data["x_test"], batch, device)

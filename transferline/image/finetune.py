@@ -16,11 +16,11 @@ import torch
 from transferline.checkpoint import save_weights
 from transferline.config import Params
 from transferline.errors import StageError
-from transferline.image.data import load_set
+from transferline.image.data import load_set, processed_meta
 from transferline.image.models import build_model
 from transferline.image.train import fit
 from transferline.image.weights import load_pretrained
-from transferline.io import read_json, write_json
+from transferline.io import write_json
 from transferline.paths import Paths
 from transferline.runtime import resolve_device, seed_everything
 
@@ -46,7 +46,7 @@ def train_target(params: Params, paths: Paths, init: str, name: str) -> list[dic
     v = params.image
     generator = seed_everything(params.seed)  # same seed, same batches for both runs
     data = load_set(paths, "target")
-    classes = read_json(paths.processed_meta)["target"]["classes"]
+    classes = processed_meta(paths)["classes"]
     arch = {"arch": v.pretrain.model, "num_classes": len(classes), "in_channels": v.ingest.channels}
     model = build_model(v.pretrain.model, num_classes=len(classes), in_channels=v.ingest.channels)
     report = initialise(model, init, paths.weights("pretrain"))

@@ -202,3 +202,11 @@ def blocks(model: nn.Module) -> list[nn.Module]:
     block objects themselves.
     """
     return model.blocks()  # type: ignore[operator]
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Logits for x, (N, classes), on the CPU."""
+    model.eval()
+    out = [model(x[i : i + batch_size].to(device, torch.float32)).cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(out) if out else torch.empty(0)

@@ -18,11 +18,11 @@ import logging
 from transferline.checkpoint import save_weights
 from transferline.config import Params
 from transferline.errors import StageError
-from transferline.image.data import load_set
+from transferline.image.data import load_set, processed_meta
 from transferline.image.models import build_model
 from transferline.image.objectives import pretrain_ssl
 from transferline.image.train import fit
-from transferline.io import read_json, write_json
+from transferline.io import write_json
 from transferline.paths import Paths
 from transferline.runtime import resolve_device, seed_everything
 
@@ -42,7 +42,7 @@ def run(params: Params, paths: Paths) -> list[dict]:
         write_json(paths.history("pretrain"), history)
         log.info("kNN source val accuracy of the features %.4f after %d epochs", history[-1]["val_acc"], len(history))
         return history
-    classes = read_json(paths.processed_meta)["source"]["classes"]
+    classes = processed_meta(paths, "source")["classes"]
     channels = params.image.ingest.channels
     model = build_model(cfg.model, num_classes=len(classes), in_channels=channels)
     history = fit(

@@ -6,7 +6,8 @@ images and class names), and the champion/challenger gate
 from __future__ import annotations
 
 from transferline.config import Params
-from transferline.io import load_arrays, read_json
+from transferline.image.data import processed_meta
+from transferline.io import load_arrays
 from transferline.paths import Paths
 from transferline.promotion import PromotionError, TestSet, promote_registered
 
@@ -14,13 +15,12 @@ from transferline.promotion import PromotionError, TestSet, promote_registered
 def test_set(paths: Paths) -> TestSet:
     """Raw uint8 test images (greyscale as (N, H, W), the layout the served model promises) and their names."""
     split = paths.split / "target.npz"
-    for path, stage in ((split, "split"), (paths.processed_meta, "preprocess")):
-        if not path.is_file():
-            raise PromotionError(f"{path} not found; run the {stage} stage first (transferline run --until {stage})")
+    if not split.is_file():
+        raise PromotionError(f"{split} not found; run the split stage first (transferline run --until split)")
     arrays = load_arrays(split)
     if "x_test" not in arrays or "y_test" not in arrays:
         raise PromotionError(f"{split}: no x_test/y_test arrays; re-run the split stage")
-    classes = [str(c) for c in read_json(paths.processed_meta)["target"]["classes"]]
+    classes = [str(c) for c in processed_meta(paths)["classes"]]
     x = arrays["x_test"]
     if x.ndim == 4 and x.shape[1] == 1:
         x = x[:, 0]

