@@ -12,7 +12,8 @@ import pytest
 from conftest import tiny_raw_params
 from transferline.checkpoint import save_weights
 from transferline.config import parse_params
-from transferline.experiments import ExperimentError, OUT, compare_strategies, label_efficiency, objectives
+from transferline.experiments import OUT, ExperimentError
+from transferline.experiments.image import compare_strategies, label_efficiency, objectives
 from transferline.image.models import SmallCNN
 
 
@@ -61,6 +62,10 @@ def test_label_efficiency_table_plot_and_runs(tiny_raw):
     assert {"labels2_seed0", "labels2_seed1", "labels4_seed0", "labels4_seed1"} <= _task_run_names()
     # the pipeline's own outputs were not touched
     assert not (tiny_raw / "data/split").exists() and not (tiny_raw / "models/finetune").exists()
+    # each trial wrote into its own folders, none of them links into the project
+    trial = tiny_raw / ".transferline/experiments/labels2_seed0"
+    assert (trial / "models/finetune/model.safetensors").is_file() and (trial / "data/split/target.npz").is_file()
+    assert not any(p.is_symlink() for p in (tiny_raw / ".transferline/experiments").rglob("*"))
     assert pretrained.read_bytes() == before
     assert sorted(p.name for p in (tiny_raw / "models/pretrain").iterdir()) == ["model.safetensors"]
 

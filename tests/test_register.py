@@ -19,13 +19,8 @@ CLASSES = ["cat", "dog", "fish"]
 MODEL_NAME = "test-image"
 # Used only if the repo's params.yaml is mid-edit and does not validate.
 FALLBACK = {
-    "ingest": {},
-    "validate": {},
-    "split": {},
-    "preprocess": {},
-    "pretrain": {"epochs": 1, "batch_size": 8, "lr": 0.001},
-    "finetune": {"epochs": 1, "batch_size": 8, "lr": 0.001},
-    "evaluate": {},
+    "pretrain": {"image": {"epochs": 1, "batch_size": 8, "lr": 0.001}},
+    "finetune": {"image": {"epochs": 1, "batch_size": 8, "lr": 0.001}},
 }
 
 
@@ -40,7 +35,7 @@ def make_params(tmp_path: Path) -> Params:
             "artifact_root": str(tmp_path / "mlartifacts"),
             "experiment": "test",
         },
-        "register": {"model_name": MODEL_NAME},
+        "register": {"image": {"model_name": MODEL_NAME}},
     }
     try:
         return parse_params({**(raw if isinstance(raw, dict) else FALLBACK), **overrides})
@@ -86,7 +81,10 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_register_twice_keeps_first_champion_and_serves(env: Path) -> None:
     import mlflow
 
-    from tasks.register import register
+    from transferline.image import register as register_stage
+
+    def register(params):
+        return register_stage.run(params, params.paths)
     from transferline.status import status
 
     params = make_params(env)
