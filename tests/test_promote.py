@@ -1,6 +1,6 @@
 """The champion/challenger gate on a real registry (SQLite) with real models of
 known quality: a SmallCNN trained on real Animal-MNIST images, and copies of it
-that never predict some classes (transferline/challengers.py)."""
+that never predict some classes (tests/kit/challengers.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import MLFLOW_ENV, ROOT, tiny_raw_params
-from transferline.challengers import graded, make_gate_project, register_weights
+from kit.challengers import graded, make_gate_project, register_weights
 from transferline.config import parse_params
 
 NAME = "gate-test"
