@@ -70,7 +70,7 @@ def describe(changes: dict) -> list[str]:
 @flow(name="transferline-check", log_prints=True)
 def check(params_path: str = "params.yaml", push_remote: bool = True) -> dict:
     """Run the pipeline only if the sources or params changed since the last run."""
-    from transferline.runtime import apply_env_defaults
+    from transferline.env import apply_env_defaults
 
     apply_env_defaults()
     logger = get_run_logger()

@@ -65,7 +65,7 @@ def pipeline(until: str | None = None, params_path: str = "params.yaml", push_re
     import mlflow
 
     from transferline import tracking
-    from transferline.runtime import apply_env_defaults
+    from transferline.env import apply_env_defaults
 
     apply_env_defaults()  # a worker starts this flow without the CLI
     params = load_params(params_path)  # fail before any work

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 
 from transferline.config import Params, ParamsError, load_params
-from transferline.runtime import apply_env_defaults
+from transferline.env import apply_env_defaults
 
 
 class StageError(RuntimeError):

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from transferline.config import ParamsError, load_params
 from transferline.dvcrun import STAGES
-from transferline.runtime import apply_env_defaults
+from transferline.env import apply_env_defaults
 
 app = typer.Typer(
     help="transferline: pretrain on a large source set, fine-tune on a small target task, "
