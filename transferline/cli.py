@@ -281,7 +281,7 @@ def text_models(
     console.print(f"written to {experiments.OUT}/")
 
 
-# -- promotion gate, rollback, history, lineage (transferline/promotion.py, lineage.py) --
+# -- promotion gate, rollback, history, lineage (transferline/promotion.py, champion.py, lineage.py) --
 
 def _registry_call(fn, *args):
     """Run a registry action; its known errors become one red line and exit 1."""
@@ -289,7 +289,7 @@ def _registry_call(fn, *args):
 
     from transferline.lineage import LineageError
     from transferline.locks import LockTimeout
-    from transferline.promotion import PromotionError
+    from transferline.champion import PromotionError
 
     logging.basicConfig(level=logging.INFO, format="[promote] %(message)s")
     try:
@@ -316,13 +316,13 @@ def promote(
     """
     cfg = _params_or_exit(params)
     apply_env_defaults()
-    from transferline import promotion
+    from transferline import champion, promotion
 
     if force:
         if not version or not reason:
             console.print("[red]error:[/] --force needs --version and --reason")
             raise typer.Exit(2)
-        entry = _registry_call(promotion.force_promote, cfg, version, reason)
+        entry = _registry_call(champion.force_promote, cfg, version, reason)
         console.print(f"champion forced: version {entry['from']} -> {entry['to']} ({entry['reason']})")
         return
     report = _registry_call(promotion.run_gate, cfg, version)
@@ -340,9 +340,9 @@ def rollback(
     """Move `champion` back to the previous champion."""
     cfg = _params_or_exit(params)
     apply_env_defaults()
-    from transferline import promotion
+    from transferline import champion
 
-    entry = _registry_call(promotion.rollback, cfg, reason)
+    entry = _registry_call(champion.rollback, cfg, reason)
     console.print(f"champion rolled back: version {entry['from']} -> {entry['to']} ({entry['reason']})")
 
 
@@ -354,9 +354,9 @@ def history(
     """Every move of the `champion` alias: when, why, by whom, with the figures."""
     cfg = _params_or_exit(params)
     apply_env_defaults()
-    from transferline import promotion
+    from transferline import champion
 
-    info = _registry_call(promotion.history, cfg)
+    info = _registry_call(champion.history, cfg)
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2) + "\n")
         return
