@@ -39,29 +39,30 @@ Modality = enum.Enum("Modality", {m: m for m in ("image", "text")})
 @app.command()
 def run(
     until: Stage = typer.Option(None, help="Stop after this stage (default: run every stage)."),
-    params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
     push: bool = typer.Option(True, help="Push data and checkpoints to the DVC remote after a full run."),
-    modality: Modality = typer.Option(None, help="Switch the modality first: writes `modality:` into the "
-                                      "params file (so DVC sees the change) and keeps it for later runs."),
+    modality: Modality = typer.Option(None, help="Switch the modality first: writes `modality:` into "
+                                      "params.yaml (so DVC sees the change) and keeps it for later runs."),
 ) -> None:
     """Run the pipeline as a Prefect flow; DVC skips every stage that is up to date.
 
     Stages: ingest, validate, split, preprocess, pretrain, finetune (+ scratch
     baseline), evaluate, register. Every run is one MLflow run with a nested
-    run per stage.
+    run per stage. Values come from params.yaml, the file every DVC stage
+    reads and dvc.lock records.
     """
     if modality is not None:
+        from transferline.config import PARAMS_FILE
         from transferline.text.switch import set_modality
 
-        set_modality(params, modality.value)
-    cfg = params_or_exit(params)
+        set_modality(PARAMS_FILE, modality.value)
+    cfg = params_or_exit()
     apply_env_defaults()
     from transferline.runlock import run_lock
 
     with _run_errors(), run_lock(cfg.orchestrate.lock_wait_seconds):  # before Prefect starts: fail fast
         from flows.pipeline import pipeline
 
-        summary = pipeline(until=until.value if until else None, params_path=str(params), push_remote=push)
+        summary = pipeline(until=until.value if until else None, push_remote=push)
     _print_summary(summary)
 
 
@@ -128,7 +129,6 @@ def status(
 
 @app.command()
 def check(
-    params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
     push: bool = typer.Option(True, help="Push data and checkpoints to the DVC remote after a run."),
 ) -> None:
     """Run the pipeline only if the data or params changed (the data-triggered check).
@@ -138,14 +138,14 @@ def check(
     "nothing to do" in seconds. Anything new: a full run and a new registered
     version (a challenger).
     """
-    cfg = params_or_exit(params)
+    cfg = params_or_exit()
     apply_env_defaults()
     from transferline.runlock import run_lock
 
     with _run_errors(), run_lock(cfg.orchestrate.lock_wait_seconds):
         from flows.check import check as check_flow
 
-        result = check_flow(params_path=str(params), push_remote=push)
+        result = check_flow(push_remote=push)
     if result["action"] != "ran":
         console.print(f"{result['action']}: sources and params unchanged, every stage up to date "
                       f"(checked in {result['seconds']:.2f} s)")
@@ -189,7 +189,7 @@ def deploy(
 
     name = name or Path.cwd().resolve().name
     try:
-        ids = deploy_flows(cfg.orchestrate, Path.cwd(), name, str(params))
+        ids = deploy_flows(cfg.orchestrate, Path.cwd(), name)
     except DeployError as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(1) from None

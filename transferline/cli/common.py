@@ -18,15 +18,16 @@ if TYPE_CHECKING:
 console = Console(stderr=True)
 
 
-def params_or_exit(path: Path) -> Params:
-    """The validated params, or one red line and exit 2 (also when not run from the project root)."""
+def params_or_exit(path: Path | None = None) -> Params:
+    """The validated params (default: params.yaml), or one red line and exit 2 (also when
+    not run from the project root)."""
     from transferline.config import ParamsError, load_params
 
     if not Path("dvc.yaml").is_file():
         console.print("[red]error:[/] no dvc.yaml here; run transferline from the project root")
         raise typer.Exit(2)
     try:
-        return load_params(path)
+        return load_params(path) if path is not None else load_params()
     except ParamsError as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(2) from None
