@@ -1,5 +1,6 @@
-"""The CLI's options: `run` and `check` take no params file (every DVC stage
-reads params.yaml, so another file would train on values dvc.lock never records)."""
+"""The CLI's options: `run`, `check` and `deploy` take no params file (every DVC
+stage reads params.yaml, so another file would train on values dvc.lock never
+records, or schedule runs by values no run reads)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ def snapshot(folder: Path) -> dict[str, str]:
     ["run", "--params", "other.yaml"],
     ["run", "--modality", "text", "--params", "other.yaml"],  # refused before the modality is written
     ["check", "--params", "other.yaml"],
+    ["deploy", "--params", "other.yaml"],
 ])
-def test_run_and_check_refuse_a_params_file(tmp_path, args):
+def test_run_check_deploy_refuse_a_params_file(tmp_path, args):
     shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_raw_params(), sort_keys=False))
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(tiny_raw_params(finetune={"lr": 0.5}), sort_keys=False))

@@ -156,14 +156,14 @@ def check(
 
 @app.command()
 def deploy(
-    params: Path = typer.Option(Path("params.yaml"), help="Parameters file (orchestrate section)."),
     name: str = typer.Option(None, help="Deployment name (default: this folder's name)."),
 ) -> None:
     """Register the pipeline and the check as deployments on a Prefect server.
 
     Deployments `transferline/NAME` (cron orchestrate.pipeline_cron) and
     `transferline-check/NAME` (cron orchestrate.check_cron) run from this folder
-    on the process work pool orchestrate.work_pool. Needs PREFECT_API_URL; the
+    on the process work pool orchestrate.work_pool, all read from params.yaml
+    (the file the deployed runs read). Needs PREFECT_API_URL; the
     whole path (see README, "Scheduled and data-triggered runs"):
 
     prefect server start --host 127.0.0.1 --port 4200
@@ -178,7 +178,7 @@ def deploy(
     """
     import os
 
-    cfg = params_or_exit(params)
+    cfg = params_or_exit()
     if not os.environ.get("PREFECT_API_URL"):
         console.print("[red]error:[/] PREFECT_API_URL is not set; start a server (prefect server start --host "
                       "127.0.0.1) and export PREFECT_API_URL=http://127.0.0.1:4200/api")
