@@ -1,7 +1,7 @@
 """Benchmark: wall time of one promotion-gate decision.
 
 Builds a small real registry in a throw-away folder (a SmallCNN fitted on
-real Animal-MNIST images and weaker copies of it, transferline/challengers.py),
+real Animal-MNIST images and weaker copies of it, tests/kit/challengers.py),
 registers them through the real register stage, then times the gate
 (transferline.promotion.run_gate): one first-champion decision, REPEAT
 decisions that keep the champion (a worse challenger), and one promotion.
@@ -20,12 +20,14 @@ import os
 import platform
 import re
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
 import yaml
 
-from transferline.scaffold import ROOT
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test kit is not installed
+from kit.scaffold import ROOT  # noqa: E402
 
 RESULTS = ROOT / "bench/results"
 
@@ -37,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from tasks.ingest import load_animal_mnist
-    from transferline.challengers import graded, make_gate_project, register_weights
+    from kit.challengers import graded, make_gate_project, register_weights
     from transferline.config import parse_params
     from transferline.promotion import redact, run_gate
 

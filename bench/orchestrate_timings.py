@@ -30,8 +30,9 @@ from pathlib import Path
 import yaml
 
 from transferline.dvcrun import STAGES
-from transferline.prefectserver import prefect_cli, prefect_server, process_worker, trigger, wait_for_run
-from transferline.scaffold import ROOT, make_project
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test kit is not installed
+from kit.prefectserver import prefect_cli, prefect_server, process_worker, trigger, wait_for_run  # noqa: E402
+from kit.scaffold import ROOT, make_project  # noqa: E402
 
 RESULTS = ROOT / "bench/results/orchestrate_timings.json"
 README = ROOT / "README.md"

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from transferline.scaffold import ROOT, make_project
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test kit is not installed
+from kit.scaffold import ROOT, make_project  # noqa: E402
 
 RESULTS = ROOT / "bench/results/pipeline_timings.json"
 

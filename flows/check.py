@@ -74,14 +74,14 @@ def describe(changes: dict) -> list[str]:
 
 
 @flow(name="transferline-check", log_prints=True)
-def check(params_path: str = "params.yaml", push_remote: bool = True) -> dict:
+def check(push_remote: bool = True) -> dict:
     """Run the pipeline only if the sources or params changed since the last run."""
     from transferline.env import apply_env_defaults
 
     apply_env_defaults()
     logger = get_run_logger()
     t0 = time.perf_counter()
-    params = load_params(params_path)
+    params = load_params()
     with run_lock(params.orchestrate.lock_wait_seconds):
         sources = reread_sources.with_options(**stage_options(FETCH_STAGES[0], params.orchestrate))(pinned_artifacts(params))
         changes = dvc_changes()
@@ -99,5 +99,5 @@ def check(params_path: str = "params.yaml", push_remote: bool = True) -> dict:
         create_markdown_artifact("# transferline check: running the pipeline\n\nChanged since the last run:\n\n"
                                  + "\n".join(f"- {line}" for line in why) + "\n",
                                  key="transferline-check", description="Data-triggered check")
-        summary = pipeline(params_path=params_path, push_remote=push_remote)
+        summary = pipeline(push_remote=push_remote)
     return {"action": "ran", "changes": why, "pipeline": summary, "seconds": round(time.perf_counter() - t0, 2)}

@@ -37,8 +37,11 @@ def work_pool_exists(name: str) -> bool:
     return True
 
 
-def deploy(cfg: OrchestrateParams, root: Path, name: str, params_path: str = "params.yaml") -> dict[str, UUID]:
-    """Create or update `transferline/<name>` and `transferline-check/<name>`; return their ids."""
+def deploy(cfg: OrchestrateParams, root: Path, name: str) -> dict[str, UUID]:
+    """Create or update `transferline/<name>` and `transferline-check/<name>`; return their ids.
+
+    The flows take no params file: a deployed run reads the project's params.yaml, as DVC does.
+    """
     from prefect import Flow
     from prefect.schedules import Cron
 
@@ -54,7 +57,6 @@ def deploy(cfg: OrchestrateParams, root: Path, name: str, params_path: str = "pa
             name=name,
             work_pool_name=cfg.work_pool,
             schedules=[Cron(cron, timezone=cfg.timezone)] if cron else [],
-            parameters={"params_path": params_path},
             tags=["transferline"],
             print_next_steps=False,
             ignore_warnings=True,  # the process-pool hint to use .serve: a worker is the point here

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import yaml
 from prefect import flow, get_run_logger, task
@@ -18,7 +17,7 @@ from prefect.context import get_run_context
 
 from flows import report
 from flows.policy import push_options, stage_options
-from transferline.config import load_params
+from transferline.config import PARAMS_FILE, load_params
 from transferline.dvcrun import FLOW_RUN_ENV, RUN_ID_ENV, STAGES, StageFailed, StageResult, dag_stages, repro_stage
 from transferline.runlock import run_lock
 from transferline.runlog import log_stage
@@ -26,7 +25,7 @@ from transferline.runlog import log_stage
 
 
 @task(name="stage")
-def run_stage(stage: str, parent_run_id: str, experiment_id: str, params_path: str) -> StageResult:
+def run_stage(stage: str, parent_run_id: str, experiment_id: str) -> StageResult:
     """Reproduce one DVC stage and record it as a nested MLflow run."""
     from mlflow import MlflowClient
 
@@ -38,7 +37,7 @@ def run_stage(stage: str, parent_run_id: str, experiment_id: str, params_path: s
         from prefect.runtime import flow_run
 
         result = repro_stage(stage, env={RUN_ID_ENV: run_id, FLOW_RUN_ENV: str(flow_run.id or "")}, on_line=logger.info)
-        raw = yaml.safe_load(Path(params_path).read_text())
+        raw = yaml.safe_load(PARAMS_FILE.read_text())  # the values the stage read
         log_stage(client, run_id, stage, raw, result.ran, result.seconds)
     except Exception:
         client.set_terminated(run_id, "FAILED")
@@ -60,15 +59,18 @@ def push() -> None:
 
 
 @flow(name="transferline", log_prints=True)
-def pipeline(until: str | None = None, params_path: str = "params.yaml", push_remote: bool = True) -> dict:
-    """ingest -> validate -> split -> preprocess -> pretrain -> finetune -> evaluate -> register -> promote."""
+def pipeline(until: str | None = None, push_remote: bool = True) -> dict:
+    """ingest -> validate -> split -> preprocess -> pretrain -> finetune -> evaluate -> register -> promote.
+
+    Reads params.yaml, like every DVC stage it runs: there is no other params file to pass.
+    """
     import mlflow
 
     from transferline import tracking
     from transferline.env import apply_env_defaults
 
     apply_env_defaults()  # a worker starts this flow without the CLI
-    params = load_params(params_path)  # fail before any work
+    params = load_params()  # fail before any work
     stages = list(STAGES) if until is None else list(STAGES[: STAGES.index(until) + 1])
     with run_lock(params.orchestrate.lock_wait_seconds):  # one run at a time per repository
         experiment_id = tracking.configure(params.tracking)
@@ -82,7 +84,7 @@ def pipeline(until: str | None = None, params_path: str = "params.yaml", push_re
                 mlflow.log_param("until", until or STAGES[-1])
                 for s in stages:
                     task_ = run_stage.with_options(name=s, **stage_options(s, params.orchestrate))
-                    results.append(task_(s, run.info.run_id, experiment_id, params_path))
+                    results.append(task_(s, run.info.run_id, experiment_id))
                     report.advance(progress, len(results), len(stages))
                 if push_remote and until is None:
                     push.with_options(**push_options(params.orchestrate))()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from transferline.scaffold import make_project  # noqa: F401  (re-exported for tests)
+from kit.scaffold import make_project  # noqa: F401  (re-exported for tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 DOWNLOADS = ROOT / ".transferline" / "downloads"  # shared by every test and checkout folder

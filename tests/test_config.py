@@ -52,7 +52,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 
 def test_cli_run_refuses_bad_params_before_any_work(tmp_path, monkeypatch):
-    from transferline.cli import app
+    from transferline.cli.main import app
 
     monkeypatch.chdir(tmp_path)
     shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")

@@ -18,7 +18,7 @@ import yaml
 
 from conftest import MLFLOW_ENV, make_project, tiny_raw_params
 from transferline.dvcrun import STAGES
-from transferline.prefectserver import artifacts, deployment, logs, prefect_cli, prefect_server, process_worker, trigger, wait_for_run
+from kit.prefectserver import artifacts, deployment, logs, prefect_cli, prefect_server, process_worker, trigger, wait_for_run
 
 # Far from now: the server's scheduler must not start runs of its own during the test.
 QUIET_CRONS = {"pipeline_cron": "0 3 1 1 *", "check_cron": "30 3 1 1 *", "timezone": "Europe/Berlin"}

@@ -154,9 +154,9 @@ def test_racing_promotions_on_postgres(tmp_path, server, builtin_sets, monkeypat
     """Two `transferline promote` processes at once against the server: the advisory lock
     serialises them, the alias ends on the better model."""
     from conftest import tiny_raw_params as raw_params
-    from transferline.challengers import graded, make_gate_project, register_weights
+    from kit.challengers import graded, make_gate_project, register_weights
     from transferline.config import parse_params
-    from transferline.promotion import force_promote
+    from transferline.champion import force_promote
 
     x, y = builtin_sets["target"]
     model, _ = make_gate_project(tmp_path, x, y)

@@ -1,6 +1,6 @@
 """The champion/challenger gate on a real registry (SQLite) with real models of
 known quality: a SmallCNN trained on real Animal-MNIST images, and copies of it
-that never predict some classes (transferline/challengers.py)."""
+that never predict some classes (tests/kit/challengers.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import MLFLOW_ENV, ROOT, tiny_raw_params
-from transferline.challengers import graded, make_gate_project, register_weights
+from kit.challengers import graded, make_gate_project, register_weights
 from transferline.config import parse_params
 
 NAME = "gate-test"
@@ -72,6 +72,7 @@ def champion(params) -> str | None:
 def test_gate_worse_keeps_better_takes_rollback_and_force(registry):
     import mlflow
 
+    from transferline import champion as champion_alias
     from transferline import promotion
 
     params, project, model = registry
@@ -117,19 +118,19 @@ def test_gate_worse_keeps_better_takes_rollback_and_force(registry):
     assert report["decision"] == "kept" and champion(params) == v4
 
     # 6. rollback: needs a reason, goes back to the previous champion
-    with pytest.raises(promotion.PromotionError, match="reason"):
-        promotion.rollback(params, " ")
-    assert promotion.rollback(params, "v4 misclassifies dogs in production")["to"] == v2
+    with pytest.raises(champion_alias.PromotionError, match="reason"):
+        champion_alias.rollback(params, " ")
+    assert champion_alias.rollback(params, "v4 misclassifies dogs in production")["to"] == v2
     assert champion(params) == v2
 
     # 7. forced promotion of the bad model: needs a reason, recorded; rollback undoes it
-    with pytest.raises(promotion.PromotionError, match="reason"):
-        promotion.force_promote(params, v3, "")
-    promotion.force_promote(params, v3, "incident 42: hotfix model")
+    with pytest.raises(champion_alias.PromotionError, match="reason"):
+        champion_alias.force_promote(params, v3, "")
+    champion_alias.force_promote(params, v3, "incident 42: hotfix model")
     assert champion(params) == v3
-    assert promotion.rollback(params, "hotfix withdrawn")["to"] == v2
+    assert champion_alias.rollback(params, "hotfix withdrawn")["to"] == v2
 
-    moves = promotion.history(params)["moves"]
+    moves = champion_alias.history(params)["moves"]
     assert [(m["action"], m["from"], m["to"]) for m in moves] == [
         ("first_champion", None, v2), ("promoted", v2, v4), ("rollback", v4, v2),
         ("forced", v2, v3), ("rollback", v3, v2)]
@@ -169,13 +170,14 @@ def test_racing_gates_end_on_the_better_model(registry):
     champion: the lock serialises them and the alias ends on the better one."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from transferline import champion as champion_alias
     from transferline import promotion
 
     params, project, model = registry
     v1 = register_weights(params, graded(model, 5), project)["version"]
     v2 = register_weights(params, graded(model, 3), project)["version"]
     v3 = register_weights(params, model, project)["version"]
-    promotion.force_promote(params, v1, "race setup: start from the weakest")
+    champion_alias.force_promote(params, v1, "race setup: start from the weakest")
 
     with ThreadPoolExecutor(2) as pool:
         reports = dict(zip((v2, v3), pool.map(lambda v: promotion.run_gate(params, v), (v2, v3))))

@@ -1,4 +1,4 @@
-"""The environment defaults every entry point shares (no torch: the CLI imports this)."""
+"""The environment defaults every entry point shares (no torch, no Prefect, no MLflow)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ ENV_DEFAULTS = {
 
 
 def apply_env_defaults() -> None:
+    """Set every ENV_DEFAULTS key the environment does not set already."""
     for key, value in ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     # Prefect creates its home without parents and then fails to open its DB.

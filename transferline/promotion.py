@@ -1,4 +1,4 @@
-"""The champion/challenger gate, rollback and the alias history.
+"""The champion/challenger gate: score, decide, move the alias only on a win.
 
 A new model version is a challenger. The gate scores it and the current
 champion side by side on the current test split, both loaded from the
@@ -6,9 +6,8 @@ registry as MLflow pyfunc models and fed raw images (nothing is trusted from
 old metrics), then moves the `champion` alias only if the challenger passes
 every absolute threshold and beats the champion by every margin in
 params.yaml `promote`. The decision and both sets of figures go onto the
-challenger's version tags and into a report; every alias move is appended to
-a log kept as tags on the registered model, so `history` and `rollback` work
-on any tracking server.
+challenger's version tags and into a report. The alias itself, its log,
+forced moves and rollbacks are `transferline.champion`.
 
 MLflow has no compare-and-set on aliases, so deciding and moving happen
 under one lock (`transferline.locks`), and the champion is re-read inside it:
@@ -19,35 +18,34 @@ Callable without Prefect; tasks/promote.py and `transferline promote` use it.
 
 from __future__ import annotations
 
-import getpass
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from transferline.champion import (  # PromotionError: tasks/promote.py imports it from here
+    TAG,
+    PromotionError,
+    check_version,
+    current_champion,
+    latest_version,
+    move_alias,
+    now,
+)
 from transferline.config import MetricGate, Params
-from transferline.paths import Paths
 from transferline.errors import StageError
 from transferline.io import read_json, write_json
 from transferline.metrics import classification_scores
+from transferline.paths import Paths
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
-HISTORY_PREFIX = "champion_history/"  # registered-model tag keys, one per alias move
-TAG = "promote."  # version tag prefix for gate decisions
 EPS = 1e-9  # figures are rounded to 5 decimals; a margin met exactly is met
-
-
-class PromotionError(RuntimeError):
-    """The gate cannot decide; the message says what is wrong and how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -110,30 +108,7 @@ def decide(gates: dict[str, MetricGate], challenger: dict[str, float],
     return "promoted", f"challenger passes the thresholds and beats the champion ({gains})", checks
 
 
-# -- registry helpers --------------------------------------------------------
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no passwd entry in some containers
-        return "unknown"
-
-
-def current_champion(client: Any, name: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        version = client.get_registered_model(name).aliases.get(CHAMPION)
-    except MlflowException as err:
-        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-            raise PromotionError(f"no registered model {name!r} in {_uri()}; run the register stage first") from None
-        raise
-    return None if version is None else str(version)
-
+# -- the decision's records ---------------------------------------------------
 
 def redact(uri: str) -> str:
     """A URI without its password, fit for a report."""
@@ -144,48 +119,6 @@ def redact(uri: str) -> str:
         return uri
     host = parts.netloc.rsplit("@", 1)[-1]
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
-
-
-def _uri() -> str:
-    import mlflow
-
-    return mlflow.get_tracking_uri()
-
-
-def _check_version(client: Any, name: str, version: str) -> None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_model_version(name, str(version))
-    except MlflowException:
-        raise PromotionError(f"{name} has no version {version} in {_uri()}") from None
-
-
-def latest_version(client: Any, name: str) -> str:
-    versions = client.search_model_versions(f"name = '{name}'")
-    if not versions:
-        raise PromotionError(f"no versions of {name!r} in {_uri()}; run the register stage first")
-    return str(max(int(v.version) for v in versions))
-
-
-def read_history(client: Any, name: str) -> list[dict]:
-    """Every alias move, oldest first."""
-    tags = client.get_registered_model(name).tags or {}
-    entries = [json.loads(v) for k, v in sorted(tags.items()) if k.startswith(HISTORY_PREFIX)]
-    return sorted(entries, key=lambda e: (e["at_ms"], e["seq"]))
-
-
-def _move(client: Any, name: str, to: str, action: str, reason: str, frm: str | None,
-          figures: dict | None = None) -> dict:
-    """Point `champion` at `to` and append the move to the log. Call under the gate lock."""
-    seq = len(read_history(client, name))
-    at_ms = int(time.time() * 1000)
-    entry = {"at": _now(), "at_ms": at_ms, "seq": seq, "action": action, "from": frm, "to": str(to),
-             "reason": reason, "by": _user(), **(figures or {})}
-    client.set_registered_model_alias(name, CHAMPION, str(to))
-    client.set_registered_model_tag(name, f"{HISTORY_PREFIX}{at_ms:013d}-{seq:05d}", json.dumps(entry))
-    client.set_model_version_tag(name, str(to), "champion.since", entry["at"])
-    return entry
 
 
 def _tag_version(client: Any, name: str, version: str, report: dict) -> None:
@@ -219,7 +152,7 @@ def run_gate(params: Params, test: TestSet, version: str | None = None) -> dict:
     name = params.model_name
     current_champion(client, name)  # fails clearly if the model does not exist
     version = str(version or latest_version(client, name))
-    _check_version(client, name, version)
+    check_version(client, name, version)
     gates = params.promote.metrics
     t1 = time.perf_counter()
     challenger = score_version(name, version, test)  # outside the lock: it does not depend on the champion
@@ -243,11 +176,11 @@ def run_gate(params: Params, test: TestSet, version: str | None = None) -> dict:
             "checks": checks,
             "test_set": {"path": test.path, "n": test.n},
             "tracking_uri": redact(mlflow.get_tracking_uri()),
-            "at": _now(),
+            "at": now(),
         }
         if decision in ("promoted", "first_champion"):
             figures = {"challenger": report["challenger"], "champion": report["champion"]}
-            _move(client, name, version, decision, reason, champion_version, figures)
+            move_alias(client, name, version, decision, reason, champion_version, figures)
             champion_version = version
         report["champion_after"] = champion_version
         _tag_version(client, name, version, report)
@@ -257,83 +190,6 @@ def run_gate(params: Params, test: TestSet, version: str | None = None) -> dict:
     report["timings"] = timings
     log.info("%s version %s: %s (%s); champion is %s", name, version, decision, reason, champion_version)
     return report
-
-
-def force_promote(params: Params, version: str, reason: str) -> dict:
-    """Make `version` champion without the gate; the reason is required and logged."""
-    import mlflow
-
-    from transferline import tracking
-    from transferline.locks import gate_lock
-
-    if not reason or not reason.strip():
-        raise PromotionError("a forced promotion needs a reason (--reason '...')")
-    tracking.configure(params.tracking)
-    client = mlflow.MlflowClient()
-    name = params.model_name
-    current_champion(client, name)
-    _check_version(client, name, version)
-    with gate_lock(params.promote, name):
-        before = current_champion(client, name)
-        entry = _move(client, name, str(version), "forced", reason.strip(), before)
-        client.set_model_version_tag(name, str(version), TAG + "decision", "forced")
-        client.set_model_version_tag(name, str(version), TAG + "reason", reason.strip()[:5000])
-        client.set_model_version_tag(name, str(version), TAG + "at", entry["at"])
-    log.warning("%s: champion forced from %s to %s (%s)", name, before, version, reason)
-    return entry
-
-
-def champion_stack(history: list[dict], current: str | None) -> list[str]:
-    """The chain of champions still standing: promotions push, rollbacks pop."""
-    stack: list[str] = []
-    for entry in history:
-        if entry["action"] == "rollback":
-            if stack and stack[-1] == entry["from"]:
-                stack.pop()
-            if not stack or stack[-1] != entry["to"]:
-                stack.append(entry["to"])
-        else:
-            stack.append(entry["to"])
-    if current is not None and (not stack or stack[-1] != current):
-        stack.append(current)  # moved outside transferline (UI, API): still the one to roll back from
-    return stack
-
-
-def rollback(params: Params, reason: str) -> dict:
-    """Move `champion` back to the champion before the current one."""
-    import mlflow
-
-    from transferline import tracking
-    from transferline.locks import gate_lock
-
-    if not reason or not reason.strip():
-        raise PromotionError("a rollback needs a reason (--reason '...')")
-    tracking.configure(params.tracking)
-    client = mlflow.MlflowClient()
-    name = params.model_name
-    current_champion(client, name)
-    with gate_lock(params.promote, name):
-        current = current_champion(client, name)
-        stack = champion_stack(read_history(client, name), current)
-        if current is None or len(stack) < 2:
-            raise PromotionError(f"{name} has no previous champion to roll back to (champion: {current or 'none'})")
-        previous = stack[-2]
-        entry = _move(client, name, previous, "rollback", reason.strip(), current)
-        client.set_model_version_tag(name, current, "champion.rolled_back", f"{entry['at']}: {reason.strip()[:4000]}")
-    log.warning("%s: champion rolled back from %s to %s (%s)", name, current, previous, reason)
-    return entry
-
-
-def history(params: Params) -> dict:
-    """{"model", "champion", "moves": [...]} from the registry."""
-    import mlflow
-
-    from transferline import tracking
-
-    tracking.configure(params.tracking)
-    client = mlflow.MlflowClient()
-    name = params.model_name
-    return {"model": name, "champion": current_champion(client, name), "moves": read_history(client, name)}
 
 
 # -- the readable report -----------------------------------------------------

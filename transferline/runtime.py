@@ -1,4 +1,4 @@
-"""Seeds and devices for the training stages."""
+"""Seeds and devices (the torch side of the runtime; environment defaults: transferline.env)."""
 
 from __future__ import annotations
 

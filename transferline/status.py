@@ -9,7 +9,7 @@ from transferline.config import Params
 
 CHAMPION = "champion"
 PARENT_TAG = "mlflow.parentRunId"
-# Version tags that are provenance or gate records, not metrics (tasks/register.py, transferline/promotion.py).
+# Version tags that are provenance or gate records, not metrics (tasks/register.py, transferline/promotion.py, champion.py).
 PROVENANCE_PREFIXES = ("git.", "dvc.", "mlflow.", "lineage.", "params.", "promote.", "champion.")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # tests/kit/scaffold.py -> the repository root
 CODE = ("tasks", "transferline", "flows", "data/external")
 FILES = ("dvc.yaml", ".dvcignore", ".gitignore")
 

@@ -1,0 +1,141 @@
+"""The CLI stays light: `--help` imports no torch, Prefect or MLflow, and the
+read-only registry commands (status, history, lineage) import MLflow only,
+never torch or Prefect. Checked on the real command in a fresh interpreter
+with `python -X importtime`, which also names who imported a module."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import MLFLOW_ENV, ROOT, tiny_raw_params
+
+NAME = "light-cli"
+HELP_LIMIT_S = 2.0  # a safe CI bound; about 0.6 s on an idle 2-core machine
+TORCH_FREE_CONFIG = ("transferline.config must be torch-free for this (issue 12: the torch-free config "
+                     "package); until it lands, config imports torch through transferline.models")
+
+
+def cli(args: list[str], cwd: Path, importtime: bool = False) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in MLFLOW_ENV}
+    env.update(COLUMNS="200", NO_COLOR="1")
+    flags = ["-X", "importtime"] if importtime else []
+    return subprocess.run([sys.executable, *flags, "-m", "transferline.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def import_chains(stderr: str) -> dict[str, list[str]]:
+    """{module: [module, its importer, ..., the first import]} from `-X importtime` output.
+
+    The output lists a module after everything it imported, indented two spaces
+    per level, so a module's importer is the next line one level up.
+    """
+    rows = []
+    for line in stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            name = line.rsplit("|", 1)[1]
+            if name.strip() != "imported package":
+                rows.append(((len(name) - len(name.lstrip()) - 1) // 2, name.strip()))
+    chains = {}
+    for i, (level, name) in enumerate(rows):
+        chain, want = [name], level - 1
+        for up_level, up_name in rows[i + 1:]:
+            if want < 0:
+                break
+            if up_level == want:
+                chain.append(up_name)
+                want -= 1
+        chains[name] = chain
+    return chains
+
+
+def who_imported(chains: dict[str, list[str]], module: str) -> str | None:
+    """'torch <- transferline.models <- transferline.config', or None if `module` was not imported."""
+    return " <- ".join(chains[module]) if module in chains else None
+
+
+def test_help_imports_no_torch_prefect_or_mlflow(tmp_path):
+    done = cli(["--help"], tmp_path, importtime=True)
+    assert done.returncode == 0 and "Usage:" in done.stdout, done.stdout + done.stderr
+    chains = import_chains(done.stderr)
+    assert "transferline.cli" in chains and "typer" in chains  # the parse read real output
+    torch = who_imported(chains, "torch")
+    assert torch is None, f"--help imported torch via {torch}; import it inside the command that needs it"
+    for module in ("prefect", "mlflow"):
+        via = who_imported(chains, module)
+        assert via is None, f"--help imported {module} via {via}"
+
+
+def test_help_answers_within_two_seconds(tmp_path):
+    seconds = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        done = cli(["--help"], tmp_path)
+        seconds.append(time.perf_counter() - t0)
+        assert done.returncode == 0
+    print(f"transferline --help: {', '.join(f'{s:.2f}' for s in seconds)} s "
+          f"(median {statistics.median(seconds):.2f} s; limit {HELP_LIMIT_S} s on the best run)")
+    assert min(seconds) < HELP_LIMIT_S
+
+
+@pytest.fixture(scope="module")
+def registry_project(tmp_path_factory) -> Path:
+    """A project folder whose SQLite registry holds one champion version with metrics,
+    lineage tags and one logged alias move."""
+    import mlflow
+
+    from transferline import tracking
+    from transferline.champion import move_alias
+    from transferline.config import parse_params
+
+    project = tmp_path_factory.mktemp("light")
+    shutil.copy(ROOT / "dvc.yaml", project / "dvc.yaml")
+    raw = tiny_raw_params(tracking={"uri": f"sqlite:///{project / 'mlflow.db'}",
+                                    "artifact_root": str(project / "mlartifacts"), "experiment": "light"},
+                          register={"model_name": NAME})
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    params = parse_params(raw)
+    saved = {k: os.environ.get(k) for k in MLFLOW_ENV}
+    try:
+        tracking.configure(params.tracking)
+        client = mlflow.MlflowClient()
+        client.create_registered_model(NAME)
+        client.create_model_version(NAME, source=str(project / "model"),
+                                    tags={"accuracy": "0.91", "git.commit": "0123abc"})
+        move_alias(client, NAME, "1", "forced", "light-cli test setup", None)
+    finally:  # mlflow.set_tracking_uri wrote into os.environ; later tests must not see it
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return project
+
+
+@pytest.mark.parametrize("command", ["status", "history", "lineage"])
+def test_registry_reads_import_mlflow_but_no_torch_or_prefect(registry_project, command):
+    done = cli([command, "--json"], registry_project, importtime=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads(done.stdout)
+    if command == "status":
+        assert info["champion"]["version"] == "1" and info["champion"]["metrics"] == {"accuracy": 0.91}
+    elif command == "history":
+        assert info["champion"] == "1"
+        assert [(m["action"], m["to"], m["reason"]) for m in info["moves"]] == [
+            ("forced", "1", "light-cli test setup")]
+    else:
+        assert (info["version"], info["aliases"], info["code"]) == ("1", ["champion"], {"commit": "0123abc"})
+    chains = import_chains(done.stderr)
+    assert "mlflow" in chains  # it did query the registry
+    prefect, torch = who_imported(chains, "prefect"), who_imported(chains, "torch")
+    assert prefect is None, f"{command} imported prefect via {prefect}"
+    assert torch is None, f"{command} imported torch via {torch}. {TORCH_FREE_CONFIG}"

@@ -1,0 +1,85 @@
+"""`transferline experiment ...`: experiments beside the pipeline (transferline/experiments/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from transferline.cli.common import console, params_or_exit
+from transferline.env import apply_env_defaults
+
+app = typer.Typer(help="Experiments beside the pipeline (need `transferline run --until pretrain`).",
+                  no_args_is_help=True)
+
+
+def _experiment(name: str, params: Path) -> None:
+    cfg = params_or_exit(params)
+    apply_env_defaults()
+    import logging
+
+    from transferline.experiments import ExperimentError, image
+
+    if cfg.modality != "image":
+        console.print(f"[red]error:[/] `experiment {name}` is an image experiment; params.yaml has "
+                      f"modality: {cfg.modality} (switch with `transferline run --modality image --until pretrain`)")
+        raise typer.Exit(2)
+    logging.basicConfig(level=logging.INFO, format=f"[{name}] %(message)s")
+    try:
+        getattr(image, name.replace("-", "_"))(cfg)
+    except ExperimentError as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(1) from None
+    out = cfg.paths.experiments
+    Console().print((out / f"{name.replace('-', '_')}.md").read_text())
+    console.print(f"written to {out}/")
+
+
+@app.command("label-efficiency")
+def label_efficiency(params: Path = typer.Option(Path("params.yaml"), help="Parameters file.")) -> None:
+    """Fine-tuned vs scratch test accuracy at every label budget and seed in
+    params.yaml `experiments.image` (budgets, seeds): a table and a plot with spread."""
+    _experiment("label-efficiency", params)
+
+
+@app.command("strategies")
+def strategies(params: Path = typer.Option(Path("params.yaml"), help="Parameters file.")) -> None:
+    """Test accuracy and train time of each fine-tuning strategy in params.yaml
+    `experiments.image.strategies`, next to the scratch baseline."""
+    _experiment("compare-strategies", params)
+
+
+@app.command("objectives")
+def objectives(params: Path = typer.Option(Path("params.yaml"), help="Parameters file.")) -> None:
+    """Pretrain with each objective in params.yaml `experiments.image.objectives`
+    (supervised, denoising, contrastive; optionally with their own pool and
+    epochs), fine-tune each on the label budget, and compare the test accuracy
+    and the gain over the scratch baseline. Needs only `transferline run --until ingest`."""
+    _experiment("objectives", params)
+
+
+@app.command("text-models")
+def text_models(
+    params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
+    trial: list[str] = typer.Option(None, help="Run only this trial (by name; repeatable); the other "
+                                    "trials keep their row from the last run."),
+) -> None:
+    """Test accuracy and train time per epoch of each text model in params.yaml
+    `experiments.text.text_models` (MiniLM full / LoRA, our MLM encoder, scratch, BiLSTM).
+    Needs `transferline run --modality text --until pretrain`."""
+    cfg = params_or_exit(params)
+    apply_env_defaults()
+    import logging
+
+    from transferline.experiments import ExperimentError
+    from transferline.experiments.text import text_models as run_text_models
+
+    logging.basicConfig(level=logging.INFO, format="[text-models] %(message)s")
+    try:
+        run_text_models(cfg, trial or None)
+    except ExperimentError as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(1) from None
+    Console().print((cfg.paths.experiments / "text_models.md").read_text())
+    console.print(f"written to {cfg.paths.experiments}/")

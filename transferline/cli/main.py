@@ -1,0 +1,210 @@
+"""`transferline`: the app and the pipeline commands (run, status, check, deploy).
+
+Run it from the project root (the folder with dvc.yaml and params.yaml).
+This module holds the app and the pipeline commands (run, status, check,
+deploy); registry.py the registry commands, experiment.py the experiments.
+Importing the package loads no torch, Prefect or MLflow: every command
+imports what it needs when it runs, so `--help` answers at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from transferline.cli import experiment, registry
+from transferline.cli.common import console, params_or_exit
+from transferline.dvcrun import STAGES
+from transferline.env import apply_env_defaults
+
+app = typer.Typer(
+    help="transferline: pretrain on a large source set, fine-tune on a small target task, "
+    "prove the gain against a scratch baseline, and register the winner.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+Stage = enum.Enum("Stage", {s: s for s in STAGES})
+Modality = enum.Enum("Modality", {m: m for m in ("image", "text")})
+
+
+@app.command()
+def run(
+    until: Stage = typer.Option(None, help="Stop after this stage (default: run every stage)."),
+    push: bool = typer.Option(True, help="Push data and checkpoints to the DVC remote after a full run."),
+    modality: Modality = typer.Option(None, help="Switch the modality first: writes `modality:` into "
+                                      "params.yaml (so DVC sees the change) and keeps it for later runs."),
+) -> None:
+    """Run the pipeline as a Prefect flow; DVC skips every stage that is up to date.
+
+    Stages: ingest, validate, split, preprocess, pretrain, finetune (+ scratch
+    baseline), evaluate, register. Every run is one MLflow run with a nested
+    run per stage. Values come from params.yaml, the file every DVC stage
+    reads and dvc.lock records.
+    """
+    if modality is not None:
+        from transferline.config import PARAMS_FILE
+        from transferline.config.switch import set_modality
+
+        set_modality(PARAMS_FILE, modality.value)
+    cfg = params_or_exit()
+    apply_env_defaults()
+    from transferline.runlock import run_lock
+
+    with _run_errors(), run_lock(cfg.orchestrate.lock_wait_seconds):  # before Prefect starts: fail fast
+        from flows.pipeline import pipeline
+
+        summary = pipeline(until=until.value if until else None, push_remote=push)
+    _print_summary(summary)
+
+
+@contextlib.contextmanager
+def _run_errors() -> Iterator[None]:
+    """A failed run ends with one clear error line (the stage's own message) and exit 1."""
+    from tasks._stage import StageError
+    from transferline.dvcrun import StageFailed
+    from transferline.runlock import RunLockBusy
+
+    try:
+        yield
+    except (StageFailed, StageError, RunLockBusy) as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(1) from None
+    except TimeoutError as err:
+        console.print(f"[red]error:[/] {err} (limits: params.yaml orchestrate.*_timeout_seconds)")
+        raise typer.Exit(1) from None
+
+
+def _print_summary(summary: dict) -> None:
+    table = Table("stage", "status", "seconds", title="transferline run")
+    for row in summary["stages"]:
+        table.add_row(row["stage"], "ran" if row["ran"] else "skipped (up to date)", f"{row['seconds']:.1f}")
+    console.print(table)
+    console.print(f"ran: {', '.join(summary['ran']) or 'nothing (all up to date)'}")
+    console.print(f"skipped: {', '.join(summary['skipped']) or '-'}")
+    metrics = Path("reports/metrics.json")
+    if "evaluate" in summary["ran"] + summary["skipped"] and metrics.is_file():
+        m = json.loads(metrics.read_text())
+        console.print(
+            f"test accuracy: fine-tuned {m['finetune']['accuracy']:.4f}, scratch {m['scratch']['accuracy']:.4f}, "
+            f"transfer gain {m['transfer_gain']['accuracy']:+.4f}"
+        )
+    console.print(f"done in {summary['seconds']:.1f} s; MLflow run {summary['mlflow_run_id']}")
+
+
+@app.command()
+def status(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (keys: champion, last_run)."),
+    params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
+) -> None:
+    """Show the current champion, its metrics, and the last pipeline run."""
+    cfg = params_or_exit(params)
+    apply_env_defaults()
+    from transferline.status import status as read_status
+
+    info = read_status(cfg)
+    if as_json:
+        sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
+        return
+    out = Console()
+    champ = info.get("champion")
+    if champ:
+        out.print(f"[bold]champion[/]: {champ['name']} version {champ['version']}")
+        for k, v in sorted(champ.get("metrics", {}).items()):
+            out.print(f"  {k}: {v}")
+    else:
+        out.print("[bold]champion[/]: none yet (run `transferline run`)")
+    last = info.get("last_run")
+    if last:
+        out.print(f"[bold]last run[/]: {last['run_id']} {last['status']} started {last['start_time']}")
+
+
+@app.command()
+def check(
+    push: bool = typer.Option(True, help="Push data and checkpoints to the DVC remote after a run."),
+) -> None:
+    """Run the pipeline only if the data or params changed (the data-triggered check).
+
+    Re-reads the sources (re-fetches the pinned built-in sets and checks their
+    sha256; DVC hashes a folder target), then asks `dvc status`. Nothing new:
+    "nothing to do" in seconds. Anything new: a full run and a new registered
+    version (a challenger).
+    """
+    cfg = params_or_exit()
+    apply_env_defaults()
+    from transferline.runlock import run_lock
+
+    with _run_errors(), run_lock(cfg.orchestrate.lock_wait_seconds):
+        from flows.check import check as check_flow
+
+        result = check_flow(push_remote=push)
+    if result["action"] != "ran":
+        console.print(f"{result['action']}: sources and params unchanged, every stage up to date "
+                      f"(checked in {result['seconds']:.2f} s)")
+        return
+    console.print("changed since the last run: " + "; ".join(result["changes"]))
+    _print_summary(result["pipeline"])
+
+
+@app.command()
+def deploy(
+    name: str = typer.Option(None, help="Deployment name (default: this folder's name)."),
+) -> None:
+    """Register the pipeline and the check as deployments on a Prefect server.
+
+    Deployments `transferline/NAME` (cron orchestrate.pipeline_cron) and
+    `transferline-check/NAME` (cron orchestrate.check_cron) run from this folder
+    on the process work pool orchestrate.work_pool, all read from params.yaml
+    (the file the deployed runs read). Needs PREFECT_API_URL; the
+    whole path (see README, "Scheduled and data-triggered runs"):
+
+    prefect server start --host 127.0.0.1 --port 4200
+
+    export PREFECT_API_URL=http://127.0.0.1:4200/api
+
+    prefect work-pool create transferline --type process
+
+    transferline deploy
+
+    prefect worker start --pool transferline
+    """
+    import os
+
+    cfg = params_or_exit()
+    if not os.environ.get("PREFECT_API_URL"):
+        console.print("[red]error:[/] PREFECT_API_URL is not set; start a server (prefect server start --host "
+                      "127.0.0.1) and export PREFECT_API_URL=http://127.0.0.1:4200/api")
+        raise typer.Exit(2)
+    apply_env_defaults()
+    from flows.deploy import DeployError
+    from flows.deploy import deploy as deploy_flows
+
+    name = name or Path.cwd().resolve().name
+    try:
+        ids = deploy_flows(cfg.orchestrate, Path.cwd(), name)
+    except DeployError as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(1) from None
+    o = cfg.orchestrate
+    crons = {"transferline": o.pipeline_cron, "transferline-check": o.check_cron}
+    for full_name, dep_id in ids.items():
+        when = crons[full_name.split("/")[0]]
+        Console().print(f"{full_name}  ({dep_id})  schedule: {when + ' ' + o.timezone if when else 'none'}")
+    console.print(f"start a worker: prefect worker start --pool {o.work_pool}\n"
+                  f"run one now:    prefect deployment run {next(iter(ids))}")
+
+
+# The registry commands, then the experiment group: the order `transferline --help` lists them in.
+app.command()(registry.promote)
+app.command()(registry.rollback)
+app.command()(registry.history)
+app.command()(registry.lineage)
+app.add_typer(experiment.app, name="experiment")

@@ -1,0 +1,144 @@
+"""The registry commands: promote (the gate), rollback, history, lineage.
+
+Registered on the app in transferline/cli/__init__.py. Each imports MLflow
+(through transferline.promotion, champion, lineage, tracking) only when it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from transferline.cli.common import console, params_or_exit
+from transferline.env import apply_env_defaults
+
+
+def _registry_call(fn, *args):
+    """Run a registry action; its known errors become one red line and exit 1."""
+    import logging
+
+    from transferline.champion import PromotionError
+    from transferline.errors import StageError
+    from transferline.lineage import LineageError
+    from transferline.locks import LockTimeout
+
+    logging.basicConfig(level=logging.INFO, format="[promote] %(message)s")
+    try:
+        return fn(*args)
+    except (PromotionError, StageError, LineageError, LockTimeout) as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(1) from None
+
+
+def promote(
+    version: str = typer.Option(None, help="Challenger version (default: the newest registered version)."),
+    force: bool = typer.Option(False, "--force", help="Make VERSION champion without the gate (needs --reason)."),
+    reason: str = typer.Option(None, help="Why; required with --force, recorded in the history."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
+    params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
+) -> None:
+    """Run the champion/challenger gate now.
+
+    The challenger and the current champion are both scored on the current test
+    split (${paths.split}) as MLflow pyfunc models; `champion` moves only if the
+    challenger passes every threshold and margin in params.yaml `promote`.
+    With --force the gate is skipped and the move is recorded with its reason.
+    """
+    cfg = params_or_exit(params)
+    apply_env_defaults()
+    from transferline import champion, promotion
+
+    if force:
+        if not version or not reason:
+            console.print("[red]error:[/] --force needs --version and --reason")
+            raise typer.Exit(2)
+        entry = _registry_call(champion.force_promote, cfg, version, reason)
+        console.print(f"champion forced: version {entry['from']} -> {entry['to']} ({entry['reason']})")
+        return
+    import importlib
+
+    modality = importlib.import_module(f"transferline.{cfg.modality}.promote")  # its current test split
+    test = _registry_call(modality.test_set, cfg.paths)
+    report = _registry_call(promotion.run_gate, cfg, test, version)
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        Console().print(promotion.markdown(report))
+
+
+def rollback(
+    reason: str = typer.Option(..., help="Why the current champion is withdrawn (recorded in the history)."),
+    params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
+) -> None:
+    """Move `champion` back to the previous champion."""
+    cfg = params_or_exit(params)
+    apply_env_defaults()
+    from transferline import champion
+
+    entry = _registry_call(champion.rollback, cfg, reason)
+    console.print(f"champion rolled back: version {entry['from']} -> {entry['to']} ({entry['reason']})")
+
+
+def history(
+    as_json: bool = typer.Option(False, "--json", help="Print the moves as JSON."),
+    params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
+) -> None:
+    """Every move of the `champion` alias: when, why, by whom, with the figures."""
+    cfg = params_or_exit(params)
+    apply_env_defaults()
+    from transferline import champion
+
+    info = _registry_call(champion.history, cfg)
+    if as_json:
+        sys.stdout.write(json.dumps(info, indent=2) + "\n")
+        return
+    table = Table("when (UTC)", "action", "from", "to", "accuracy (new/old)", "reason", "by",
+                  title=f"{info['model']}: champion is version {info['champion'] or 'none'}")
+    for m in info["moves"]:
+        new, old = m.get("challenger") or {}, m.get("champion") or {}
+        acc = f"{new.get('accuracy', '-')} / {old.get('accuracy', '-')}" if new else "-"
+        table.add_row(m["at"], m["action"], str(m["from"] or "-"), m["to"], acc, m["reason"], m["by"])
+    Console().print(table)
+
+
+def lineage(
+    ref: str = typer.Argument(None, help="NAME@ALIAS or NAME/VERSION (default: register.model_name@champion)."),
+    restore: bool = typer.Option(False, "--restore", help="Check out that version's exact data and checkpoints "
+                                 "with DVC (the current dvc.lock is saved in .transferline/lineage/)."),
+    force: bool = typer.Option(False, "--force", help="With --restore: overwrite outs holding unrecorded changes."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
+) -> None:
+    """Where a model version came from: git commit, DVC hashes, params, MLflow and Prefect runs."""
+    cfg = params_or_exit(params)
+    apply_env_defaults()
+    import mlflow
+
+    from transferline import lineage as lin
+    from transferline import tracking
+
+    tracking.configure(cfg.tracking)
+    client = mlflow.MlflowClient()
+    ref = ref or f"{cfg.model_name}@champion"
+    info = _registry_call(lin.describe, client, ref)
+    if restore:
+        info["restore"] = _registry_call(lin.restore, client, ref, force)
+    if as_json:
+        sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
+        return
+    out = Console()
+    out.print(f"[bold]{info['model']} version {info['version']}[/] aliases: {', '.join(info['aliases']) or '-'}")
+    for group in ("code", "data", "runs", "promotion", "params"):
+        out.print(f"[bold]{group}[/]")
+        for k, v in info[group].items():
+            out.print(f"  {k}: {v}")
+    if restore:
+        r = info["restore"]
+        out.print(f"[green]restored[/] {', '.join(r['restored'])} to version {r['version']}'s hashes; "
+                  f"dvc.lock is now that version's (yours: {r['dvc_lock_backup']}). "
+                  f"For its code: git checkout {r['git_commit']}")
