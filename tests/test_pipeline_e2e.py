@@ -62,7 +62,7 @@ def test_pipeline_end_to_end(tmp_path):
 
     # only a fine-tuning value changed: finetune and what follows rerun
     raw = yaml.safe_load((project / "params.yaml").read_text())
-    raw["finetune"]["lr"] = raw["finetune"]["lr"] / 2
+    raw["finetune"]["image"]["lr"] = raw["finetune"]["image"]["lr"] / 2
     (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     third = transferline(project, "run")
     assert third.returncode == 0, third.stderr[-3000:]
@@ -89,7 +89,7 @@ def test_pipeline_end_to_end(tmp_path):
     assert latest.data.tags["dvc.models/finetune"].endswith(".dir")
     assert "dvc.data/processed" in latest.data.tags and "git.commit" in latest.data.tags
     ft = next(c for c in children if c.info.run_name == "finetune")
-    assert ft.data.tags["stage.status"] == "ran" and ft.data.params["finetune.lr"] == str(raw["finetune"]["lr"])
+    assert ft.data.tags["stage.status"] == "ran" and ft.data.params["finetune.image.lr"] == str(raw["finetune"]["image"]["lr"])
     history = mlflow.MlflowClient().get_metric_history(ft.info.run_id, "finetune.val_acc")
     assert [m.step for m in history] == list(range(1, 16))
 

@@ -94,7 +94,7 @@ def test_pipeline_on_postgres_lineage_restore_and_serving(tmp_path, server):
     assert tags["git.commit"] == git(project, "rev-parse", "HEAD")
     assert tags["dvc.data/split"] == lock["split"]["outs"][0]["md5"]
     assert tags["dvc.models/finetune"] == lock["finetune"]["outs"][0]["md5"]
-    assert tags["params.finetune.epochs"] == "8"
+    assert tags["params.finetune.image.epochs"] == "8"
     assert tags["lineage.mlflow_run_id"] == client.get_model_version(NAME, "1").run_id
     assert len(tags["lineage.prefect_flow_run_id"]) == 36  # a flow-run UUID, passed down by the flow
     parent = client.get_run(tags["lineage.mlflow_parent_run_id"])
@@ -103,7 +103,7 @@ def test_pipeline_on_postgres_lineage_restore_and_serving(tmp_path, server):
 
     # change the data: a smaller label budget -> new split, new model, version 2 through the gate
     raw = yaml.safe_load((project / "params.yaml").read_text())
-    raw["split"]["labels_per_class"] = 6
+    raw["split"]["image"]["labels_per_class"] = 6
     (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     second = run_cli(project, server, "run")
     assert second.returncode == 0, second.stderr[-4000:]

@@ -15,6 +15,7 @@ import pytest
 from conftest import MLFLOW_ENV, ROOT, tiny_raw_params
 from kit.challengers import graded, make_gate_project, register_weights
 from transferline.config import parse_params
+from transferline.paths import Paths
 
 NAME = "gate-test"
 GATES = {"accuracy": {"min": 0.3, "margin_abs": 0.01, "margin_rel": 0.0},
@@ -55,11 +56,17 @@ def registry(tmp_path, trained, monkeypatch):
 
 
 def gate(params, version: str) -> dict:
-    from tasks.promote import promote
+    from transferline.image import promote
 
     (Path("reports")).mkdir(exist_ok=True)
     Path("reports/register.json").write_text(json.dumps({"name": NAME, "version": version}))
-    return promote(params)
+    return promote.run(params, params.paths)
+
+
+def current_test_set():
+    from transferline.image.promote import test_set as read
+
+    return read(Paths())
 
 
 def champion(params) -> str | None:
@@ -114,7 +121,7 @@ def test_gate_worse_keeps_better_takes_rollback_and_force(registry):
     # 5. a margin no challenger can meet keeps the champion (gating an older version on demand)
     strict = parse_params({**raw_params(Path(params.tracking.artifact_root).parent),
                            "promote": {"metrics": {"accuracy": {"min": 0.0, "margin_abs": 0.5}}}})
-    report = promotion.run_gate(strict, v2)
+    report = promotion.run_gate(strict, current_test_set(), v2)
     assert report["decision"] == "kept" and champion(params) == v4
 
     # 6. rollback: needs a reason, goes back to the previous champion
@@ -156,7 +163,7 @@ def test_versions_scored_at_once_keep_their_own_weights(registry):
 
     params, project, model = registry
     versions = [register_weights(params, m, project)["version"] for m in (graded(model, 7), model)]
-    test = promotion.load_test_set()
+    test = current_test_set()
     alone = [promotion.score_version(NAME, v, test) for v in versions]
     assert alone[0]["accuracy"] + 0.2 < alone[1]["accuracy"]
     with ThreadPoolExecutor(2) as pool:
@@ -180,7 +187,7 @@ def test_racing_gates_end_on_the_better_model(registry):
     champion_alias.force_promote(params, v1, "race setup: start from the weakest")
 
     with ThreadPoolExecutor(2) as pool:
-        reports = dict(zip((v2, v3), pool.map(lambda v: promotion.run_gate(params, v), (v2, v3))))
+        reports = dict(zip((v2, v3), pool.map(lambda v: promotion.run_gate(params, current_test_set(), v), (v2, v3))))
     assert champion(params) == v3
     first, second = sorted(reports.values(), key=lambda r: r["lock"]["acquired_at"])
     assert {r["lock"]["kind"] for r in reports.values()} == {"file"}

@@ -9,6 +9,7 @@ PNG plots become artifacts.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,29 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): obj}
 
 
-def stage_spec(stage: str, dvc_yaml: str | Path = "dvc.yaml") -> dict[str, Any]:
-    return yaml.safe_load(Path(dvc_yaml).read_text())["stages"][stage]
+TEMPLATE = re.compile(r"\$\{([\w.]+)\}")
+
+
+def resolve(value: Any, params_raw: dict) -> Any:
+    """dvc.yaml's `${a.b}` filled in from params.yaml, as DVC does (plain keys only)."""
+    if isinstance(value, str):
+        def lookup(match: re.Match) -> str:
+            out: Any = params_raw
+            for part in match.group(1).split("."):
+                out = out[part]
+            return str(out)
+
+        return TEMPLATE.sub(lookup, value)
+    if isinstance(value, list):
+        return [resolve(v, params_raw) for v in value]
+    if isinstance(value, dict):
+        return {resolve(k, params_raw): resolve(v, params_raw) for k, v in value.items()}
+    return value
+
+
+def stage_spec(stage: str, params_raw: dict, dvc_yaml: str | Path = "dvc.yaml") -> dict[str, Any]:
+    """The stage as DVC runs it: templates filled in from params.yaml."""
+    return resolve(yaml.safe_load(Path(dvc_yaml).read_text())["stages"][stage], params_raw)
 
 
 def _number(v: Any) -> bool:
@@ -41,7 +63,7 @@ def _number(v: Any) -> bool:
 
 def log_stage(client: Any, run_id: str, stage: str, params_raw: dict, ran: bool, seconds: float) -> None:
     """Log params, metrics, histories and plots of `stage` to run `run_id`."""
-    spec = stage_spec(stage)
+    spec = stage_spec(stage, params_raw)
     now = int(time.time() * 1000)
     params: dict[str, Any] = {}
     for section in _names(spec.get("params")):

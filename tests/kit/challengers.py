@@ -19,8 +19,9 @@ from torch import nn
 from transferline.checkpoint import save_weights
 from transferline.config import Params
 from transferline.io import save_arrays, write_json
-from transferline.models import SmallCNN
-from transferline.promotion import TestSet, scores
+from transferline.image.models import SmallCNN
+from transferline.metrics import classification_scores
+from transferline.promotion import TestSet
 
 CLASSES = ("cat", "dog", "fish", "bird", "horse", "cow", "pig", "sheep", "rabbit", "frog")
 
@@ -89,25 +90,17 @@ def predict_names(model: SmallCNN, test: TestSet, mean: float, std: float) -> li
 
 
 def register_weights(params: Params, model: SmallCNN, project: Path, claimed: dict | None = None) -> dict:
-    """Register `model` through tasks.register (run from `project`); metrics.json holds its
-    real test figures unless `claimed` overrides them (to show the gate does not trust them)."""
-    import json
-    import os
+    """Register `model` through the image register stage, on the project's folders; metrics.json
+    holds its real test figures unless `claimed` overrides them (to show the gate does not trust them)."""
+    from transferline.image import promote, register
+    from transferline.image.data import processed_meta
 
-    from tasks.register import register
-
-    cwd = Path.cwd()
-    os.chdir(project)
-    try:
-        num_classes = model.head[-1].out_features
-        save_weights(model, "models/finetune/model.safetensors",
-                     meta={"arch": "small_cnn", "num_classes": num_classes, "in_channels": 1})
-        prep = json.loads(Path("data/processed/meta.json").read_text())["target"]
-        from transferline.promotion import load_test_set
-
-        test = load_test_set()
-        figures = claimed or scores(test.y, predict_names(model, test, prep["mean"][0], prep["std"][0]))
-        write_json("reports/metrics.json", {"finetune": figures})
-        return register(params)
-    finally:
-        os.chdir(cwd)
+    paths = params.paths.under(project)
+    num_classes = model.head[-1].out_features
+    save_weights(model, paths.weights("finetune"),
+                 meta={"arch": "small_cnn", "num_classes": num_classes, "in_channels": 1})
+    prep = processed_meta(paths)
+    test = promote.test_set(paths)
+    figures = claimed or classification_scores(test.y, predict_names(model, test, prep["mean"][0], prep["std"][0]))
+    write_json(paths.report("metrics"), {"finetune": figures})
+    return register.run(params, paths)
