@@ -138,11 +138,16 @@ def load_set(paths: Paths, name: str) -> dict:
     return load_file(str(paths.cache(name)))
 
 
-def save_set(paths: Paths, name: str, tensors: dict) -> None:
+def save_set(paths: Paths, name: str, tensors: dict, meta: dict | None = None) -> None:
+    """Write one cache; `meta` travels in the file (checkpoint.read_meta reads it), so a
+    stage that needs only this set's description depends on this file alone."""
+    import json
+
     from safetensors.torch import save_file
 
     paths.processed.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(paths.cache(name)))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(paths.cache(name)),
+              metadata={"meta": json.dumps(meta or {})})
 
 
 def processed_meta(paths: Paths, name: str = "target") -> dict:

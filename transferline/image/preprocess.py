@@ -51,13 +51,13 @@ def run(params: Params, paths: Paths) -> dict:
     meta = {}
     for name in ("source", "target"):
         tensors, stats = normalise_set(load_arrays(paths.split / f"{name}.npz"), dtype)
-        save_set(paths, name, tensors)
         meta[name] = {
             **stats,
             "classes": raw_meta[name]["classes"],
             "channels": v.ingest.channels,
             "image_size": v.ingest.image_size,
         }
+        save_set(paths, name, tensors, meta[name])
         log.info("%s: %s", name, {k: tuple(t.shape) for k, t in tensors.items()})
     # unlabelled target images, for self-supervised pretraining: the target's statistics.
     # Kept empty unless pretrain uses them, so new target data leaves pretrain up to date.

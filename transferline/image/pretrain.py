@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import logging
 
-from transferline.checkpoint import save_weights
+from transferline.checkpoint import read_meta, save_weights
 from transferline.config import Params
 from transferline.errors import StageError
-from transferline.image.data import load_set, processed_meta
+from transferline.image.data import load_set
 from transferline.image.models import build_model
 from transferline.image.objectives import pretrain_ssl
 from transferline.image.train import fit
@@ -42,7 +42,8 @@ def run(params: Params, paths: Paths) -> list[dict]:
         write_json(paths.history("pretrain"), history)
         log.info("kNN source val accuracy of the features %.4f after %d epochs", history[-1]["val_acc"], len(history))
         return history
-    classes = processed_meta(paths, "source")["classes"]
+    # from the cache itself: new target data (which changes meta.json) leaves pretrain up to date
+    classes = read_meta(paths.cache("source"))["classes"]
     channels = params.image.ingest.channels
     model = build_model(cfg.model, num_classes=len(classes), in_channels=channels)
     history = fit(

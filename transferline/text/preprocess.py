@@ -6,6 +6,7 @@ pool.safetensors and meta.json."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -108,7 +109,10 @@ def run(params: Params, paths: Paths) -> dict:
     target = encode_splits(tok, paths, classes, cfg.max_length)
     save_file({k: v.contiguous() for k, v in target.items()}, str(paths.cache("target")))
     source = encode(tok, corpus, cfg.max_length)
-    save_file({"ids": source.contiguous()}, str(paths.cache("source")))
+    # what pretrain needs travels in the cache it reads (checkpoint.read_meta): new labels
+    # that leave the corpus and the tokenizer alone leave pretrain up to date
+    source_meta = {"vocab_size": tok.get_vocab_size(), "max_length": cfg.max_length, "special_ids": special}
+    save_file({"ids": source.contiguous()}, str(paths.cache("source")), metadata={"meta": json.dumps(source_meta)})
     # pretrain's deps name the image pipeline's unlabelled pool too; for text the
     # whole unlabelled corpus is source.safetensors, so the pool is empty.
     save_file({"ids": torch.zeros((0, cfg.max_length), dtype=torch.long)}, str(paths.cache("pool")))

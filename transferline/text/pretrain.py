@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from transferline.checkpoint import save_weights
+from transferline.checkpoint import read_meta, save_weights
 from transferline.config import Params
 from transferline.io import write_json
 from transferline.paths import Paths
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 def run(params: Params, paths: Paths) -> list[dict]:
     """Pretrain (or resume) for pretrain.text.steps steps; the history, one row per evaluation."""
     cfg = params.text.pretrain
-    meta = td.processed_meta(paths)
+    meta = read_meta(paths.cache("source"))  # not meta.json: see preprocess
     set_threads(cfg.threads)
     seed_everything(params.seed)
     ids = td.load_set(paths, "source")["ids"]
