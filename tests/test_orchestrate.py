@@ -14,7 +14,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import yaml
 
 from conftest import MLFLOW_ENV, make_project, tiny_raw_params
 from transferline.dvcrun import STAGES

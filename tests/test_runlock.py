@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import tiny_params  # noqa: F401
+
 
 HOLD = """
 import sys, time

@@ -90,6 +90,6 @@ def repro_stage(stage: str, env: dict[str, str] | None = None,
             _kill_group(proc)
             raise
     if proc.returncode != 0:
-        errors = [l for l in tail if "error:" in l.lower() or l.startswith(("  -", "("))] or list(tail)[-10:]
+        errors = [line for line in tail if "error:" in line.lower() or line.startswith(("  -", "("))] or list(tail)[-10:]
         raise StageFailed(f"stage '{stage}' failed:\n" + "\n".join(errors))
     return StageResult(stage, ran, round(time.perf_counter() - t0, 2))

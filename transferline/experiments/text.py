@@ -151,7 +151,7 @@ def text_models(params: Params, only: list[str] | None = None) -> list[dict]:
     results: dict[str, dict] = {}
     tracking.configure(params.tracking)
     rows: list[dict] = []
-    with mlflow.start_run(run_name="text-models") as parent:
+    with mlflow.start_run(run_name="text-models"):
         for trial in trials:
             if only and trial.name not in only:
                 continue

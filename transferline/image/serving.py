@@ -60,7 +60,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
     def _to_nchw(self, model_input: Any) -> np.ndarray:
         """Any accepted layout -> float32 (N, C, H, W), values still 0..255."""
         if isinstance(model_input, pd.DataFrame):
-            if model_input.shape[1] == 1 and model_input.dtypes.iloc[0] == object:
+            if model_input.shape[1] == 1 and model_input.dtypes.iloc[0] == object:  # noqa: E721 (a pandas dtype)
                 # One column holding an image (nested list/array) per row, as JSON clients send.
                 rows = [np.asarray(v) for v in model_input.iloc[:, 0]]
                 x = np.stack(rows) if rows else np.zeros((0, self.channels * self.size**2), np.uint8)
