@@ -31,3 +31,11 @@ def params_or_exit(path: Path | None = None) -> Params:
     except ParamsError as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(2) from None
+
+
+def print_json(obj: object) -> None:
+    """One JSON document on stdout (messages go to stderr), for `--json`."""
+    import json
+    import sys
+
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
