@@ -20,8 +20,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from transferline.cli import experiment, registry, steer
-from transferline.cli.common import console, params_or_exit, print_json
+from transferline.cli import card, experiment, registry, steer
+from transferline.cli.common import console, log_levels, params_or_exit, print_json
 from transferline.dvcrun import STAGES
 from transferline.env import apply_env_defaults
 
@@ -29,8 +29,9 @@ app = typer.Typer(
     help="transferline: pretrain on a large source set, fine-tune on a small target task, "
     "prove the gain against a scratch baseline, and register the winner.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
 )
+app.callback()(log_levels)
 
 Stage = enum.Enum("Stage", {s: s for s in STAGES})
 Modality = enum.Enum("Modality", {m: m for m in ("image", "text")})
@@ -212,4 +213,6 @@ app.command()(registry.promote)
 app.command()(registry.rollback)
 app.command()(registry.history)
 app.command()(registry.lineage)
+app.command()(card.card)
+app.command()(card.ui)
 app.add_typer(experiment.app, name="experiment")
