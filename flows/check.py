@@ -11,9 +11,6 @@ the full pipeline as a subflow (a new registered version: a challenger).
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 
 from prefect import flow, get_run_logger, task
@@ -23,6 +20,7 @@ from flows.pipeline import pipeline
 from flows.policy import FETCH_STAGES, stage_options
 from transferline.artifacts import Artifact, fetch_member
 from transferline.config import Params, load_params
+from transferline.plan import describe, dvc_status
 from transferline.runlock import run_lock
 
 NOTHING_TO_DO = "nothing to do"
@@ -52,25 +50,7 @@ def reread_sources(artifacts: list[Artifact]) -> list[str]:
 @task(name="dvc-status")
 def dvc_changes() -> dict:
     """`dvc status --json`: stages whose deps, params or outs differ from dvc.lock ({} = none)."""
-    done = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"dvc status failed: {done.stderr.strip()[-1000:]}")
-    return json.loads(done.stdout or "{}")
-
-
-def describe(changes: dict) -> list[str]:
-    """{'ingest': [{'changed deps': {'data/external/image': 'modified'}}]} -> ['ingest: data/external/image modified']"""
-    lines = []
-    for stage, entries in changes.items():
-        parts = []
-        for entry in entries:
-            if isinstance(entry, dict):
-                for what in entry.values():
-                    parts += [f"{path} {how}" for path, how in what.items()] if isinstance(what, dict) else [str(what)]
-            else:
-                parts.append(str(entry))
-        lines.append(f"{stage}: {', '.join(parts)}")
-    return lines
+    return dvc_status()
 
 
 @flow(name="transferline-check", log_prints=True)

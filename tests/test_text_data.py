@@ -107,7 +107,7 @@ def test_text_params_are_checked():
 
 
 def test_modality_switch_rewrites_only_that_line(tmp_path):
-    from transferline.config.switch import set_modality
+    from transferline.config.edit import set_modality
 
     path = tmp_path / "params.yaml"
     path.write_text("# top\nseed: 1\nmodality: image   # image | text\nsplit:\n  modality: x\n")

@@ -66,8 +66,14 @@ def repro_stage(stage: str, env: dict[str, str] | None = None,
 
     `on_line` also gets every line the stage prints (the flow forwards them,
     training progress included, to the Prefect run log)."""
+    from transferline.dvcexp import skipped_in_experiment
+
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
+    if skipped_in_experiment(stage):
+        # An applied DVC experiment left "skipped" in this stage's report with a matching dvc.lock:
+        # DVC calls it up to date, but nothing was registered or gated. A normal run does that now.
+        cmd.append("--force")
     tail: collections.deque[str] = collections.deque(maxlen=40)
     ran = False
     # Stage commands say `python`: make it this interpreter, venv or not.

@@ -38,6 +38,7 @@ from transferline.champion import (  # PromotionError: tasks/promote.py imports 
     now,
 )
 from transferline.config import MetricGate, Params
+from transferline.dvcexp import skip_in_experiment
 from transferline.errors import StageError
 from transferline.io import read_json, write_json
 from transferline.metrics import classification_scores
@@ -132,6 +133,19 @@ def _tag_version(client: Any, name: str, version: str, report: dict) -> None:
         client.set_model_version_tag(name, str(version), TAG + key, value)
 
 
+def _card_decision(client: Any, name: str, version: str, report: dict) -> None:
+    """Write the decision into the version's model card (transferline.card); the tags above are the record."""
+    from mlflow.exceptions import MlflowException
+
+    from transferline import card
+
+    try:
+        mv = client.get_model_version(name, version)
+        card.publish(client, name, version, mv.run_id, card.with_decision(mv.description or "", report))
+    except MlflowException as err:
+        log.warning("%s version %s: the model card keeps 'pending' (%s); the decision is in its tags", name, version, err)
+
+
 # -- the gate ----------------------------------------------------------------
 
 def run_gate(params: Params, test: TestSet, version: str | None = None) -> dict:
@@ -185,6 +199,7 @@ def run_gate(params: Params, test: TestSet, version: str | None = None) -> dict:
         report["champion_after"] = champion_version
         _tag_version(client, name, version, report)
         lock_info = lock.info()
+    _card_decision(client, name, version, report)
     report["lock"] = lock_info
     report["seconds"] = round(time.perf_counter() - t0, 3)
     report["timings"] = timings
@@ -233,7 +248,10 @@ def write_report(report: dict, json_path: Path, md_path: Path) -> None:
 
 def promote_registered(params: Params, paths: Paths, load_test: Callable[[Paths], TestSet]) -> dict:
     """The promote stage, for either modality: gate the version register just made
-    (reports/register.json) on the test split `load_test` reads; write the reports."""
+    (reports/register.json) on the test split `load_test` reads; write the reports.
+    In a DVC experiment nothing is gated (transferline/dvcexp.py)."""
+    if (skipped := skip_in_experiment("promote", paths.reports)) is not None:
+        return skipped
     registered = paths.report("register")
     if not registered.is_file():
         raise StageError(f"{registered} not found; run the register stage first (dvc repro register)")

@@ -102,7 +102,7 @@ def register_model(params: Params, paths: Paths, serving: Path, artifacts: dict[
     import mlflow
     from mlflow.models import infer_signature
 
-    from transferline import lineage, tracking
+    from transferline import card, lineage, tracking
 
     metrics = read_json(paths.report("metrics"))
     flat = flatten_metrics(metrics)
@@ -129,6 +129,7 @@ def register_model(params: Params, paths: Paths, serving: Path, artifacts: dict[
     model_version = str(info.registered_model_version)
     for key, value in version_tags.items():
         client.set_model_version_tag(name, model_version, key, value)
+    card.write(client, params, paths, name, model_version, run_id, provenance)
     champion = client.get_registered_model(name).aliases.get(CHAMPION)
     summary = {
         "name": name,

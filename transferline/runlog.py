@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from mlflow.entities import Metric, Param
 
 
 def _names(entries: list[Any] | None) -> list[str]:
@@ -63,6 +62,8 @@ def _number(v: Any) -> bool:
 
 def log_stage(client: Any, run_id: str, stage: str, params_raw: dict, ran: bool, seconds: float) -> None:
     """Log params, metrics, histories and plots of `stage` to run `run_id`."""
+    from mlflow.entities import Metric, Param  # here: `resolve` serves the light CLI (transferline.plan)
+
     spec = stage_spec(stage, params_raw)
     now = int(time.time() * 1000)
     params: dict[str, Any] = {}

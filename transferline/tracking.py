@@ -54,13 +54,27 @@ def _choose_uri(cfg: TrackingParams) -> tuple[str, bool]:
     return env, False
 
 
+def anchored(cfg: TrackingParams) -> TrackingParams:
+    """`cfg` with a relative SQLite file and artifact folder resolved against the project root
+    (DVC_ROOT inside a stage: a `dvc exp run --temp` copy must not get a registry of its own)."""
+    from transferline.dvcexp import project_root
+
+    root = project_root()
+    db = _sqlite_file(cfg.uri)
+    uri = f"sqlite:///{root / db}" if db is not None and not db.is_absolute() else cfg.uri
+    artifacts = cfg.artifact_root if Path(cfg.artifact_root).is_absolute() else str(root / cfg.artifact_root)
+    return cfg.model_copy(update={"uri": uri, "artifact_root": artifacts})
+
+
 def configure(cfg: TrackingParams) -> str:
     """Point MLflow at the store, make the experiment active; return its id.
 
     MLFLOW_TRACKING_URI wins over params.yaml so a flow or CI can redirect
-    every stage at once without editing params.
+    every stage at once without editing params. Relative paths in params.yaml
+    are relative to the project root (`anchored`).
     """
     global _last_set
+    cfg = anchored(cfg)
     uri, from_cfg = _choose_uri(cfg)
     _last_set = (uri, from_cfg)
     db = _sqlite_file(uri)

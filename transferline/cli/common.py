@@ -31,3 +31,28 @@ def params_or_exit(path: Path | None = None) -> Params:
     except ParamsError as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(2) from None
+
+
+def print_json(obj: object) -> None:
+    """One JSON document on stdout (messages go to stderr), for `--json`."""
+    import json
+    import sys
+
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def log_levels(
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log lines (-v: info, -vv: debug)."),
+    quiet: int = typer.Option(0, "--quiet", "-q", count=True, help="Fewer log lines (-q: warnings, -qq: errors)."),
+) -> None:
+    """Log levels for every command: this process's and the Prefect flow's (PREFECT_LOGGING_LEVEL)."""
+    import logging
+    import os
+
+    step = max(-2, min(2, verbose - quiet))
+    if step == 0:
+        return  # the defaults: INFO from our commands, WARNING from Prefect (transferline.env), or the user's own
+    level = {2: logging.DEBUG, 1: logging.INFO, -1: logging.WARNING, -2: logging.ERROR}[step]
+    logging.basicConfig(level=level, format="%(message)s")
+    logging.getLogger().setLevel(level)
+    os.environ["PREFECT_LOGGING_LEVEL"] = logging.getLevelName(level)

@@ -20,8 +20,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from transferline.cli import experiment, registry
-from transferline.cli.common import console, params_or_exit
+from transferline.cli import card, experiment, registry, steer
+from transferline.cli.common import console, log_levels, params_or_exit, print_json
 from transferline.dvcrun import STAGES
 from transferline.env import apply_env_defaults
 
@@ -29,8 +29,9 @@ app = typer.Typer(
     help="transferline: pretrain on a large source set, fine-tune on a small target task, "
     "prove the gain against a scratch baseline, and register the winner.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
 )
+app.callback()(log_levels)
 
 Stage = enum.Enum("Stage", {s: s for s in STAGES})
 Modality = enum.Enum("Modality", {m: m for m in ("image", "text")})
@@ -42,6 +43,10 @@ def run(
     push: bool = typer.Option(True, help="Push data and checkpoints to the DVC remote after a full run."),
     modality: Modality = typer.Option(None, help="Switch the modality first: writes `modality:` into "
                                       "params.yaml (so DVC sees the change) and keeps it for later runs."),
+    set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE", help="Set a value in params.yaml first, "
+                                   "validated (e.g. finetune.lr=3e-4: the active modality's finetune.lr); repeatable."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the stages that would run and why; change nothing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary (or the --dry-run plan) as JSON."),
 ) -> None:
     """Run the pipeline as a Prefect flow; DVC skips every stage that is up to date.
 
@@ -50,20 +55,21 @@ def run(
     run per stage. Values come from params.yaml, the file every DVC stage
     reads and dvc.lock records.
     """
-    if modality is not None:
-        from transferline.config import PARAMS_FILE
-        from transferline.config.switch import set_modality
-
-        set_modality(PARAMS_FILE, modality.value)
-    cfg = params_or_exit()
+    sets = ([f"modality={modality.value}"] if modality is not None else []) + list(set_ or [])
+    cfg, new_raw, changes = steer.validate_sets(sets)  # params.yaml with the sets, validated; nothing written yet
+    if dry_run:
+        info = steer.plan(changes, new_raw, until.value if until else None)
+        print_json(info) if as_json else steer.print_plan(info)
+        return
     apply_env_defaults()
     from transferline.runlock import run_lock
 
     with _run_errors(), run_lock(cfg.orchestrate.lock_wait_seconds):  # before Prefect starts: fail fast
+        steer.write_sets(changes)  # under the lock: a run in progress keeps the values it started with
         from flows.pipeline import pipeline
 
         summary = pipeline(until=until.value if until else None, push_remote=push)
-    _print_summary(summary)
+    print_json(summary) if as_json else _print_summary(summary)
 
 
 @contextlib.contextmanager
@@ -207,4 +213,6 @@ app.command()(registry.promote)
 app.command()(registry.rollback)
 app.command()(registry.history)
 app.command()(registry.lineage)
+app.command()(card.card)
+app.command()(card.ui)
 app.add_typer(experiment.app, name="experiment")

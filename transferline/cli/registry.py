@@ -39,6 +39,8 @@ def promote(
     version: str = typer.Option(None, help="Challenger version (default: the newest registered version)."),
     force: bool = typer.Option(False, "--force", help="Make VERSION champion without the gate (needs --reason)."),
     reason: str = typer.Option(None, help="Why; required with --force, recorded in the history."),
+    from_experiment: str = typer.Option(None, "--from-experiment", metavar="NAME", help="Apply DVC experiment "
+                                        "NAME (dvc exp apply), then register its model and gate it."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
     params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
 ) -> None:
@@ -53,6 +55,10 @@ def promote(
     apply_env_defaults()
     from transferline import champion, promotion
 
+    if from_experiment:
+        report = _from_experiment(from_experiment, cfg)
+        sys.stdout.write(json.dumps(report, indent=2) + "\n") if as_json else Console().print(promotion.markdown(report))
+        return
     if force:
         if not version or not reason:
             console.print("[red]error:[/] --force needs --version and --reason")
@@ -69,6 +75,31 @@ def promote(
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
         Console().print(promotion.markdown(report))
+
+
+def _from_experiment(name: str, cfg) -> dict:
+    """`dvc exp apply NAME` (the workspace becomes the experiment: params, dvc.lock, outputs), then the
+    register and promote stages the experiment skipped (transferline/dvcexp.py), under the run lock."""
+    import subprocess
+
+    from transferline.dvcrun import StageFailed, repro_stage
+    from transferline.io import read_json
+    from transferline.runlock import RunLockBusy, run_lock
+
+    try:
+        with run_lock(cfg.orchestrate.lock_wait_seconds):
+            done = subprocess.run([sys.executable, "-m", "dvc", "exp", "apply", name], capture_output=True, text=True)
+            if done.returncode != 0:
+                console.print(f"[red]error:[/] dvc exp apply {name} failed (see `dvc exp show`): "
+                              f"{done.stderr.strip()[-800:]}")
+                raise typer.Exit(1)
+            console.print(f"applied experiment {name} to the workspace (dvc exp apply); registering and gating it")
+            for stage in ("register", "promote"):
+                repro_stage(stage)
+    except (StageFailed, RunLockBusy) as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(1) from None
+    return read_json(params_or_exit().paths.report("promote"))
 
 
 def rollback(

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from transferline.config import Params
+from transferline.dvcexp import skip_in_experiment
 from transferline.errors import StageError
 from transferline.image.data import processed_meta
 from transferline.image.serving import ImageClassifier
@@ -30,6 +31,8 @@ def input_example(prep: dict, seed: int) -> np.ndarray:
 
 def run(params: Params, paths: Paths) -> dict:
     """Log and register the fine-tuned model; return (and write) the summary."""
+    if (skipped := skip_in_experiment("register", paths.reports)) is not None:
+        return skipped  # an experiment never registers (transferline/dvcexp.py)
     model = paths.weights("finetune")
     require({model: "finetune", paths.processed_meta: "preprocess", paths.report("metrics"): "evaluate"})
     prep = processed_meta(paths)

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from transferline.config import Params
+from transferline.dvcexp import skip_in_experiment
 from transferline.io import write_json
 from transferline.paths import Paths
 from transferline.registry import PACKAGE, SERVING_PACKAGES, register_model, require
@@ -22,6 +23,8 @@ EXAMPLE = ["A warm, funny and beautifully acted film.", "Dull, overlong and badl
 
 def run(params: Params, paths: Paths) -> dict:
     """Register the fine-tuned model; the summary written to ${paths.reports}/register.json."""
+    if (skipped := skip_in_experiment("register", paths.reports)) is not None:
+        return skipped  # an experiment never registers (transferline/dvcexp.py)
     # imported here: serving.py imports mlflow (seconds) and sets the pyfunc "model from code" on import
     from transferline.text.serving import TextClassifier
 
