@@ -112,5 +112,6 @@ def test_modality_switch_rewrites_only_that_line(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("# top\nseed: 1\nmodality: image   # image | text\nsplit:\n  modality: x\n")
     assert set_modality(path, "text")
-    assert path.read_text() == "# top\nseed: 1\nmodality: text  # image | text\nsplit:\n  modality: x\n"
+    # the comment keeps its column
+    assert path.read_text() == "# top\nseed: 1\nmodality: text    # image | text\nsplit:\n  modality: x\n"
     assert not set_modality(path, "text")
