@@ -173,6 +173,7 @@ def fit(
             best_acc, stale = val_acc, 0
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             if checkpoint and cfg.patience and dist.is_main():
+                Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)  # before the first checkpoint makes it
                 save_file(best_state, str(Path(checkpoint).with_suffix(".best")))
         else:
             stale += 1
