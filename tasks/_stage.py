@@ -4,27 +4,37 @@
 `transferline.<modality>.<stage>.run(params, params.paths)`. The modality
 module is imported by name, so an image stage never imports text code (and
 the reverse); dvc.yaml lists `transferline/${modality}/...` accordingly.
+The training stages pass `around` (transferline.launch.distributed_stage),
+which re-launches them under torchrun when params.yaml asks for several
+processes; the other stages never import it.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 from transferline.config import ParamsError, load_params
 from transferline.env import apply_env_defaults
 from transferline.errors import StageError
 
 
-def run_stage(stage: str) -> None:
+def run_stage(stage: str, around: Callable[[str, Any], AbstractContextManager] | None = None) -> None:
     """Load params, run the stage for the active modality, turn known errors into one clear line and exit 1."""
     apply_env_defaults()
-    logging.basicConfig(level=logging.INFO, format=f"[{stage}] %(message)s")
+    rank = os.environ.get("RANK", "0")  # set by torchrun; the other ranks say only what goes wrong
+    prefix = stage if rank == "0" else f"{stage} rank {rank}"
+    logging.basicConfig(level=logging.INFO if rank == "0" else logging.WARNING, format=f"[{prefix}] %(message)s")
     try:
         params = load_params()
         module = importlib.import_module(f"transferline.{params.modality}.{stage}")
-        module.run(params, params.paths)
+        with around(stage, params) if around else nullcontext():
+            module.run(params, params.paths)
     except (StageError, ParamsError) as err:
-        print(f"[{stage}] error: {err}", file=sys.stderr)
+        print(f"[{prefix}] error: {err}", file=sys.stderr)
         sys.exit(1)

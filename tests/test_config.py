@@ -27,6 +27,9 @@ def test_repo_params_load():
         ("finetune", {"epochz": 3}, "finetune.image.epochz: unknown key"),
         ("split", {"labels_per_class": 5000}, "split.image.labels_per_class"),
         ("ingest", {"target": "imagenet"}, "ingest.image.target"),
+        # the global batch is split evenly over the ranks: TINY's pretrain batch 64 over 3 processes is refused
+        ("distributed", {"nproc_per_node": 3}, "pretrain.image.batch_size: 64 does not divide over 3 processes"),
+        ("distributed", {"nnodes": 2}, "distributed.rdzv_endpoint"),
     ],
 )
 def test_bad_values_name_the_key(section, values, needle):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import numpy as np
@@ -27,3 +28,29 @@ def set_threads(n: int) -> None:
     """On a shared CPU one thread can be several times faster than two fighting for cores."""
     if n:
         torch.set_num_threads(n)
+
+
+# --- the GPU path: each helper is a no-op on a CPU, so that path stays as it was ---
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on a GPU that supports it (no loss scaling needed, unlike fp16); nothing on a CPU."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last for convolutions on a GPU (tensor cores want NHWC); the default elsewhere."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def place(tensors: dict[str, torch.Tensor], device: torch.device, share: float = 0.3) -> dict[str, torch.Tensor]:
+    """On a GPU, move the tensors there if they take under `share` of its free memory (no copy per batch),
+    else pin them (non_blocking copies overlap the compute). On a CPU: unchanged."""
+    if device.type != "cuda":
+        return tensors
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    free, _ = torch.cuda.mem_get_info(device)
+    if size < share * free:
+        return {k: t.to(device) for k, t in tensors.items()}
+    return {k: t.pin_memory() for k, t in tensors.items()}

@@ -81,6 +81,33 @@ class OrchestrateParams(Section):
         return self
 
 
+class DistributedParams(Section):
+    """Data-parallel training (pretrain, finetune) under torchrun; 1 process x 1 node = today's single process.
+
+    With more, `python -m tasks.pretrain|finetune` re-launches itself through
+    torchrun (transferline/launch.py); every rank trains on its own shard and
+    the global batch stays each stage's `batch_size`."""
+
+    nproc_per_node: int = Field(1, ge=1, le=1024)  # processes on this machine (one per GPU on a GPU machine)
+    nnodes: int = Field(1, ge=1, le=4096)  # machines; each runs the same stage command
+    rdzv_endpoint: str = ""  # host:port of the rendezvous (node 0) when nnodes > 1; "" = this machine alone
+    rdzv_id: str = "transferline"  # the job id every node passes to the rendezvous
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on GPUs, gloo on CPUs
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+    @model_validator(mode="after")
+    def _endpoint_for_several_nodes(self) -> DistributedParams:
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError(f"distributed.rdzv_endpoint: {self.nnodes} nodes need a rendezvous host:port "
+                             "(node 0's address and a free port, e.g. 10.0.0.1:29400)")
+        if self.rdzv_endpoint and ":" not in self.rdzv_endpoint:
+            raise ValueError(f"distributed.rdzv_endpoint: {self.rdzv_endpoint!r} is not host:port (e.g. 10.0.0.1:29400)")
+        return self
+
+
 # The stage sections of params.yaml that hold one sub-section per modality
 # (`finetune: {image: {...}, text: {...}}`); only the active one is read.
 MODALITY_SECTIONS = ("ingest", "validate", "split", "preprocess", "pretrain", "finetune", "evaluate", "register",
@@ -99,6 +126,7 @@ class Params(Section):
     tracking: TrackingParams = TrackingParams()
     promote: PromoteParams = PromoteParams()
     orchestrate: OrchestrateParams = OrchestrateParams()
+    distributed: DistributedParams = DistributedParams()
     image: Any = None  # transferline.config.image.ImageValues when modality: image
     text: Any = None  # transferline.config.text.TextValues when modality: text
 
@@ -172,9 +200,20 @@ def parse_params(raw: dict, path: Path = PARAMS_FILE) -> Params:
     except ValidationError as err:
         problems += _format(err, path, {s: f"{s}.{modality}" for s in MODALITY_SECTIONS})
         values = None
+    if values is not None:
+        problems += _batches_split(params.distributed, values, modality)
     if problems:
         raise ParamsError("\n".join([f"{path}: invalid parameters", *problems]))
     return params.model_copy(update={modality: values})
+
+
+def _batches_split(dist: DistributedParams, values: Any, modality: str) -> list[str]:
+    """The global batch is split evenly over the ranks: each training batch_size must divide by the world size."""
+    world = dist.world_size
+    return [f"  {stage}.{modality}.batch_size: {size} does not divide over {world} processes "
+            f"(distributed.nproc_per_node x nnodes); make it a multiple of {world}"
+            for stage in ("pretrain", "finetune")
+            if (size := getattr(values, stage).batch_size) % world]
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

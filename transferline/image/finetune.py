@@ -3,7 +3,7 @@ replace the head, train on the label budget; and train the same architecture
 from scratch on the same labels, the baseline every run is measured against.
 
 Outputs `${paths.models}/{finetune,scratch}/model.safetensors` and
-reports/{finetune,scratch}_history.json.
+reports/{finetune,scratch}_history.json (rank 0 only, under torchrun).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from transferline import distributed as dist
 from transferline.checkpoint import save_weights
 from transferline.config import Params
 from transferline.errors import StageError
@@ -62,8 +63,9 @@ def train_target(params: Params, paths: Paths, init: str, name: str) -> list[dic
         checkpoint=paths.checkpoint(name),
         desc=f"finetune ({init})",
     )
-    save_weights(model, paths.weights(name), meta={**arch, **report, "strategy": cfg.strategy})
-    write_json(paths.history(name), history)
+    if dist.is_main():  # under torchrun every rank holds these weights; one writes them
+        save_weights(model, paths.weights(name), meta={**arch, **report, "strategy": cfg.strategy})
+        write_json(paths.history(name), history)
     log.info("%s: best val accuracy %.4f", init, max(r["val_acc"] for r in history))
     return history
 

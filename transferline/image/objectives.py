@@ -17,7 +17,10 @@ split left out of train, val and test. Labels are used only to *monitor*:
 `val_acc` in the history is the k-nearest-neighbour accuracy of the
 backbone's features on the source validation set (neighbours from source
 training images), so a run's features can be compared across epochs and
-objectives. Checkpoints and resume work as in `transferline.image.train.fit`.
+objectives. Checkpoints, resume, data-parallel ranks and the GPU path work
+as in `transferline.image.train.fit`. With several ranks the contrastive
+negatives of a view are the other views of its own rank's slice of the
+global batch (no all-gather), as in plain SimCLR-on-DDP setups.
 The saved weights hold the backbone alone (`backbone.*` keys), which
 `finetune` loads exactly like a supervised backbone.
 """
@@ -37,10 +40,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
+from transferline import distributed as dist
 from transferline.checkpoint import load_checkpoint, resume_state, save_epoch, save_weights
 from transferline.image.strategies import warmup_cosine
 from transferline.image.models import build_model
 from transferline.image.train import fingerprint
+from transferline.runtime import autocast, memory_format, place
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +95,10 @@ class SSLModel(nn.Module):
             self.projector = nn.Sequential(
                 nn.Linear(feature_dim, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Linear(256, 128)
             )
+
+    def forward(self, x: torch.Tensor, cfg: Any, transform: Any) -> torch.Tensor:
+        """The objective's loss on a batch (a forward DDP can wrap)."""
+        return ssl_loss(self, x, cfg, transform)
 
 
 def corrupt(x: torch.Tensor, mask_ratio: float, noise_std: float) -> torch.Tensor:
@@ -195,9 +204,12 @@ def fit_ssl(
     best weights.
     """
     model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=memory_format(device))
     # drop_last: a last batch of one image has no negatives and breaks batch norm
-    loader = DataLoader(TensorDataset(train), batch_size=cfg.batch_size, shuffle=True, generator=generator,
-                        drop_last=len(train) > cfg.batch_size)
+    loader = DataLoader(TensorDataset(place({"x": train}, device)["x"]), batch_size=None, generator=generator,
+                        sampler=dist.global_batches(len(train), cfg.batch_size, generator,
+                                                    drop_last=len(train) > cfg.batch_size))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * len(loader)
     scheduler = warmup_cosine(optimizer, min(cfg.warmup_epochs * len(loader), steps), steps)
@@ -206,6 +218,9 @@ def fit_ssl(
     history: list[dict[str, float]] = []
     start, best, best_state, stale = 0, math.inf, None, 0
     saved = resume_state(checkpoint, key)
+    if dist.from_main(saved.get("epoch", 0)) != saved.get("epoch", 0):
+        raise RuntimeError(f"rank {dist.rank()} sees another resume point than rank 0 in {checkpoint}; with several "
+                           "machines the models folder must be shared, or delete the checkpoint to start over")
     if saved:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
         start, history = state["epoch"], state["history"]
@@ -213,21 +228,28 @@ def fit_ssl(
         torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
         generator.set_state(torch.tensor(state["gen"], dtype=torch.uint8))
         log.info("resuming %s from epoch %d of %d (%s)", desc, start, cfg.epochs, checkpoint)
+    ddp = dist.wrap(model, device)  # every parameter trains: one wrapper for the run
+    fmt = memory_format(device)
     bar = tqdm(range(start, cfg.epochs), desc=desc, unit="epoch", initial=start, total=cfg.epochs,
-               mininterval=0.5 if sys.stderr.isatty() else 30)
+               mininterval=0.5 if sys.stderr.isatty() else 30, disable=not dist.is_main())
     for epoch in bar:
         t0 = time.perf_counter()
-        model.train()
-        total, loss_sum = 0, 0.0
+        ddp.train()
+        total, loss_sum = 0, torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync
         for (x,) in loader:
-            x = x.to(device, torch.float32)
-            loss = ssl_loss(model, x, cfg, transform)
+            x = x.to(device, torch.float32, non_blocking=True)
+            if fmt is not torch.contiguous_format:
+                x = x.contiguous(memory_format=fmt)
+            with autocast(device):
+                loss = ddp(x, cfg, transform)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             total += len(x)
-            loss_sum += loss.item() * len(x)
+            loss_sum += loss.detach().double() * len(x)
+        total, loss_sum = dist.sum_all([total, float(loss_sum)])
+        dist.sync_buffers(model)
         row = {
             "epoch": epoch + 1,
             "train_loss": round(loss_sum / max(total, 1), 5),
@@ -235,6 +257,7 @@ def fit_ssl(
             "val_acc": round(knn_accuracy(model.backbone, *monitor, device), 5),
             "lr": round(optimizer.param_groups[0]["lr"], 8),
             "seconds": round(time.perf_counter() - t0, 3),
+            "world_size": dist.world_size(),
         }
         history.append(row)
         bar.set_postfix(loss=f"{row['train_loss']:.4f}", knn_acc=f"{row['val_acc']:.3f}", refresh=False)
@@ -246,15 +269,15 @@ def fit_ssl(
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
-        if checkpoint:
+        if checkpoint and dist.is_main():
             save_epoch(checkpoint, model, optimizer, scheduler, key, history, generator)
-        if cfg.patience and stale >= cfg.patience:
+        if dist.from_main(bool(cfg.patience and stale >= cfg.patience)):  # rank 0 decides, every rank stops
             log.info("%s: early stop after epoch %d (best val loss %.4f)", desc, epoch + 1, best)
             break
     bar.close()
     if cfg.patience and best_state is not None:
         model.load_state_dict(best_state)
-    if checkpoint:
+    if checkpoint and dist.is_main():
         Path(checkpoint).unlink(missing_ok=True)
     return history
 
@@ -280,5 +303,6 @@ def pretrain_ssl(
                       generator, checkpoint=out / "checkpoint.safetensors", desc=f"pretrain ({cfg.objective})")
     meta = {"arch": cfg.model, "in_channels": channels, "objective": cfg.objective,
             "unlabelled": list(cfg.unlabelled), "images": len(train)}
-    save_weights(Encoder(model.backbone), out / "model.safetensors", meta=meta)
+    if dist.is_main():
+        save_weights(Encoder(model.backbone), out / "model.safetensors", meta=meta)
     return history

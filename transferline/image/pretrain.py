@@ -8,13 +8,15 @@ left out of train/val/test): denoising or contrastive
 
 A checkpoint with model, optimizer, scheduler and epoch is written after
 every epoch (a DVC `persist` output), so an interrupted run resumes from the
-last finished epoch. Also writes reports/pretrain_history.json.
+last finished epoch. Also writes reports/pretrain_history.json. Under
+torchrun (distributed.nproc_per_node > 1) every rank trains, rank 0 writes.
 """
 
 from __future__ import annotations
 
 import logging
 
+from transferline import distributed as dist
 from transferline.checkpoint import read_meta, save_weights
 from transferline.config import Params
 from transferline.errors import StageError
@@ -39,7 +41,8 @@ def run(params: Params, paths: Paths) -> list[dict]:
             history = pretrain_ssl(params, data, load_set(paths, "pool"), out, generator, resolve_device(params.device))
         except ValueError as err:
             raise StageError(str(err)) from None
-        write_json(paths.history("pretrain"), history)
+        if dist.is_main():
+            write_json(paths.history("pretrain"), history)
         log.info("kNN source val accuracy of the features %.4f after %d epochs", history[-1]["val_acc"], len(history))
         return history
     # from the cache itself: new target data (which changes meta.json) leaves pretrain up to date
@@ -57,7 +60,8 @@ def run(params: Params, paths: Paths) -> list[dict]:
         desc="pretrain",
     )
     meta = {"arch": cfg.model, "num_classes": len(classes), "in_channels": channels}
-    save_weights(model, paths.weights("pretrain"), meta=meta)
-    write_json(paths.history("pretrain"), history)
+    if dist.is_main():  # under torchrun every rank holds these weights; one writes them
+        save_weights(model, paths.weights("pretrain"), meta=meta)
+        write_json(paths.history("pretrain"), history)
     log.info("source val accuracy %.4f after %d epochs", history[-1]["val_acc"], len(history))
     return history

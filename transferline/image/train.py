@@ -1,5 +1,10 @@
 """The training loop shared by pretrain and finetune: `train_one_epoch`,
-`evaluate`, and `fit`, which checkpoints every epoch and resumes."""
+`evaluate`, and `fit`, which checkpoints every epoch and resumes.
+
+Under torchrun every rank runs `fit` on its slice of each global batch
+(transferline.distributed); only rank 0 writes the checkpoint. On a GPU the
+batches run under bf16 autocast, channels_last, with the data kept on the
+device when it fits (transferline.runtime); on a CPU none of that applies."""
 
 from __future__ import annotations
 
@@ -18,10 +23,12 @@ from tqdm.auto import tqdm
 
 from safetensors.torch import save_file
 
+from transferline import distributed as dist
 from transferline.checkpoint import load_checkpoint, load_weights, resume_state, save_epoch
 from transferline.config.image import TrainParams
 from transferline.image.models import predict
 from transferline.image.strategies import param_groups, set_batchnorm_training, unfreeze_for_epoch, warmup_cosine
+from transferline.runtime import autocast, memory_format, place
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +56,29 @@ def train_one_epoch(
     train_bn: bool = True,
 ) -> tuple[float, float]:
     model.train()
-    set_batchnorm_training(model, train_bn)  # model.train() just reset frozen BN layers
+    set_batchnorm_training(dist.unwrap(model), train_bn)  # model.train() just reset frozen BN layers
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    total, loss_sum, correct = 0, 0.0, 0
+    fmt = memory_format(device)
+    # summed on the device (no sync per step on a GPU), in float64 as the Python floats were
+    total, sums = 0, torch.zeros(2, dtype=torch.float64, device=device)  # loss x images, correct
     for x, y in loader:
-        x, y = x.to(device, torch.float32), y.to(device)
+        x, y = x.to(device, torch.float32, non_blocking=True), y.to(device, non_blocking=True)
         if augment is not None:
             # per image, so each gets its own transform; shifted so the fill (0) is the background
             lo = x.amin(dim=(1, 2, 3), keepdim=True)
             x = torch.stack([augment(img) for img in x - lo]) + lo
-        logits = model(x)
-        loss = loss_fn(logits, y)
+        if fmt is not torch.contiguous_format:
+            x = x.contiguous(memory_format=fmt)
+        with autocast(device):
+            logits = model(x)
+            loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
         total += len(y)
-        loss_sum += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
+        sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double()])
+    total, loss_sum, correct = dist.sum_all([total, *sums.tolist()])  # every rank's share of the epoch
     return loss_sum / total, correct / total
 
 
@@ -98,8 +110,14 @@ def fit(
     """
     strategy = getattr(cfg, "strategy", "full")
     train_bn = getattr(cfg, "train_bn", True)
+    world = dist.world_size()
     model.to(device)
-    loader = DataLoader(TensorDataset(*train), batch_size=cfg.batch_size, shuffle=True, generator=generator)
+    if device.type == "cuda":
+        model.to(memory_format=memory_format(device))
+    x_train, y_train = place({"x": train[0], "y": train[1]}, device).values()
+    # this rank's slice of each global batch of cfg.batch_size (one rank: DataLoader's own shuffle)
+    loader = DataLoader(TensorDataset(x_train, y_train), sampler=dist.global_batches(len(y_train), cfg.batch_size,
+                        generator), batch_size=None, generator=generator)
     groups = param_groups(model, strategy, cfg.lr, getattr(cfg, "last_n_blocks", 1), getattr(cfg, "lr_decay", 0.5))
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     # Same config and same data (shape and a checksum) or no resume.
@@ -108,6 +126,9 @@ def fit(
     history: list[dict[str, float]] = []
     start, best_acc, best_state = 0, -1.0, None
     saved = resume_state(checkpoint, key)
+    if dist.from_main(saved.get("epoch", 0)) != saved.get("epoch", 0):
+        raise RuntimeError(f"rank {dist.rank()} sees another resume point than rank 0 in {checkpoint}; with several "
+                           "machines the models folder must be shared, or delete the checkpoint to start over")
     if saved and strategy == "gradual":
         # the optimizer needs the saved number of groups before loading into it
         unfreeze_for_epoch(model, optimizer, saved["epoch"] - 1, cfg.unfreeze_every)  # type: ignore[attr-defined]
@@ -124,15 +145,17 @@ def fit(
         log.info("resuming %s from epoch %d of %d (%s)", desc, start, cfg.epochs, checkpoint)
     augment = augmenter() if cfg.augment else None
     stale = 0
+    ddp = dist.Rewrapper(model, device)  # a new DDP wrapper whenever gradual unfreezing changes what trains
     bar = tqdm(range(start, cfg.epochs), desc=desc, unit="epoch", initial=start, total=cfg.epochs,
-               mininterval=0.5 if sys.stderr.isatty() else 30)
+               mininterval=0.5 if sys.stderr.isatty() else 30, disable=not dist.is_main())
     for epoch in bar:
         t0 = time.perf_counter()
         if strategy == "gradual":
             unfreeze_for_epoch(model, optimizer, epoch, cfg.unfreeze_every, scheduler)  # type: ignore[attr-defined]
         train_loss, train_acc = train_one_epoch(
-            model, loader, optimizer, scheduler, device, cfg.label_smoothing, augment, train_bn
+            ddp(), loader, optimizer, scheduler, device, cfg.label_smoothing, augment, train_bn
         )
+        dist.sync_buffers(model)  # every rank evaluates (and rank 0 saves) rank 0's batch-norm statistics
         val_loss, val_acc = loss_and_accuracy(model, *val, batch_size=512, device=device)
         row = {
             "epoch": epoch + 1,
@@ -142,25 +165,28 @@ def fit(
             "val_acc": round(val_acc, 5),
             "lr": round(optimizer.param_groups[0]["lr"], 8),
             "seconds": round(time.perf_counter() - t0, 3),
+            "world_size": world,
         }
         history.append(row)
         bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}", refresh=False)
         if val_acc > best_acc:
             best_acc, stale = val_acc, 0
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            if checkpoint and cfg.patience:
+            if checkpoint and cfg.patience and dist.is_main():
+                Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)  # before the first checkpoint makes it
                 save_file(best_state, str(Path(checkpoint).with_suffix(".best")))
         else:
             stale += 1
-        if checkpoint:
+        if checkpoint and dist.is_main():
             save_epoch(checkpoint, model, optimizer, scheduler, key, history, generator)
-        if cfg.patience and stale >= cfg.patience:
+        # decided once, by rank 0, and obeyed by all (a rank leaving alone would hang the others)
+        if dist.from_main(bool(cfg.patience and stale >= cfg.patience)):
             log.info("%s: early stop after epoch %d (best val accuracy %.4f)", desc, epoch + 1, best_acc)
             break
     bar.close()
     if cfg.patience and best_state is not None:
         model.load_state_dict(best_state)
-    if checkpoint:
+    if checkpoint and dist.is_main():
         # Done: the stage's output is the final weights; a leftover resume
         # point could only be mistaken for work still to do.
         Path(checkpoint).unlink(missing_ok=True)

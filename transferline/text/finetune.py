@@ -14,6 +14,7 @@ import logging
 import torch
 from transformers import BertConfig
 
+from transferline import distributed as dist
 from transferline.checkpoint import load_weights, read_meta, save_weights
 from transferline.config import Params
 from transferline.errors import StageError
@@ -101,12 +102,13 @@ def train_one(params: Params, paths: Paths, name: str, init_from: str, kind: str
     history = fit_classifier(model, (data["ids_train"], data["y_train"]), (data["ids_val"], data["y_val"]), groups,
                              epochs, cfg.batch_size, cfg.warmup_fraction, meta["special_ids"]["[PAD]"],
                              resolve_device(params.device), generator, cfg.max_train_steps, desc=f"{kind} ({init_from})")
-    model = ts.merged(model).cpu()
-    arch = tm.arch_meta(model, len(meta["classes"]), meta["special_ids"]["[PAD]"])
-    save_weights(model, out.weights(name), meta={**arch, **report, "strategy": strategy,
-                                                 "trainable_params": trainable,
-                                                 "train_texts": len(data["y_train"])})
-    write_json(out.history(name), history)
+    if dist.is_main():  # under torchrun every rank holds these weights; one writes them
+        model = ts.merged(model).cpu()
+        arch = tm.arch_meta(model, len(meta["classes"]), meta["special_ids"]["[PAD]"])
+        save_weights(model, out.weights(name), meta={**arch, **report, "strategy": strategy,
+                                                     "trainable_params": trainable,
+                                                     "train_texts": len(data["y_train"])})
+        write_json(out.history(name), history)
     return history
 
 

@@ -2,7 +2,12 @@
 loss over masked positions only (`mlm_loss`), held-out masked-token accuracy
 (`mlm_evaluate`) and the loop (`pretrain_mlm`), which checkpoints every
 `eval_every` steps and resumes from the checkpoint. The pretrain stage calls
-`pretrain_mlm`; the encoder it returns is what finetune starts from."""
+`pretrain_mlm`; the encoder it returns is what finetune starts from.
+
+The ids stay on the CPU, where the seeded masking draws; each batch is copied
+to the device. Under torchrun every rank masks the same global batch (same generator, so
+the ranks never drift apart) and trains on its slice of it through DDP; the
+step's loss is the mean of the ranks' masked-token means."""
 
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ from torch import nn
 from tqdm import tqdm
 from transformers import BertConfig, BertForMaskedLM
 
+from transferline import distributed as dist
 from transferline.checkpoint import load_checkpoint, save_checkpoint
+from transferline.runtime import autocast
 from transferline.text.models import trim
 from transferline.text.strategies import warmup_linear
 from transferline.text.train import length_grouped
@@ -69,6 +76,26 @@ def mlm_evaluate(model: BertForMaskedLM, ids: torch.Tensor, special: dict[str, i
     return total_loss / max(n, 1), correct / max(n, 1)
 
 
+class _MLMLoss(nn.Module):
+    """mlm_loss as a module's forward, so DDP can wrap it (DDP reduces only through its forward)."""
+
+    def __init__(self, model: BertForMaskedLM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor, attn: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return mlm_loss(self.model, inputs, attn, labels)[0]
+
+
+def _local_rows(inputs: torch.Tensor, attn: torch.Tensor,
+                labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This rank's rows of a masked global batch, cut to their own longest text."""
+    rows = dist.local_part(torch.arange(len(inputs)))
+    inputs, attn, labels = inputs[rows], attn[rows], labels[rows]
+    length = max(int(attn.sum(1).max()), 1)
+    return inputs[:, :length], attn[:, :length], labels[:, :length]
+
+
 class _NoTiedCopies(nn.Module):
     """A view of a model for checkpoint.py whose state dict holds each tied tensor once
     (safetensors refuses shared memory; BERT ties the MLM decoder to the embeddings)."""
@@ -110,7 +137,11 @@ def pretrain_mlm(config: BertConfig, ids: torch.Tensor, special: dict[str, int],
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     sched = warmup_linear(opt, min(cfg.warmup_steps, cfg.steps // 2), cfg.steps)
     step, history, seconds = 0, [], 0.0
-    if checkpoint.is_file():
+    resumable = checkpoint.is_file()
+    if dist.from_main(resumable) != resumable:
+        raise RuntimeError(f"rank {dist.rank()} sees another resume point than rank 0 in {checkpoint}; with several "
+                           "machines the models folder must be shared, or delete the checkpoint to start over")
+    if resumable:
         try:
             state = load_checkpoint(checkpoint, _NoTiedCopies(model), opt, sched)
         except (RuntimeError, KeyError, ValueError) as err:
@@ -122,15 +153,21 @@ def pretrain_mlm(config: BertConfig, ids: torch.Tensor, special: dict[str, int],
     lengths = (train_ids != special["[PAD]"]).sum(1)
     per_epoch = max(1, math.ceil(len(train_ids) / cfg.batch_size))
     batches = length_grouped(torch.randperm(len(train_ids), generator=g), lengths, cfg.batch_size, g)
+    ddp = dist.wrap(_MLMLoss(model), device)
+    world = dist.world_size()
     model.train()
-    bar = tqdm(total=cfg.steps, initial=step, desc="pretrain (masked LM)", leave=False)
+    bar = tqdm(total=cfg.steps, initial=step, desc="pretrain (masked LM)", leave=False, disable=not dist.is_main())
     running, t0 = 0.0, time.perf_counter()
     while step < cfg.steps:
         if step % per_epoch == 0 and step:
             batches = length_grouped(torch.randperm(len(train_ids), generator=g), lengths, cfg.batch_size, g)
         x, attn = trim(train_ids[batches[step % per_epoch]], special["[PAD]"])
-        inputs, labels = mask_tokens(x, attn, special, config.vocab_size, cfg.mask_prob, g)
-        loss, _, _ = mlm_loss(model, inputs.to(device), attn.to(device), labels.to(device))
+        inputs, labels = mask_tokens(x, attn, special, config.vocab_size, cfg.mask_prob, g)  # the global batch
+        if world > 1:
+            inputs, attn, labels = _local_rows(inputs, attn, labels)
+        with autocast(device):
+            loss = ddp(inputs.to(device, non_blocking=True), attn.to(device, non_blocking=True),
+                       labels.to(device, non_blocking=True))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -140,17 +177,20 @@ def pretrain_mlm(config: BertConfig, ids: torch.Tensor, special: dict[str, int],
         running += loss.item()
         bar.update(1)
         if step % cfg.eval_every == 0 or step == cfg.steps:
+            running = dist.sum_all([running])[0] / world
             val_loss, val_acc = mlm_evaluate(model, val_ids, special, config.vocab_size, cfg.mask_prob,
                                              cfg.batch_size * 2, device, seed)
             seconds += time.perf_counter() - t0
             t0 = time.perf_counter()
             since = step - (history[-1]["step"] if history else 0)
             history.append({"epoch": round(step / per_epoch, 3), "step": step, "train_loss": round(running / since, 5),
-                            "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5), "seconds": round(seconds, 1)})
+                            "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5), "seconds": round(seconds, 1),
+                            "world_size": world})
             running = 0.0
             log.info("step %d: train loss %.3f, val loss %.3f, masked-token accuracy %.3f",
                      step, history[-1]["train_loss"], val_loss, val_acc)
-            save_checkpoint(checkpoint, _NoTiedCopies(model), opt, sched,
-                            {"step": step, "history": history, "seconds": seconds, "rng": g.get_state().tolist()})
+            if dist.is_main():
+                save_checkpoint(checkpoint, _NoTiedCopies(model), opt, sched,
+                                {"step": step, "history": history, "seconds": seconds, "rng": g.get_state().tolist()})
     bar.close()
     return model, history

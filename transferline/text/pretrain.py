@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+from transferline import distributed as dist
 from transferline.checkpoint import read_meta, save_weights
 from transferline.config import Params
 from transferline.io import write_json
@@ -31,9 +32,10 @@ def run(params: Params, paths: Paths) -> list[dict]:
     config = tm.encoder_config(meta["vocab_size"], meta["max_length"], cfg, special["[PAD]"])
     model, history = pretrain_mlm(config, ids, special, cfg, resolve_device(params.device), params.seed,
                                   paths.checkpoint("pretrain"))
-    arch = tm.arch_meta(tm.EncoderClassifier(config, 2), 2, special["[PAD]"])
-    save_weights(model.bert, paths.weights("pretrain"), meta={"config": arch["config"], "objective": "masked-lm",
-                                                              "steps": cfg.steps})
-    write_json(paths.history("pretrain"), history)
+    if dist.is_main():  # under torchrun every rank holds these weights; one writes them
+        arch = tm.arch_meta(tm.EncoderClassifier(config, 2), 2, special["[PAD]"])
+        save_weights(model.bert, paths.weights("pretrain"), meta={"config": arch["config"], "objective": "masked-lm",
+                                                                  "steps": cfg.steps})
+        write_json(paths.history("pretrain"), history)
     log.info("masked-token accuracy %.4f after %d steps", history[-1]["val_acc"], history[-1]["step"])
     return history
