@@ -27,6 +27,11 @@ class StageFailed(RuntimeError):
     """A stage exited non-zero; the message carries the stage's own error lines."""
 
 
+class StageRefused(StageFailed):
+    """The stage refused its input (it printed `[stage] error: ...`): the same input fails
+    the same way again, so this is never retried (flows/policy.py)."""
+
+
 # The flow's stage order; a test checks it is a topological order of dvc.yaml.
 STAGES = ("ingest", "validate", "split", "preprocess", "pretrain", "finetune", "evaluate", "register",
           "promote")
@@ -61,13 +66,13 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def repro_stage(stage: str, env: dict[str, str] | None = None,
-                on_line: Callable[[str], None] | None = None) -> StageResult:
+                on_line: Callable[[str], None] | None = None, force: bool = False) -> StageResult:
     """`dvc repro --single-item stage`; raise StageFailed with the stage's message.
 
     `on_line` also gets every line the stage prints (the flow forwards them,
     training progress included, to the Prefect run log)."""
     t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
+    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage, *(["--force"] if force else [])]
     tail: collections.deque[str] = collections.deque(maxlen=40)
     ran = False
     # Stage commands say `python`: make it this interpreter, venv or not.
@@ -91,5 +96,6 @@ def repro_stage(stage: str, env: dict[str, str] | None = None,
             raise
     if proc.returncode != 0:
         errors = [l for l in tail if "error:" in l.lower() or l.startswith(("  -", "("))] or list(tail)[-10:]
-        raise StageFailed(f"stage '{stage}' failed:\n" + "\n".join(errors))
+        refused = any(l.startswith(f"[{stage}] error:") for l in tail)
+        raise (StageRefused if refused else StageFailed)(f"stage '{stage}' failed:\n" + "\n".join(errors))
     return StageResult(stage, ran, round(time.perf_counter() - t0, 2))

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from transferline.cli.common import console, params_or_exit
+from transferline.cli.common import console, params_or_exit, tracking_or_exit
 from transferline.env import apply_env_defaults
 
 
@@ -49,14 +49,15 @@ def promote(
     challenger passes every threshold and margin in params.yaml `promote`.
     With --force the gate is skipped and the move is recorded with its reason.
     """
+    if force and (not version or not reason):
+        console.print("[red]error:[/] --force needs --version and --reason")
+        raise typer.Exit(2)
     cfg = params_or_exit(params)
+    tracking_or_exit(cfg)
     apply_env_defaults()
     from transferline import champion, promotion
 
     if force:
-        if not version or not reason:
-            console.print("[red]error:[/] --force needs --version and --reason")
-            raise typer.Exit(2)
         entry = _registry_call(champion.force_promote, cfg, version, reason)
         console.print(f"champion forced: version {entry['from']} -> {entry['to']} ({entry['reason']})")
         return
@@ -77,6 +78,7 @@ def rollback(
 ) -> None:
     """Move `champion` back to the previous champion."""
     cfg = params_or_exit(params)
+    tracking_or_exit(cfg)
     apply_env_defaults()
     from transferline import champion
 
@@ -90,6 +92,7 @@ def history(
 ) -> None:
     """Every move of the `champion` alias: when, why, by whom, with the figures."""
     cfg = params_or_exit(params)
+    tracking_or_exit(cfg)
     apply_env_defaults()
     from transferline import champion
 
@@ -116,6 +119,7 @@ def lineage(
 ) -> None:
     """Where a model version came from: git commit, DVC hashes, params, MLflow and Prefect runs."""
     cfg = params_or_exit(params)
+    tracking_or_exit(cfg)
     apply_env_defaults()
     import mlflow
 

@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from transferline.checkpoint import load_checkpoint, resume_state, save_epoch, save_weights
+from transferline.errors import check_finite_loss
 from transferline.image.strategies import warmup_cosine
 from transferline.image.models import build_model
 from transferline.image.train import fingerprint
@@ -228,6 +229,7 @@ def fit_ssl(
             scheduler.step()
             total += len(x)
             loss_sum += loss.item() * len(x)
+        check_finite_loss(loss_sum / max(total, 1), f"{desc} epoch {epoch + 1}", (epoch + 1) * len(loader))
         row = {
             "epoch": epoch + 1,
             "train_loss": round(loss_sum / max(total, 1), 5),

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from transferline.checkpoint import load_checkpoint, load_weights, resume_state, save_epoch
 from transferline.config.image import TrainParams
+from transferline.errors import check_finite_loss
 from transferline.image.models import predict
 from transferline.image.strategies import param_groups, set_batchnorm_training, unfreeze_for_epoch, warmup_cosine
 
@@ -133,6 +134,7 @@ def fit(
         train_loss, train_acc = train_one_epoch(
             model, loader, optimizer, scheduler, device, cfg.label_smoothing, augment, train_bn
         )
+        check_finite_loss(train_loss, f"{desc} epoch {epoch + 1}", (epoch + 1) * len(loader))
         val_loss, val_acc = loss_and_accuracy(model, *val, batch_size=512, device=device)
         row = {
             "epoch": epoch + 1,

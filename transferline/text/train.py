@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from transferline.errors import check_finite_loss
 from transferline.text.models import predict_logits, trim
 from transferline.text.strategies import warmup_linear
 
@@ -62,6 +63,7 @@ def fit_classifier(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], v
             running += loss.item() * len(idx)
             seen += len(idx)
             step += 1
+        check_finite_loss(running / max(seen, 1), f"{desc} epoch {epoch}", step)
         train_seconds = time.perf_counter() - t0
         logits = predict_logits(model, val[0], pad_id, batch_size * 4, device)
         val_loss = float(loss_fn(logits, val[1]))
