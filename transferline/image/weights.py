@@ -53,7 +53,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:
         # weights_only=True refused to build Python objects (a pickle could run code) or the file is damaged
-        refused = isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err)
+        refused = isinstance(err, pickle.UnpicklingError) and "global" in str(err).lower()  # a class or function
         why = "it holds Python objects besides tensors" if refused else \
             f"it is damaged or not a torch file ({type(err).__name__})"
         raise ValueError(f"{path}: not safetensors or a plain state dict of tensors: {why}. {CONVERT}") from None
