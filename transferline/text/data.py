@@ -129,6 +129,8 @@ def read_user_file(path: Path, text_column: str, label_column: str, split_column
             df = pd.DataFrame.from_records(_jsonl_records(path))
         else:
             df = pd.read_parquet(path)
+    except TextDataError:
+        raise
     except (ValueError, OSError, pd.errors.ParserError) as err:
         raise TextDataError(f"{path}: cannot be read as {fmt}: {err}") from None
     if df.empty:
