@@ -21,11 +21,12 @@ from transferline.config import PARAMS_FILE, load_params
 from transferline.dvcrun import FLOW_RUN_ENV, RUN_ID_ENV, STAGES, StageFailed, StageResult, dag_stages, repro_stage
 from transferline.runlock import run_lock
 from transferline.runlog import log_stage
+from transferline.status import registry_gap
 
 
 
 @task(name="stage")
-def run_stage(stage: str, parent_run_id: str, experiment_id: str) -> StageResult:
+def run_stage(stage: str, parent_run_id: str, experiment_id: str, force: bool = False) -> StageResult:
     """Reproduce one DVC stage and record it as a nested MLflow run."""
     from mlflow import MlflowClient
 
@@ -36,7 +37,8 @@ def run_stage(stage: str, parent_run_id: str, experiment_id: str) -> StageResult
     try:
         from prefect.runtime import flow_run
 
-        result = repro_stage(stage, env={RUN_ID_ENV: run_id, FLOW_RUN_ENV: str(flow_run.id or "")}, on_line=logger.info)
+        result = repro_stage(stage, env={RUN_ID_ENV: run_id, FLOW_RUN_ENV: str(flow_run.id or "")}, on_line=logger.info,
+                             force=force)
         raw = yaml.safe_load(PARAMS_FILE.read_text())  # the values the stage read
         log_stage(client, run_id, stage, raw, result.ran, result.seconds)
     except Exception:
@@ -84,7 +86,11 @@ def pipeline(until: str | None = None, push_remote: bool = True) -> dict:
                 mlflow.log_param("until", until or STAGES[-1])
                 for s in stages:
                     task_ = run_stage.with_options(name=s, **stage_options(s, params.orchestrate))
-                    results.append(task_(s, run.info.run_id, experiment_id))
+                    # DVC cannot see a lost registry: re-register what dvc.lock recorded (promote follows)
+                    gap = registry_gap(params) if s == "register" else None
+                    if gap:
+                        get_run_logger().warning("re-registering: %s", gap)
+                    results.append(task_(s, run.info.run_id, experiment_id, force=bool(gap)))
                     report.advance(progress, len(results), len(stages))
                 if push_remote and until is None:
                     push.with_options(**push_options(params.orchestrate))()

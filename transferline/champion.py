@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 HISTORY_PREFIX = "champion_history/"  # registered-model tag keys, one per alias move
 TAG = "promote."  # version tag prefix for gate decisions (and forced moves)
+CLASSES_TAG = "classes"  # a version's label set (JSON list), set by register; the gate compares them
 
 
 class PromotionError(RuntimeError):

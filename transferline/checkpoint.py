@@ -18,6 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
+from transferline.errors import StageError
+
 log = logging.getLogger(__name__)
 
 
@@ -88,7 +90,11 @@ def save_checkpoint(
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
     }
     tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)})
+    try:
+        save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)})
+    except Exception as err:  # safetensors' own error type on a full disk, not OSError
+        raise StageError(f"{path}: cannot write the checkpoint ({err}); the previous one is kept. Free disk "
+                         "space (or fix the folder) and run again: training resumes from it") from None
     os.replace(tmp, path)
     return path
 

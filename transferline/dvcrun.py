@@ -27,6 +27,11 @@ class StageFailed(RuntimeError):
     """A stage exited non-zero; the message carries the stage's own error lines."""
 
 
+class StageRefused(StageFailed):
+    """The stage refused its input (it printed `[stage] error: ...`): the same input fails
+    the same way again, so this is never retried (flows/policy.py)."""
+
+
 # The flow's stage order; a test checks it is a topological order of dvc.yaml.
 STAGES = ("ingest", "validate", "split", "preprocess", "pretrain", "finetune", "evaluate", "register",
           "promote")
@@ -61,7 +66,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def repro_stage(stage: str, env: dict[str, str] | None = None,
-                on_line: Callable[[str], None] | None = None) -> StageResult:
+                on_line: Callable[[str], None] | None = None, force: bool = False) -> StageResult:
     """`dvc repro --single-item stage`; raise StageFailed with the stage's message.
 
     `on_line` also gets every line the stage prints (the flow forwards them,
@@ -70,9 +75,9 @@ def repro_stage(stage: str, env: dict[str, str] | None = None,
 
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
-    if skipped_in_experiment(stage):
-        # An applied DVC experiment left "skipped" in this stage's report with a matching dvc.lock:
-        # DVC calls it up to date, but nothing was registered or gated. A normal run does that now.
+    if force or skipped_in_experiment(stage):
+        # force: the registry lost this version (re-register it); an applied DVC experiment left
+        # "skipped" in this stage's report with a matching dvc.lock, so nothing was registered or gated
         cmd.append("--force")
     tail: collections.deque[str] = collections.deque(maxlen=40)
     ran = False
@@ -97,5 +102,6 @@ def repro_stage(stage: str, env: dict[str, str] | None = None,
             raise
     if proc.returncode != 0:
         errors = [line for line in tail if "error:" in line.lower() or line.startswith(("  -", "("))] or list(tail)[-10:]
-        raise StageFailed(f"stage '{stage}' failed:\n" + "\n".join(errors))
+        refused = any(line.startswith(f"[{stage}] error:") for line in tail)
+        raise (StageRefused if refused else StageFailed)(f"stage '{stage}' failed:\n" + "\n".join(errors))
     return StageResult(stage, ran, round(time.perf_counter() - t0, 2))

@@ -18,6 +18,7 @@ Callable without Prefect; tasks/promote.py and `transferline promote` use it.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from transferline.champion import (  # PromotionError: tasks/promote.py imports it from here
+    CLASSES_TAG,
     TAG,
     PromotionError,
     check_version,
@@ -109,6 +111,30 @@ def decide(gates: dict[str, MetricGate], challenger: dict[str, float],
     return "promoted", f"challenger passes the thresholds and beats the champion ({gains})", checks
 
 
+def cannot_decide(client: Any, name: str, version: str, champion_version: str | None, test: TestSet,
+                  min_test_size: int) -> str | None:
+    """Why the gate may not move the alias on its own, or None: a test split too small to
+    tell, or a challenger whose label set is not the champion's (a model scores 0 on classes
+    it never knew, so the comparison says nothing). `transferline promote --force` still can."""
+    force = f"`transferline promote --force --version {version} --reason ...` if it should be champion anyway"
+    if test.n < min_test_size:
+        return (f"the test split {test.path} has {test.n} examples, fewer than promote.min_test_size={min_test_size}: "
+                f"too few to decide; add data, or {force}")
+    if champion_version is None:
+        return None
+    labels = {v: client.get_model_version(name, v).tags.get(CLASSES_TAG) for v in (version, champion_version)}
+    if None in labels.values():  # registered before versions carried their label set: the test split's must do
+        champion_set = labels[champion_version]
+        return None if champion_set is None or set(json.loads(champion_set)) == set(test.y) else \
+            f"the champion (version {champion_version}) knows classes {json.loads(champion_set)}, the test split " \
+            f"holds {sorted(set(test.y))}: they cannot be compared; {force}"
+    theirs, ours = json.loads(labels[champion_version]), json.loads(labels[version])
+    if sorted(theirs) != sorted(ours):
+        return (f"the challenger's classes {ours} are not the champion's (version {champion_version}) {theirs}: "
+                f"they cannot be compared; {force}")
+    return None
+
+
 # -- the decision's records ---------------------------------------------------
 
 def redact(uri: str) -> str:
@@ -174,12 +200,15 @@ def run_gate(params: Params, test: TestSet, version: str | None = None) -> dict:
     with gate_lock(params.promote, name) as lock:
         champion_version = current_champion(client, name)  # re-read inside the lock
         t2 = time.perf_counter()
+        refusal = cannot_decide(client, name, version, champion_version, test, params.promote.min_test_size)
         if champion_version == version:
             decision, reason, checks = "already_champion", f"version {version} is already the champion", []
             champion = dict(challenger)
         else:
             champion = score_version(name, champion_version, test) if champion_version else None
             decision, reason, checks = decide(gates, challenger, champion)
+            if refusal and decision in ("promoted", "first_champion"):
+                decision, reason = ("kept" if champion_version else "rejected"), refusal
         timings["champion_scoring_s"] = round(time.perf_counter() - t2, 3)
         report = {
             "decision": decision,

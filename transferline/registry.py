@@ -9,6 +9,7 @@ Prefect run ids). Whether it becomes `champion` is the promote stage's call.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import transferline
+from transferline.champion import CLASSES_TAG
 from transferline.config import Params
 from transferline.dvcrun import RUN_ID_ENV
 from transferline.errors import StageError
@@ -94,11 +96,13 @@ def _run() -> Iterator[str]:
 
 
 def register_model(params: Params, paths: Paths, serving: Path, artifacts: dict[str, Path], example: Any,
-                   predicted: Any, packages: tuple[str, ...] = SERVING_PACKAGES) -> dict:
+                   predicted: Any, packages: tuple[str, ...] = SERVING_PACKAGES,
+                   classes: list[str] | None = None) -> dict:
     """Log `serving` with `artifacts` as a new version of params.model_name; tag it; write register.json.
 
     `example` is a raw input and `predicted` what the model answers for it
-    (the signature is inferred from the two)."""
+    (the signature is inferred from the two). `classes` (the label set) goes on
+    the version: the gate never compares models of different label sets."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -125,7 +129,7 @@ def register_model(params: Params, paths: Paths, serving: Path, artifacts: dict[
         mlflow.set_tags(provenance)
         lineage.log_files(client, run_id)
         version_tags = {**{k: f"{v:.6g}" for k, v in flat.items()}, **lineage.collect(client, run_id),
-                        "modality": params.modality}
+                        "modality": params.modality, **({CLASSES_TAG: json.dumps(list(classes))} if classes else {})}
     model_version = str(info.registered_model_version)
     for key, value in version_tags.items():
         client.set_model_version_tag(name, model_version, key, value)

@@ -81,8 +81,42 @@ def _last_run(client: Any, experiment_id: str) -> dict | None:
             return None
 
 
+def registry_gap(cfg: Params, client: Any | None = None) -> str | None:
+    """Why the registry disagrees with what DVC recorded, or None.
+
+    reports/register.json (a DVC output, so it matches dvc.lock) names the
+    version the current weights were registered as, and the run that did it.
+    A lost or replaced tracking database lacks that version or holds another
+    run under its number; DVC cannot see that (the registry is outside it),
+    so the pipeline asks here and re-registers (flows/pipeline.py)."""
+    import json
+
+    from mlflow.exceptions import MlflowException
+
+    record = cfg.paths.report("register")
+    if not record.is_file():
+        return None  # nothing registered yet: the register stage will run anyway
+    info = json.loads(record.read_text())
+    if client is None:
+        import mlflow
+
+        from transferline import tracking
+
+        tracking.configure(cfg.tracking)
+        client = mlflow.MlflowClient()
+    try:
+        mv = client.get_model_version(info["name"], str(info["version"]))
+    except MlflowException:
+        return (f"{record} says {info['name']} version {info['version']}, which the registry "
+                f"({cfg.tracking.uri}) lacks; the next `transferline run` registers it again from the DVC-tracked weights")
+    if info.get("run_id") and mv.run_id != info["run_id"]:
+        return (f"{info['name']} version {info['version']} in the registry comes from run {mv.run_id}, not {info['run_id']} "
+                f"as {record} says (another database?); the next `transferline run` registers the current weights again")
+    return None
+
+
 def status(cfg: Params) -> dict:
-    """{"champion": {...} | None, "last_run": {...} | None} from the tracking store."""
+    """{"champion", "last_run", "registry_gap"} from the tracking store (the gap: None when it agrees with DVC)."""
     import mlflow
 
     from transferline import tracking
@@ -92,4 +126,5 @@ def status(cfg: Params) -> dict:
     return {
         "champion": _champion(client, cfg.model_name),
         "last_run": _last_run(client, experiment_id),
+        "registry_gap": registry_gap(cfg, client),
     }

@@ -56,3 +56,26 @@ def log_levels(
     logging.basicConfig(level=level, format="%(message)s")
     logging.getLogger().setLevel(level)
     os.environ["PREFECT_LOGGING_LEVEL"] = logging.getLevelName(level)
+
+
+def preflight_or_exit(params: Params, push: bool) -> None:
+    """Every problem the pre-flight finds (servers, remote, the modality's data and weights),
+    all at once, then exit 2: before Prefect starts or any stage runs."""
+    import importlib
+
+    from transferline.preflight import PreflightFailed, shared_problems
+
+    checks = importlib.import_module(f"transferline.{params.modality}.preflight")  # the other modality stays unread
+    problems = shared_problems(params.tracking, push) + checks.check(params)
+    if problems:
+        console.print(f"[red]error:[/] {PreflightFailed(problems)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+
+
+def tracking_or_exit(params: Params) -> None:
+    """A registry command on a damaged or unreachable tracking store: one line and exit 2, not a traceback."""
+    from transferline.preflight import tracking_problems
+
+    for problem in tracking_problems(params.tracking):
+        console.print(f"[red]error:[/] {problem}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from transferline.cli import card, experiment, registry, steer
-from transferline.cli.common import console, log_levels, params_or_exit, print_json
+from transferline.cli.common import console, log_levels, params_or_exit, preflight_or_exit, print_json, tracking_or_exit
 from transferline.dvcrun import STAGES
 from transferline.env import apply_env_defaults
 
@@ -61,12 +62,17 @@ def run(
         info = steer.plan(changes, new_raw, until.value if until else None)
         print_json(info) if as_json else steer.print_plan(info)
         return
+    preflight_or_exit(cfg, push=push and until is None)  # the data, weights, servers: seconds, before Prefect
     apply_env_defaults()
+    from transferline import runguard
     from transferline.runlock import run_lock
 
+    runguard.start()  # a killed run takes DVC, its stage and the local Prefect API with it
     with _run_errors(), run_lock(cfg.orchestrate.lock_wait_seconds):  # before Prefect starts: fail fast
         steer.write_sets(changes)  # under the lock: a run in progress keeps the values it started with
         from flows.pipeline import pipeline
+
+        _quiet_user_errors()
 
         summary = pipeline(until=until.value if until else None, push_remote=push)
     print_json(summary) if as_json else _print_summary(summary)
@@ -75,18 +81,43 @@ def run(
 @contextlib.contextmanager
 def _run_errors() -> Iterator[None]:
     """A failed run ends with one clear error line (the stage's own message) and exit 1."""
-    from tasks._stage import StageError
+    from transferline.errors import StageError
     from transferline.dvcrun import StageFailed
     from transferline.runlock import RunLockBusy
 
     try:
         yield
-    except (StageFailed, StageError, RunLockBusy) as err:
+    except StageFailed as err:  # the stage's own lines are on the console already: name it, once
+        stage = str(err).split("\n", 1)[0].removesuffix(":")
+        console.print(f"[red]error:[/] {stage} (its message is above; the full log is in the Prefect run)")
+        raise typer.Exit(1) from None
+    except (StageError, RunLockBusy) as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(1) from None
     except TimeoutError as err:
         console.print(f"[red]error:[/] {err} (limits: params.yaml orchestrate.*_timeout_seconds)")
         raise typer.Exit(1) from None
+
+
+class _StageFailureFilter(logging.Filter):
+    """Off the console: Prefect's copies of a stage failure (its traceback, "Finished in state
+    Failed(...StageFailed...)"). The stage printed its own lines and the CLI prints one summary;
+    the copies stay in the Prefect run log (the API handler has no such filter)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from transferline.dvcrun import StageFailed
+
+        if record.exc_info and isinstance(record.exc_info[1], StageFailed):
+            return False
+        return "StageFailed" not in (message := record.getMessage()) and "StageRefused" not in message
+
+
+def _quiet_user_errors() -> None:
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.addFilter(_StageFailureFilter())
 
 
 def _print_summary(summary: dict) -> None:
@@ -113,6 +144,7 @@ def status(
 ) -> None:
     """Show the current champion, its metrics, and the last pipeline run."""
     cfg = params_or_exit(params)
+    tracking_or_exit(cfg)
     apply_env_defaults()
     from transferline.status import status as read_status
 
@@ -131,6 +163,8 @@ def status(
     last = info.get("last_run")
     if last:
         out.print(f"[bold]last run[/]: {last['run_id']} {last['status']} started {last['start_time']}")
+    if info.get("registry_gap"):
+        out.print(f"[bold yellow]registry out of step with DVC[/]: {info['registry_gap']}", soft_wrap=True)
 
 
 @app.command()
@@ -145,11 +179,16 @@ def check(
     version (a challenger).
     """
     cfg = params_or_exit()
+    preflight_or_exit(cfg, push=push)
     apply_env_defaults()
+    from transferline import runguard
     from transferline.runlock import run_lock
 
+    runguard.start()
     with _run_errors(), run_lock(cfg.orchestrate.lock_wait_seconds):
         from flows.check import check as check_flow
+
+        _quiet_user_errors()
 
         result = check_flow(push_remote=push)
     if result["action"] != "ran":

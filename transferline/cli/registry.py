@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from transferline.cli.common import console, params_or_exit
+from transferline.cli.common import console, params_or_exit, tracking_or_exit
 from transferline.env import apply_env_defaults
 
 
@@ -51,7 +51,11 @@ def promote(
     challenger passes every threshold and margin in params.yaml `promote`.
     With --force the gate is skipped and the move is recorded with its reason.
     """
+    if force and (not version or not reason):
+        console.print("[red]error:[/] --force needs --version and --reason")
+        raise typer.Exit(2)
     cfg = params_or_exit(params)
+    tracking_or_exit(cfg)
     apply_env_defaults()
     from transferline import champion, promotion
 
@@ -60,9 +64,6 @@ def promote(
         sys.stdout.write(json.dumps(report, indent=2) + "\n") if as_json else Console().print(promotion.markdown(report))
         return
     if force:
-        if not version or not reason:
-            console.print("[red]error:[/] --force needs --version and --reason")
-            raise typer.Exit(2)
         entry = _registry_call(champion.force_promote, cfg, version, reason)
         console.print(f"champion forced: version {entry['from']} -> {entry['to']} ({entry['reason']})")
         return
@@ -108,6 +109,7 @@ def rollback(
 ) -> None:
     """Move `champion` back to the previous champion."""
     cfg = params_or_exit(params)
+    tracking_or_exit(cfg)
     apply_env_defaults()
     from transferline import champion
 
@@ -121,6 +123,7 @@ def history(
 ) -> None:
     """Every move of the `champion` alias: when, why, by whom, with the figures."""
     cfg = params_or_exit(params)
+    tracking_or_exit(cfg)
     apply_env_defaults()
     from transferline import champion
 
@@ -147,6 +150,7 @@ def lineage(
 ) -> None:
     """Where a model version came from: git commit, DVC hashes, params, MLflow and Prefect runs."""
     cfg = params_or_exit(params)
+    tracking_or_exit(cfg)
     apply_env_defaults()
     import mlflow
 

@@ -42,6 +42,8 @@ class PromoteParams(Section):
     )
     lock: str = "auto"  # auto | a lock file path | postgresql://... (advisory lock); env TRANSFERLINE_PROMOTE_LOCK wins
     lock_timeout_s: float = Field(600, gt=0)
+    # a test split smaller than this cannot decide a promotion (9 images once crowned a 3-class model)
+    min_test_size: int = Field(30, ge=1)
 
 
 class TrackingParams(Section):

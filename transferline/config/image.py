@@ -62,6 +62,8 @@ class IngestParams(Section):
     folder: str = "data/external/image"
     image_size: int = Field(28, ge=8, le=512)
     channels: Literal[1, 3] = 1
+    # bigger images are refused unread (a decompression bomb, or a photo that needs resizing first)
+    max_pixels: int = Field(25_000_000, ge=64)
 
 
 class ValidateParams(Section):

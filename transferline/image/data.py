@@ -8,10 +8,13 @@ y_* int64), written by preprocess and read by every training stage.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
+import os
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,25 +51,98 @@ def load_animal_mnist() -> tuple[np.ndarray, np.ndarray]:
     return x.reshape(-1, 1, 28, 28), y
 
 
-def load_folder(folder: Path, size: int, channels: int) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
-    """Images from folder/<class>/<file>; returns x, y, class names, unreadable files."""
-    from PIL import Image, UnidentifiedImageError
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm")
 
+
+def folder_files(folder: Path) -> tuple[list[str], list[list[Path]], list[str]]:
+    """(class names, files per class, problems) of folder/<class>/...: a looping or
+    broken link and a file name that is not UTF-8 are problems (named, never followed)."""
     if not folder.is_dir():
-        raise StageError(f"ingest.image.folder: {folder} is not a folder; create it with one sub-folder per class")
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise StageError(f"ingest.image.folder: {folder} is not a folder; create it with one sub-folder per "
+                         f"class ({folder}/<class>/<image>) or fix the path")
+    problems: list[str] = []
+    classes, per_class = [], []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") or not _usable(entry, folder, problems) or not entry.is_dir():
+            continue
+        files: list[Path] = []
+        top, seen = folder.resolve(), {entry.resolve()}
+        for root, dirs, names in os.walk(entry, followlinks=True):
+            here = Path(root)
+            keep = []
+            for d in sorted(dirs):
+                sub = here / d
+                if d.startswith(".") or not _usable(sub, folder, problems):
+                    continue
+                real = sub.resolve()
+                if real in seen or real == top or real in top.parents:
+                    problems.append(f"{sub.relative_to(folder)}: a link back into the folder (a loop); remove it")
+                    continue
+                seen.add(real)
+                keep.append(d)
+            dirs[:] = keep
+            files += [here / n for n in sorted(names)
+                      if not n.startswith(".") and _usable(here / n, folder, problems)]
+        classes.append(entry.name)
+        per_class.append(files)
     if not classes:
         raise StageError(f"ingest.image.folder: {folder} has no class sub-folders (expected {folder}/<class>/<image>)")
+    return classes, per_class, problems
+
+
+def _usable(path: Path, folder: Path, problems: list[str]) -> bool:
+    """False (with the problem noted) for a name that is not UTF-8 or a link that loops or dangles."""
+    shown = path.relative_to(folder)
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raw = repr(os.fsencode(shown))[2:-1]  # the bytes as they are on disk: dog/caf\xe9.png
+        problems.append(f"{raw}: the file name is not valid UTF-8; rename it (e.g. convmv -f latin1 -t utf8)")
+        return False
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except (OSError, RuntimeError) as err:  # RuntimeError: a loop on Python 3.11
+            why = "loops" if isinstance(err, RuntimeError) or getattr(err, "errno", 0) == errno.ELOOP else "is broken"
+            problems.append(f"{shown}: the symbolic link {why}; remove it or point it at an image")
+            return False
+    return True
+
+
+def _to_8bit(img: Any, mode: str) -> Any:
+    """16- and 32-bit greyscale scaled to 0..255 (Pillow's convert would clip them to black
+    and white), then converted to `mode`."""
+    from PIL import Image
+
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = float(arr.max(initial=0))
+        if img.mode == "F":
+            top = 1.0 if peak <= 1 else 255.0 if peak <= 255 else peak
+        else:
+            top = 65535.0 if peak <= 65535 else peak
+        img = Image.fromarray(np.clip(np.rint(arr / top * 255), 0, 255).astype(np.uint8), "L")
+    return img.convert(mode)
+
+
+def load_folder(folder: Path, size: int, channels: int,
+                max_pixels: int = 25_000_000) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """Images from folder/<class>/<file>; returns x, y, class names, unreadable files (with why)."""
+    from PIL import Image
+
+    classes, per_class, bad = folder_files(folder)
     mode = "L" if channels == 1 else "RGB"
-    xs, ys, bad = [], [], []
-    for label, name in enumerate(classes):
-        for file in sorted(p for p in (folder / name).rglob("*") if p.is_file() and not p.name.startswith(".")):
+    xs, ys = [], []
+    Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow then refuses bigger images before decoding them
+    for label, files in enumerate(per_class):
+        for file in files:
             try:
                 with Image.open(file) as img:
-                    img = img.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
-                    arr = np.asarray(img, dtype=np.uint8)
-            except (UnidentifiedImageError, OSError, ValueError) as err:
-                bad.append(f"{file.relative_to(folder)}: {type(err).__name__}")
+                    if img.width * img.height > max_pixels:
+                        raise ValueError(f"{img.width}x{img.height} pixels, over ingest.image.max_pixels={max_pixels}")
+                    arr = np.asarray(_to_8bit(img, mode).resize((size, size), Image.Resampling.BILINEAR), np.uint8)
+            except (Image.DecompressionBombError, OSError, ValueError, SyntaxError) as err:
+                bad.append(f"{file.relative_to(folder)}: {type(err).__name__}: {str(err)[:200]}")
                 continue
             xs.append(arr.reshape(size, size, channels).transpose(2, 0, 1))
             ys.append(label)

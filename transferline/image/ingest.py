@@ -44,7 +44,8 @@ def run(params: Params, paths: Paths) -> dict:
             xt = np.repeat(xt, 3, axis=1)
         classes, bad, origin = list(ANIMAL_MNIST.classes), [], ANIMAL_MNIST.artifact.requirement
     else:
-        xt, yt, classes, bad = data.load_folder(Path(cfg.folder), cfg.image_size, cfg.channels)
+        xt, yt, classes, bad = data.load_folder(Path(cfg.folder), cfg.image_size, cfg.channels,
+                                                      cfg.max_pixels)
         origin = f"folder:{cfg.folder}"
     save_arrays(paths.raw / "source.npz", x=xs, y=ys)
     save_arrays(paths.raw / "target.npz", x=xt, y=yt)

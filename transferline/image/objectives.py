@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from transferline import distributed as dist
 from transferline.checkpoint import load_checkpoint, resume_state, save_epoch, save_weights
+from transferline.errors import check_finite_loss
 from transferline.image.strategies import warmup_cosine
 from transferline.image.models import build_model
 from transferline.image.train import fingerprint
@@ -250,6 +251,7 @@ def fit_ssl(
             loss_sum += loss.detach().double() * len(x)
         total, loss_sum = dist.sum_all([total, float(loss_sum)])
         dist.sync_buffers(model)
+        check_finite_loss(loss_sum / max(total, 1), f"{desc} epoch {epoch + 1}", (epoch + 1) * len(loader))
         row = {
             "epoch": epoch + 1,
             "train_loss": round(loss_sum / max(total, 1), 5),

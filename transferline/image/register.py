@@ -43,4 +43,5 @@ def run(params: Params, paths: Paths) -> dict:
         prep_path = write_json(Path(tmp) / "preprocess.json", prep)
         example = input_example(prep, params.seed)
         labels = ImageClassifier().load(str(model), str(prep_path)).predict(None, example)
-        return register_model(params, paths, SERVING, {"weights": model, "preprocess": prep_path}, example, labels)
+        return register_model(params, paths, SERVING, {"weights": model, "preprocess": prep_path}, example, labels,
+                              classes=list(prep["classes"]))

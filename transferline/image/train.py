@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from transferline import distributed as dist
 from transferline.checkpoint import load_checkpoint, load_weights, resume_state, save_epoch
 from transferline.config.image import TrainParams
+from transferline.errors import check_finite_loss
 from transferline.image.models import predict
 from transferline.image.strategies import param_groups, set_batchnorm_training, unfreeze_for_epoch, warmup_cosine
 from transferline.runtime import autocast, memory_format, place
@@ -156,6 +157,7 @@ def fit(
             ddp(), loader, optimizer, scheduler, device, cfg.label_smoothing, augment, train_bn
         )
         dist.sync_buffers(model)  # every rank evaluates (and rank 0 saves) rank 0's batch-norm statistics
+        check_finite_loss(train_loss, f"{desc} epoch {epoch + 1}", (epoch + 1) * len(loader))
         val_loss, val_acc = loss_and_accuracy(model, *val, batch_size=512, device=device)
         row = {
             "epoch": epoch + 1,

@@ -13,6 +13,7 @@ loaded; head/fc/classifier keys are ignored.
 from __future__ import annotations
 
 import logging
+import pickle
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +26,10 @@ log = logging.getLogger(__name__)
 
 HEAD_PREFIXES = ("head.", "fc.", "classifier.")
 WRAPPER_PREFIXES = ("module.", "model.")
+# Only where the file's origin is trusted: torch.load(weights_only=False) runs what the pickle says.
+CONVERT = ("If you trust its origin, convert it once: python -c \"import torch; from safetensors.torch import "
+           "save_file; sd = torch.load('IN', weights_only=False); sd = sd.get('state_dict', sd); "
+           "save_file({k: v.contiguous() for k, v in sd.items()}, 'OUT.safetensors')\"")
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -40,15 +45,25 @@ def _is_safetensors(path: Path) -> bool:
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors in `path`, unwrapped from a {"state_dict": ...} or {"model": ...} dict."""
     if _is_safetensors(path):
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path))
+        except Exception as err:  # safetensors raises its own error types
+            raise ValueError(f"{path}: a damaged safetensors file ({err}); save it again") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:
+        # weights_only=True refused to build Python objects (a pickle could run code) or the file is damaged
+        refused = isinstance(err, pickle.UnpicklingError) and "global" in str(err).lower()  # a class or function
+        why = "it holds Python objects besides tensors" if refused else \
+            f"it is damaged or not a torch file ({type(err).__name__})"
+        raise ValueError(f"{path}: not safetensors or a plain state dict of tensors: {why}. {CONVERT}") from None
     while isinstance(obj, Mapping):
         inner = next((obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), Mapping)), None)
         if inner is None:
             break
         obj = inner
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
+        raise ValueError(f"{path}: expected a state dict (names -> tensors), got {type(obj).__name__}. {CONVERT}")
     return {str(k): v for k, v in obj.items() if torch.is_tensor(v)}
 
 

@@ -120,16 +120,21 @@ def read_user_file(path: Path, text_column: str, label_column: str, split_column
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise TextDataError(f"ingest.text.file: {path} has extension {path.suffix!r}; use .csv, .jsonl or .parquet")
+    if path.stat().st_size == 0:
+        raise TextDataError(f"ingest.text.file: {path} is empty; put the data in it (a header row, then one row per text)")
     try:
         if fmt == "csv":
             df = pd.read_csv(path, dtype=object, keep_default_na=True, encoding="utf-8", encoding_errors="replace")
         elif fmt == "jsonl":
-            text = path.read_bytes().decode("utf-8", errors="replace")
-            df = pd.read_json(io.StringIO(text), lines=True, dtype=False)
+            df = pd.DataFrame.from_records(_jsonl_records(path))
         else:
             df = pd.read_parquet(path)
+    except TextDataError:
+        raise
     except (ValueError, OSError, pd.errors.ParserError) as err:
         raise TextDataError(f"{path}: cannot be read as {fmt}: {err}") from None
+    if df.empty:
+        raise TextDataError(f"ingest.text.file: {path} has no data rows")
     for key, col in (("text_column", text_column), ("label_column", label_column), ("split_column", split_column)):
         if col and col not in df.columns:
             raise TextDataError(f"{path}: no column {col!r} (ingest.text.{key}); columns are {list(df.columns)}")
@@ -140,6 +145,24 @@ def read_user_file(path: Path, text_column: str, label_column: str, split_column
         rows.append({"text": _clean(rec[text_column]), "label": None if label is None else str(label),
                      "row": i, "split": None if split is None else str(split).strip().lower(), "unlabelled": False})
     return rows
+
+
+def _jsonl_records(path: Path) -> list[dict]:
+    """One JSON object a line; a bad line is named by its number (pandas gives a byte offset)."""
+    records = []
+    for n, line in enumerate(path.read_bytes().decode("utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise TextDataError(f"{path}: line {n} is not valid JSON ({err.msg} at column {err.colno}); "
+                                "fix or delete that line") from None
+        if not isinstance(rec, dict):
+            raise TextDataError(f"{path}: line {n} is a JSON {type(rec).__name__}, not an object "
+                                '({"text": ..., "label": ...}); fix that line')
+        records.append(rec)
+    return records
 
 
 def normalise(text: str) -> str:

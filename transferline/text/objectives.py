@@ -25,6 +25,7 @@ from transformers import BertConfig, BertForMaskedLM
 from transferline import distributed as dist
 from transferline.checkpoint import load_checkpoint, save_checkpoint
 from transferline.runtime import autocast
+from transferline.errors import check_finite_loss
 from transferline.text.models import trim
 from transferline.text.strategies import warmup_linear
 from transferline.text.train import length_grouped
@@ -183,6 +184,7 @@ def pretrain_mlm(config: BertConfig, ids: torch.Tensor, special: dict[str, int],
             seconds += time.perf_counter() - t0
             t0 = time.perf_counter()
             since = step - (history[-1]["step"] if history else 0)
+            check_finite_loss(running / since, "masked-LM pretraining", step)
             history.append({"epoch": round(step / per_epoch, 3), "step": step, "train_loss": round(running / since, 5),
                             "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5), "seconds": round(seconds, 1),
                             "world_size": world})

@@ -37,4 +37,4 @@ def run(params: Params, paths: Paths) -> dict:
         artifacts = {"weights": weights, "tokenizer": tokenizer, "labels": labels}
         predicted = TextClassifier().load(str(weights), str(tokenizer), str(labels)).predict(None, EXAMPLE)
         return register_model(params, paths, SERVING, artifacts, EXAMPLE, predicted,
-                              SERVING_PACKAGES + TEXT_PACKAGES)
+                              SERVING_PACKAGES + TEXT_PACKAGES, classes=list(prep["classes"]))

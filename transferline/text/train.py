@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from transferline import distributed as dist
 from transferline.runtime import autocast, place
+from transferline.errors import check_finite_loss
 from transferline.text.models import predict_logits, trim
 from transferline.text.strategies import warmup_linear
 
@@ -76,6 +77,7 @@ def fit_classifier(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], v
             seen += len(idx)
             step += 1
         running, seen = dist.sum_all([running, seen])
+        check_finite_loss(running / max(seen, 1), f"{desc} epoch {epoch}", step)
         train_seconds = time.perf_counter() - t0
         logits = predict_logits(model, val[0], pad_id, batch_size * 4, device)
         val_loss = float(loss_fn(logits, val[1]))

@@ -1,0 +1,80 @@
+"""Pre-flight for images: the target folder and a weights file, checked in seconds
+before any stage runs (`transferline run` calls `check`). Image headers only:
+nothing is decoded, so a folder of thousands of images takes about a second."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from transferline.config import Params
+from transferline.errors import StageError
+from transferline.image import data
+
+SHOWN = 10  # problems of one kind listed before "and N more"
+
+
+def folder_problems(folder: Path, max_pixels: int, min_per_class: int) -> list[str]:
+    """A class sub-folder per class, enough readable images in each, no loops or bad names."""
+    from PIL import Image
+
+    try:
+        classes, per_class, problems = data.folder_files(folder)
+    except StageError as err:
+        return [str(err)]
+    problems = [f"{folder}/{p}" for p in problems]
+    unreadable: list[str] = []
+    counts = []
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    for files in per_class:
+        ok = 0
+        for file in files:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    with Image.open(file) as img:  # reads the header only
+                        if img.width * img.height > max_pixels:
+                            raise ValueError(f"{img.width}x{img.height} pixels")
+                ok += 1
+            except (Image.DecompressionBombError, ValueError) as err:
+                unreadable.append(f"{file.relative_to(folder)} is too large ({err}; ingest.image.max_pixels="
+                                  f"{max_pixels}): shrink it or raise the limit")
+            except (OSError, SyntaxError) as err:
+                unreadable.append(f"{file.relative_to(folder)} is not an image Pillow can read "
+                                  f"({type(err).__name__}); convert or remove it")
+        counts.append(ok)
+    problems += [f"{folder}/{u}" for u in unreadable[:SHOWN]]
+    if len(unreadable) > SHOWN:
+        problems.append(f"{folder}: and {len(unreadable) - SHOWN} more unreadable file(s)")
+    if len(classes) < 2:
+        problems.append(f"ingest.image.folder: {folder} has {len(classes)} class sub-folder(s); a classifier "
+                        "needs at least 2")
+    small = [f"{c} ({n})" for c, n in zip(classes, counts) if n < min_per_class]
+    if small:
+        problems.append(f"ingest.image.folder: classes with fewer than validate.image.min_per_class="
+                        f"{min_per_class} readable images: {', '.join(small)}; add images or lower the minimum")
+    return problems
+
+
+def weights_problems(path: Path) -> list[str]:
+    """The file holds tensors only (safetensors, or a state dict torch reads with weights_only=True)."""
+    from transferline.image.weights import read_state_dict  # torch: only when a file is named
+
+    try:
+        tensors = read_state_dict(path)
+    except ValueError as err:
+        return [f"finetune.image.init_from: {err}"]
+    if not tensors:
+        return [f"finetune.image.init_from: {path} holds no tensors"]
+    return []
+
+
+def check(params: Params) -> list[str]:
+    """Every problem with the image data and weights this run would read."""
+    v = params.image
+    problems = []
+    if v.ingest.target == "folder":
+        problems += folder_problems(Path(v.ingest.folder), v.ingest.max_pixels, v.validate_.min_per_class)
+    if v.finetune.init_from not in ("pretrain", "scratch"):
+        problems += weights_problems(Path(v.finetune.init_from))
+    return problems
