@@ -20,8 +20,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from transferline.cli import experiment, registry
-from transferline.cli.common import console, params_or_exit
+from transferline.cli import experiment, registry, server
+from transferline.cli.common import console, params_or_exit, use_local_server
 from transferline.dvcrun import STAGES
 from transferline.env import apply_env_defaults
 
@@ -57,6 +57,7 @@ def run(
         set_modality(PARAMS_FILE, modality.value)
     cfg = params_or_exit()
     apply_env_defaults()
+    use_local_server()
     from transferline.runlock import run_lock
 
     with _run_errors(), run_lock(cfg.orchestrate.lock_wait_seconds):  # before Prefect starts: fail fast
@@ -140,6 +141,7 @@ def check(
     """
     cfg = params_or_exit()
     apply_env_defaults()
+    use_local_server()
     from transferline.runlock import run_lock
 
     with _run_errors(), run_lock(cfg.orchestrate.lock_wait_seconds):
@@ -208,3 +210,4 @@ app.command()(registry.rollback)
 app.command()(registry.history)
 app.command()(registry.lineage)
 app.add_typer(experiment.app, name="experiment")
+app.add_typer(server.app, name="server")
