@@ -51,7 +51,9 @@ def train_one_epoch(
     model.train()
     set_batchnorm_training(model, train_bn)  # model.train() just reset frozen BN layers
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    total, loss_sum, correct = 0, 0.0, 0
+    # Sums stay on the device: a per-step .item() would wait for every step
+    # to finish (a host sync); one sync per epoch reads them.
+    total, loss_sum, correct = 0, torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
     for x, y in loader:
         x, y = x.to(device, torch.float32), y.to(device)
         if augment is not None:
@@ -65,9 +67,9 @@ def train_one_epoch(
         optimizer.step()
         scheduler.step()
         total += len(y)
-        loss_sum += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
-    return loss_sum / total, correct / total
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+    return loss_sum.item() / total, correct.item() / total
 
 
 def loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device) -> tuple[float, float]:

@@ -48,7 +48,8 @@ def fit_classifier(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], v
     for epoch in range(1, epochs + 1):
         model.train()
         batches = length_grouped(torch.randperm(len(x_train), generator=generator), lengths, batch_size, generator)
-        t0, running, seen = time.perf_counter(), 0.0, 0
+        # the loss is summed on the device: a per-step .item() would sync host and device every step
+        t0, running, seen = time.perf_counter(), torch.zeros((), device=device), 0
         for idx in tqdm(batches, desc=f"{desc} epoch {epoch}", leave=False):
             if max_steps and step >= max_steps:
                 break
@@ -59,14 +60,14 @@ def fit_classifier(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], v
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-            running += loss.item() * len(idx)
+            running += loss.detach() * len(idx)
             seen += len(idx)
             step += 1
         train_seconds = time.perf_counter() - t0
         logits = predict_logits(model, val[0], pad_id, batch_size * 4, device)
         val_loss = float(loss_fn(logits, val[1]))
         val_acc = float((logits.argmax(1) == val[1]).float().mean())
-        history.append({"epoch": epoch, "train_loss": round(running / max(seen, 1), 5), "val_loss": round(val_loss, 5),
+        history.append({"epoch": epoch, "train_loss": round(running.item() / max(seen, 1), 5), "val_loss": round(val_loss, 5),
                         "val_acc": round(val_acc, 5), "train_seconds": round(train_seconds, 1)})
         log.info("%s epoch %d: train loss %.4f, val accuracy %.4f (%.0f s)", desc, epoch,
                  history[-1]["train_loss"], val_acc, train_seconds)
