@@ -4,8 +4,8 @@ changed, and run the pipeline only then.
 The built-in sources are pinned artifacts: the check re-fetches each one
 (from the download cache, else the index) and verifies its sha256. A folder
 target is a dependency of the ingest stage, so DVC hashes it. `dvc status`
-then compares every stage's deps and params with dvc.lock: DVC alone decides
-staleness. Nothing changed -> "nothing to do" in seconds; anything changed ->
+(DVC's Python API, in this process) then compares every stage's deps and
+params with dvc.lock: DVC alone decides staleness. Nothing changed -> "nothing to do" in seconds; anything changed ->
 the full pipeline as a subflow (a new registered version: a challenger).
 """
 
@@ -20,7 +20,8 @@ from flows.pipeline import pipeline
 from flows.policy import FETCH_STAGES, stage_options
 from transferline.artifacts import Artifact, fetch_member
 from transferline.config import Params, load_params
-from transferline.plan import describe, dvc_status
+from transferline.dvcrun import stale_plan
+from transferline.plan import describe
 from transferline.runlock import run_lock
 
 NOTHING_TO_DO = "nothing to do"
@@ -49,8 +50,9 @@ def reread_sources(artifacts: list[Artifact]) -> list[str]:
 
 @task(name="dvc-status")
 def dvc_changes() -> dict:
-    """`dvc status --json`: stages whose deps, params or outs differ from dvc.lock ({} = none)."""
-    return dvc_status()
+    """`dvc status` (DVC's Python API, no subprocess): stages whose deps, params or outs differ
+    from dvc.lock ({} = none)."""
+    return stale_plan().stale
 
 
 @flow(name="transferline-check", log_prints=True)

@@ -1,9 +1,12 @@
 """The transferline pipeline as a Prefect flow.
 
-The flow only wires stages: for each stage in dvc.yaml's order it asks DVC to
-reproduce that one stage (DVC decides whether it is stale), then records it
-as a nested MLflow run under one parent run per pipeline run. Tasks pass
-stage names and small results, never data or models.
+The flow only wires stages: it asks DVC once which stages are stale, then for
+each stage in dvc.yaml's order either asks DVC to reproduce that one stage (DVC
+decides whether it runs) or, when DVC already called it up to date and nothing
+upstream ran, records it as skipped without starting a process. Every stage,
+skipped or not, is a Prefect task and a nested MLflow run under one parent
+run per pipeline run. Tasks pass stage names and small results, never data or
+models.
 """
 
 from __future__ import annotations
@@ -18,16 +21,27 @@ from prefect.context import get_run_context
 from flows import report
 from flows.policy import push_options, stage_options
 from transferline.config import PARAMS_FILE, load_params
-from transferline.dvcrun import FLOW_RUN_ENV, RUN_ID_ENV, STAGES, StageFailed, StageResult, dag_stages, repro_stage
+from transferline.dvcrun import (FLOW_RUN_ENV, RUN_ID_ENV, STAGES, StageFailed, StalePlan, StageResult, dag_stages,
+                                 repro_stage, stale_plan)
 from transferline.runlock import run_lock
 from transferline.runlog import log_stage
 from transferline.status import registry_gap
 
 
 
+@task(name="dvc-status")
+def plan() -> StalePlan:
+    """Ask DVC once which stages are stale (and how the stages depend on each other)."""
+    found = stale_plan()
+    get_run_logger().info("dvc status: %s", ", ".join(found.stale) or "every stage up to date")
+    return found
+
+
 @task(name="stage")
-def run_stage(stage: str, parent_run_id: str, experiment_id: str, force: bool = False) -> StageResult:
-    """Reproduce one DVC stage and record it as a nested MLflow run."""
+def run_stage(stage: str, parent_run_id: str, experiment_id: str, check: bool = True,
+              force: bool = False) -> StageResult:
+    """Reproduce one DVC stage (`check`; `force`: even if DVC calls it up to date) or record it as
+    up to date; either way a nested MLflow run."""
     from mlflow import MlflowClient
 
     logger = get_run_logger()
@@ -37,8 +51,11 @@ def run_stage(stage: str, parent_run_id: str, experiment_id: str, force: bool = 
     try:
         from prefect.runtime import flow_run
 
-        result = repro_stage(stage, env={RUN_ID_ENV: run_id, FLOW_RUN_ENV: str(flow_run.id or "")}, on_line=logger.info,
-                             force=force)
+        if check or force:
+            result = repro_stage(stage, env={RUN_ID_ENV: run_id, FLOW_RUN_ENV: str(flow_run.id or "")},
+                                 on_line=logger.info, force=force)
+        else:  # DVC said up to date before the run and nothing upstream has run since
+            result = StageResult(stage, False, 0.0)
         raw = yaml.safe_load(PARAMS_FILE.read_text())  # the values the stage read
         log_stage(client, run_id, stage, raw, result.ran, result.seconds)
     except Exception:
@@ -84,13 +101,15 @@ def pipeline(until: str | None = None, push_remote: bool = True) -> dict:
             link = report.mlflow_link(mlflow.get_tracking_uri(), experiment_id, run.info.run_id)
             try:
                 mlflow.log_param("until", until or STAGES[-1])
+                dvc = plan()
                 for s in stages:
+                    check = dvc.must_check(s, {r.stage for r in results if r.ran})
                     task_ = run_stage.with_options(name=s, **stage_options(s, params.orchestrate))
                     # DVC cannot see a lost registry: re-register what dvc.lock recorded (promote follows)
                     gap = registry_gap(params) if s == "register" else None
                     if gap:
                         get_run_logger().warning("re-registering: %s", gap)
-                    results.append(task_(s, run.info.run_id, experiment_id, force=bool(gap)))
+                    results.append(task_(s, run.info.run_id, experiment_id, check, force=bool(gap)))
                     report.advance(progress, len(results), len(stages))
                 if push_remote and until is None:
                     push.with_options(**push_options(params.orchestrate))()

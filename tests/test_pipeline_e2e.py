@@ -59,6 +59,8 @@ def test_pipeline_end_to_end(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     ran, _ = ran_and_skipped(again)
     assert ran.startswith("nothing"), again.stderr[-2000:]
+    # DVC was asked once, in the flow's process: no `dvc repro` process per stage
+    assert "didn't change, skipping" not in again.stderr and "Running stage" not in again.stderr
 
     # only a fine-tuning value changed: finetune and what follows rerun
     raw = yaml.safe_load((project / "params.yaml").read_text())
@@ -69,6 +71,7 @@ def test_pipeline_end_to_end(tmp_path):
     ran, skipped = ran_and_skipped(third)
     assert ran.split(", ") == ["finetune", "evaluate", "register", "promote"], third.stderr[-2000:]
     assert skipped.split(", ") == ["ingest", "validate", "split", "preprocess", "pretrain"]
+    assert "didn't change, skipping" not in third.stderr  # the stages upstream of finetune started no process
     info = json.loads(transferline(project, "status", "--json").stdout)
     promoted = json.loads((project / "reports/promote.json").read_text())  # version 2 went through the gate
     assert promoted["challenger"]["version"] == "2" and promoted["champion"]["version"] == "1"

@@ -1,8 +1,13 @@
-"""Run one DVC stage and say whether it ran: DVC alone decides staleness.
+"""Ask DVC what is stale, run one DVC stage and say whether it ran: DVC alone
+decides staleness.
 
-`dvc repro --single-item STAGE` runs the stage only if its deps, params or
-outs changed since dvc.lock was written; the flow calls this once per stage,
-in DAG order. Output streams through while a tail is kept for the error.
+`stale_plan()` asks DVC once (its Python API: `dvc status` plus the stage
+graph), so the flow starts no process for a stage DVC calls up to date and
+none of whose upstream stages ran. Every other stage goes through
+`dvc repro --single-item STAGE`, which runs it only if its deps, params or
+outs changed since dvc.lock was written (a stage downstream of a rerun one may
+become stale only once that one has run: DVC re-checks it then). Output
+streams through while a tail is kept for the error.
 """
 
 from __future__ import annotations
@@ -53,6 +58,42 @@ class StageResult:
 def dag_stages(dvc_yaml: str | Path = "dvc.yaml") -> list[str]:
     """Stage names in dvc.yaml's order (which is a topological order here)."""
     return list(yaml.safe_load(Path(dvc_yaml).read_text())["stages"])
+
+
+@dataclass(frozen=True)
+class StalePlan:
+    """DVC's answer before a run: which stages are stale, and each stage's upstream stages."""
+
+    stale: dict[str, list]  # `dvc status` per stale stage: what changed
+    upstream: dict[str, set[str]]  # stage -> every stage it depends on, directly or not
+
+    def must_check(self, stage: str, ran: set[str]) -> bool:
+        """True when DVC must look again: stale now, or downstream of a stage that ran in this run.
+
+        A stage not stale before the run and with no upstream stage run since
+        has the same deps, params and outs it had then: up to date."""
+        return stage in self.stale or bool(self.upstream.get(stage, set()) & ran) or stage not in self.upstream
+
+
+def stale_plan(root: str | Path = ".") -> StalePlan:
+    """One `dvc status` through DVC's Python API (no subprocess), plus the stage graph."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        status = repo.status()
+        graph = repo.index.graph  # networkx: an edge stage -> a stage whose outs it reads
+        # status keys are addresses relative to the cwd ("dvc.yaml:stage" elsewhere): use stage names
+        names = {stage.addressing: stage.name for stage in graph}
+        upstream = {}
+        for stage in graph:
+            seen, todo = set(), list(graph.successors(stage))
+            while todo:
+                dep = todo.pop()
+                if dep.name not in seen:
+                    seen.add(dep.name)
+                    todo.extend(graph.successors(dep))
+            upstream[stage.name] = seen
+    return StalePlan(stale={names.get(k, k): v for k, v in status.items()}, upstream=upstream)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import os
+
 import typer
 from rich.console import Console
 
@@ -79,3 +81,17 @@ def tracking_or_exit(params: Params) -> None:
     for problem in tracking_problems(params.tracking):
         console.print(f"[red]error:[/] {problem}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
+
+
+def use_local_server() -> str | None:
+    """Point PREFECT_API_URL at the project's local Prefect server when `transferline server start`
+    left one up (a user's own PREFECT_API_URL wins); the URL, or None for Prefect's ephemeral API."""
+    from transferline.localserver import running
+
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    server = running(Path(os.environ["PREFECT_HOME"]))
+    if server is None:
+        return None
+    os.environ["PREFECT_API_URL"] = server.api_url
+    return server.api_url

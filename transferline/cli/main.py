@@ -21,8 +21,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from transferline.cli import card, experiment, registry, steer
-from transferline.cli.common import console, log_levels, params_or_exit, preflight_or_exit, print_json, tracking_or_exit
+from transferline.cli import card, experiment, registry, server, steer
+from transferline.cli.common import (
+    console, log_levels, params_or_exit, preflight_or_exit, print_json, tracking_or_exit, use_local_server,
+)
 from transferline.dvcrun import STAGES
 from transferline.env import apply_env_defaults
 
@@ -65,6 +67,8 @@ def run(
     preflight_or_exit(cfg, push=push and until is None)  # the data, weights, servers: seconds, before Prefect
     apply_env_defaults()
     from transferline import runguard
+
+    use_local_server()
     from transferline.runlock import run_lock
 
     runguard.start()  # a killed run takes DVC, its stage and the local Prefect API with it
@@ -182,6 +186,8 @@ def check(
     preflight_or_exit(cfg, push=push)
     apply_env_defaults()
     from transferline import runguard
+
+    use_local_server()
     from transferline.runlock import run_lock
 
     runguard.start()
@@ -255,3 +261,4 @@ app.command()(registry.lineage)
 app.command()(card.card)
 app.command()(card.ui)
 app.add_typer(experiment.app, name="experiment")
+app.add_typer(server.app, name="server")

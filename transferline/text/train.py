@@ -73,7 +73,7 @@ def fit_classifier(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], v
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # gradients are averaged already: the same clip on all ranks
             opt.step()
             sched.step()
-            running += loss.item() * len(idx)
+            running += loss.detach() * len(idx)
             seen += len(idx)
             step += 1
         running, seen = dist.sum_all([running, seen])

@@ -1,0 +1,250 @@
+"""Benchmark: what transferline costs over the tools underneath it, side by side in one run.
+
+In a throw-away copy of the project (the "small" image size below, the
+downloaded artifacts shared) it times, on the same machine in the same run:
+
+1. a no-op `transferline run` vs a no-op `dvc repro` vs `dvc status`, both
+   with Prefect's ephemeral API and with the local server (`transferline
+   server start`) up;
+2. a nothing-to-do `transferline check` vs the same two;
+3. the full image run (`transferline run --no-push`) vs one plain Python
+   process that calls the same stage functions (ingest .. evaluate) with no
+   orchestration, tracking, registry or versioning: the overhead in %;
+4. `fit` (the shared training loop) vs a bare PyTorch loop: same model,
+   batch size and optimizer, images/s each;
+5. `transferline --help` vs `python -c pass`.
+
+Each small timing is the median of --repeat runs; ratios sit beside the
+times because these machines are noisy. Writes bench/results/overhead.json
+and the table in README.md between the overhead-bench markers.
+
+    uv run python bench/overhead.py [--workdir DIR] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test kit is not installed
+from kit.scaffold import ROOT, make_project  # noqa: E402
+
+RESULTS = ROOT / "bench/results/overhead.json"
+README = ROOT / "README.md"
+MARKERS = ("<!-- overhead-bench:start -->", "<!-- overhead-bench:end -->")
+# "small": the default params.yaml with a quarter of the pretraining source set,
+# one pretraining epoch and 10 fine-tuning epochs (the default run: 20k, 2, 30).
+SMALL = {"split": {"source_max_samples": 5000}, "pretrain": {"epochs": 1}, "finetune": {"epochs": 10}}
+PLAIN_STAGES = ("ingest", "validate", "split", "preprocess", "pretrain", "finetune", "evaluate")
+# One process, the same stage functions, nothing around them.
+PLAIN_SCRIPT = f"""
+from transferline.config import load_params
+from transferline.image import {", ".join(PLAIN_STAGES)}
+params = load_params()
+for stage in ({", ".join(PLAIN_STAGES)}):
+    stage.run(params, params.paths)
+"""
+
+
+def small_params() -> dict:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in SMALL.items():
+        raw[section]["image"].update(values)
+    return raw
+
+
+def env_for(project: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env.update(PREFECT_HOME=str(project / ".transferline/prefect"), DVC_NO_ANALYTICS="1",
+               TRANSFERLINE_DOWNLOADS=str(ROOT / ".transferline/downloads"), COLUMNS="200")
+    env.pop("TRANSFERLINE_MLFLOW_RUN_ID", None)
+    return env
+
+
+def timed(cmd: list[str], cwd: Path, check: bool = True) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, cwd=cwd, env=env_for(cwd), capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if check and done.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed in {cwd}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+    return seconds, done.stdout + done.stderr
+
+
+def median(cmd: list[str], cwd: Path, repeat: int, expect: str | None = None) -> float:
+    times = []
+    for _ in range(repeat):
+        seconds, out = timed(cmd, cwd)
+        if expect is not None and expect not in out:
+            sys.exit(f"{' '.join(cmd)}: expected {expect!r} in its output:\n{out[-3000:]}")
+        times.append(seconds)
+    return round(statistics.median(times), 3)
+
+
+PY = sys.executable
+TL = [PY, "-m", "transferline.cli"]
+DVC = [PY, "-m", "dvc"]
+
+
+def noop_block(project: Path, repeat: int) -> dict:
+    """Lines 1 and 2: no-op run and nothing-to-do check, ephemeral API and local server."""
+    out = {"dvc_repro_s": median([*DVC, "repro"], project, repeat),
+           "dvc_status_s": median([*DVC, "status"], project, repeat)}
+    for mode in ("ephemeral", "server"):
+        if mode == "server":
+            out["server_start_s"] = round(timed([*TL, "server", "start"], project)[0], 2)
+        try:
+            out[f"run_{mode}_s"] = median([*TL, "run", "--no-push"], project, repeat, "ran: nothing")
+            out[f"check_{mode}_s"] = median([*TL, "check", "--no-push"], project, repeat, "nothing to do")
+        finally:
+            if mode == "server":
+                timed([*TL, "server", "stop"], project, check=False)
+    for key in ("run_ephemeral", "run_server", "check_ephemeral", "check_server"):
+        out[f"{key}_over_dvc_repro"] = round(out[f"{key}_s"] / out["dvc_repro_s"], 2)
+        out[f"{key}_over_dvc_status"] = round(out[f"{key}_s"] / out["dvc_status_s"], 2)
+    return out
+
+
+def full_block(project: Path, plain: Path) -> dict:
+    """Line 3: the full run vs one plain process doing the same stages."""
+    full_s, out = timed([*TL, "run", "--no-push"], project)
+    assert "skipped: -" in " ".join(out.split()), out[-2000:]
+    plain_s, _ = timed([PY, "-c", PLAIN_SCRIPT], plain)
+    ft = json.loads((project / "reports/metrics.json").read_text())["finetune"]["accuracy"]
+    ft_plain = json.loads((plain / "reports/metrics.json").read_text())["finetune"]["accuracy"]
+    return {"full_run_s": round(full_s, 1), "plain_script_s": round(plain_s, 1),
+            "overhead_pct": round(100 * (full_s - plain_s) / full_s, 1),
+            "finetune_accuracy": ft, "finetune_accuracy_plain": ft_plain}
+
+
+def train_block(repeat: int) -> dict:
+    """Line 4: `fit` vs a bare loop on the same model, batch size and optimizer (in this process)."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from transferline.config.image import TrainParams
+    from transferline.image.models import build_model
+    from transferline.image.train import fit
+
+    n, epochs, batch = 4096, 2, 128
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+    val = (x[:512], y[:512])
+    cfg = TrainParams(epochs=epochs, batch_size=batch, lr=1e-3)
+
+    def ours() -> float:
+        torch.manual_seed(0)
+        model = build_model("small_cnn", 10, 1)
+        t0 = time.perf_counter()
+        fit(model, (x, y), val, cfg, torch.device("cpu"), torch.Generator().manual_seed(0), desc="bench")
+        return time.perf_counter() - t0
+
+    def bare() -> float:
+        torch.manual_seed(0)
+        model = build_model("small_cnn", 10, 1)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True,
+                            generator=torch.Generator().manual_seed(0))
+        loss_fn = torch.nn.CrossEntropyLoss()
+        t0 = time.perf_counter()
+        model.train()
+        for _ in range(epochs):
+            for xb, yb in loader:
+                loss = loss_fn(model(xb), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        return time.perf_counter() - t0
+
+    bare(), ours()  # warm-up: first calls pay for lazy initialisation
+    times = {"fit": [], "bare": []}
+    for _ in range(repeat):  # interleaved, so a load spike hits both
+        times["bare"].append(bare())
+        times["fit"].append(ours())
+    best = {k: min(v) for k, v in times.items()}  # the least disturbed run of each
+    images = n * epochs
+    return {"train_images": images, "batch_size": batch, "threads": torch.get_num_threads(),
+            "fit_images_per_s": round(images / best["fit"]), "bare_images_per_s": round(images / best["bare"]),
+            "fit_over_bare_speed": round(best["bare"] / best["fit"], 3)}
+
+
+def start_block(repeat: int, cwd: Path) -> dict:
+    """Line 5: `transferline --help` vs `python -c pass`."""
+    help_s = median([*TL, "--help"], cwd, repeat)
+    pass_s = median([PY, "-c", "pass"], cwd, repeat)
+    return {"help_s": help_s, "python_pass_s": pass_s, "help_over_python": round(help_s / pass_s, 1)}
+
+
+def table(r: dict) -> str:
+    n, f, t, s = r["noop"], r["full"], r["train"], r["start"]
+    rows = [
+        ("no-op `transferline run`, ephemeral Prefect API", f"{n['run_ephemeral_s']:.2f} s",
+         f"{n['run_ephemeral_over_dvc_repro']}x `dvc repro` ({n['dvc_repro_s']:.2f} s), "
+         f"{n['run_ephemeral_over_dvc_status']}x `dvc status` ({n['dvc_status_s']:.2f} s)"),
+        ("no-op `transferline run`, local server up", f"{n['run_server_s']:.2f} s",
+         f"{n['run_server_over_dvc_repro']}x `dvc repro`, {n['run_server_over_dvc_status']}x `dvc status`"),
+        ("nothing-to-do `transferline check`, ephemeral API", f"{n['check_ephemeral_s']:.2f} s",
+         f"{n['check_ephemeral_over_dvc_repro']}x `dvc repro`, {n['check_ephemeral_over_dvc_status']}x `dvc status`"),
+        ("nothing-to-do `transferline check`, local server up", f"{n['check_server_s']:.2f} s",
+         f"{n['check_server_over_dvc_repro']}x `dvc repro`, {n['check_server_over_dvc_status']}x `dvc status`"),
+        (f"full image run ({r['size']}) vs one plain Python process, same stages",
+         f"{f['full_run_s']:.1f} s vs {f['plain_script_s']:.1f} s", f"overhead {f['overhead_pct']:.1f} %"),
+        (f"`fit` vs a bare PyTorch loop (small_cnn, batch {t['batch_size']}, AdamW, {t['threads']} threads)",
+         f"{t['fit_images_per_s']} vs {t['bare_images_per_s']} images/s", f"{t['fit_over_bare_speed']}x the bare speed"),
+        ("`transferline --help` vs `python -c pass`", f"{s['help_s']:.2f} s vs {s['python_pass_s']:.3f} s",
+         f"{s['help_over_python']}x"),
+    ]
+    lines = [f"Machine: {r['machine']}. Medians of {r['repeat']} runs (the training loop: best of "
+             f"{r['repeat']}). Command: `{r['command']}`.", "", "| what | time | ratio |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=None, help="where to build the throw-away projects")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per small timing (median)")
+    args = parser.parse_args()
+    import torch
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="transferline-overhead-"))
+    project = make_project(work / "project", small_params())
+    plain = make_project(work / "plain", small_params())
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                   f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
+        "size": "small: default params, split.source_max_samples 5000, pretrain 1 epoch, finetune 10 epochs",
+        "repeat": args.repeat,
+        "command": "flock /work/cpu.lock uv run python bench/overhead.py " + " ".join(sys.argv[1:]),
+    }
+    result["full"] = full_block(project, plain)
+    result["noop"] = noop_block(project, args.repeat)
+    result["train"] = train_block(args.repeat)
+    result["start"] = start_block(args.repeat, project)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    text = README.read_text()
+    block = f"{MARKERS[0]}\n{table(result)}{MARKERS[1]}"
+    if MARKERS[0] in text:
+        text = re.sub(re.escape(MARKERS[0]) + ".*" + re.escape(MARKERS[1]), lambda _: block, text, flags=re.S)
+    else:
+        text = text.replace("<!-- bench:end -->", "<!-- bench:end -->\n\n" + block, 1)
+    README.write_text(text)
+    print(table(result))
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""`transferline server start|status|stop`: a real Prefect server on 127.0.0.1
+that run and check reuse, and that a flow run on it is recorded there."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from conftest import MLFLOW_ENV, ROOT
+
+
+def cli(project: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in MLFLOW_ENV and not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(project / ".transferline/prefect"), COLUMNS="200")
+    return subprocess.run([sys.executable, "-m", "transferline.cli", *args], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_server_start_status_stop_and_the_cli_uses_it(tmp_path, monkeypatch):
+    from transferline.cli.common import use_local_server
+
+    home = tmp_path / ".transferline/prefect"
+    assert json.loads(cli(tmp_path, "server", "status", "--json").stdout) == {"running": False}
+    started = cli(tmp_path, "server", "start")
+    try:
+        assert started.returncode == 0, started.stderr[-3000:]
+        info = json.loads(cli(tmp_path, "server", "status", "--json").stdout)
+        assert info["running"] and info["api_url"].startswith("http://127.0.0.1:")
+        assert httpx.get(f"{info['api_url']}/health", timeout=10).json() is True
+        again = cli(tmp_path, "server", "start")  # a second start reuses the running one
+        assert again.returncode == 0 and f"pid {info['pid']}" in again.stderr
+
+        # run and check point Prefect at it (a user's own PREFECT_API_URL would win)
+        monkeypatch.delenv("PREFECT_API_URL", raising=False)
+        monkeypatch.setenv("PREFECT_HOME", str(home))
+        assert use_local_server() == info["api_url"] == os.environ["PREFECT_API_URL"]
+
+        # a flow run made through it is recorded in the server's database
+        flow = "from prefect import flow\n@flow(name='tl-server-test')\ndef f():\n    return 1\nprint(f())\n"
+        env = {k: v for k, v in os.environ.items() if k not in MLFLOW_ENV}
+        done = subprocess.run([sys.executable, "-c", flow], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs = httpx.post(f"{info['api_url']}/flow_runs/filter", json={}, timeout=10).json()
+        assert [r["state"]["type"] for r in runs] == ["COMPLETED"]
+    finally:
+        stopped = cli(tmp_path, "server", "stop")
+    assert "stopped the Prefect server" in stopped.stderr
+    assert json.loads(cli(tmp_path, "server", "status", "--json").stdout) == {"running": False}
+    assert not (home / "transferline-server.json").exists()
