@@ -98,7 +98,7 @@ def test_pipeline_end_to_end(tmp_path):
 
 
 def test_bad_data_stops_the_run_and_keeps_the_champion_data(tmp_path):
-    """A folder target with an unreadable image: validate fails, names the file, exits 1."""
+    """A folder target with an unreadable image: the run stops before any stage, names the file, exits 2."""
     from PIL import Image
 
     raw = tiny_raw_params(ingest={"target": "folder"}, split={"labels_per_class": 2, "val_per_class": 1,
@@ -111,7 +111,8 @@ def test_bad_data_stops_the_run_and_keeps_the_champion_data(tmp_path):
             Image.new("L", (32, 32), i * 30 + (cls == "dog") * 7).save(project / "data/external/image" / cls / f"{i}.png")
     (project / "data/external/image/dog/corrupt.jpg").write_bytes(b"\xff\xd8 truncated")
     result = transferline(project, "run")
-    assert result.returncode == 1
-    assert "dog/corrupt.jpg" in result.stderr and "stage 'validate' failed" in result.stderr
-    assert not (project / "data/split").exists()
+    # the pre-flight reads the folder before Prefect starts: exit 2, the file named, no stage ran
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "dog/corrupt.jpg" in result.stderr and "convert or remove it" in result.stderr
+    assert not (project / "data/raw").exists() and not (project / "data/split").exists()
     assert not (project / "reports/register.json").exists()

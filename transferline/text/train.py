@@ -58,7 +58,8 @@ def fit_classifier(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], v
         ddp.train()
         # global batches: the same on every rank (same generator); each rank trains on its slice
         batches = length_grouped(torch.randperm(len(x_train), generator=generator), lengths, batch_size, generator)
-        t0, running, seen = time.perf_counter(), 0.0, 0
+        # the loss is summed on the device: a per-step .item() would wait for every step (a host sync)
+        t0, running, seen = time.perf_counter(), torch.zeros((), dtype=torch.float64, device=device), 0
         for idx in tqdm(batches, desc=f"{desc} epoch {epoch}", leave=False, disable=not dist.is_main()):
             if max_steps and step >= max_steps:
                 break
@@ -73,10 +74,10 @@ def fit_classifier(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], v
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # gradients are averaged already: the same clip on all ranks
             opt.step()
             sched.step()
-            running += loss.detach() * len(idx)
+            running += loss.detach().double() * len(idx)
             seen += len(idx)
             step += 1
-        running, seen = dist.sum_all([running, seen])
+        running, seen = dist.sum_all([float(running), seen])  # one sync per epoch
         check_finite_loss(running / max(seen, 1), f"{desc} epoch {epoch}", step)
         train_seconds = time.perf_counter() - t0
         logits = predict_logits(model, val[0], pad_id, batch_size * 4, device)
