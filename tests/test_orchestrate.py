@@ -202,11 +202,20 @@ def test_check_runs_only_on_new_data_and_a_failed_run_changes_nothing(served, bu
     versions, champion = registry(project)
     assert versions == 2  # a challenger
 
-    # a corrupt image: the run fails with the file named, MLflow run FAILED, registry untouched
+    # a corrupt image: the pre-flight names it in seconds (exit 2) before any stage or Prefect runs
     (target / "cat/corrupt.png").write_bytes(b"\x89PNG truncated")
+    refused = transferline(project, "check")
+    assert refused.returncode == 2 and "cat/corrupt.png" in refused.stderr, refused.stderr[-2000:]
+    assert registry(project) == (versions, champion)
+    (target / "cat/corrupt.png").unlink()
+
+    # data only the validate stage can judge (one image under two labels): the run fails with the
+    # problem named, the MLflow run FAILED, the registry untouched
+    cat = sorted((target / "cat").glob("*.png"))[0]
+    (target / "zebra" / f"copy_of_{cat.name}").write_bytes(cat.read_bytes())
     bad = transferline(project, "check")
-    assert bad.returncode == 1
-    assert "stage 'validate' failed" in bad.stderr and "cat/corrupt.png" in bad.stderr
+    assert bad.returncode == 1, bad.stderr[-2000:]
+    assert "stage 'validate' failed" in bad.stderr and "different labels" in bad.stderr
     assert registry(project) == (versions, champion)
     import mlflow
 
