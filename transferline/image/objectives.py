@@ -45,7 +45,7 @@ from transferline.checkpoint import load_checkpoint, resume_state, save_epoch, s
 from transferline.errors import check_finite_loss
 from transferline.image.strategies import warmup_cosine
 from transferline.image.models import build_model
-from transferline.image.train import fingerprint
+from transferline.image.train import fingerprint, finish
 from transferline.runtime import autocast, memory_format, place
 
 log = logging.getLogger(__name__)
@@ -277,10 +277,7 @@ def fit_ssl(
             log.info("%s: early stop after epoch %d (best val loss %.4f)", desc, epoch + 1, best)
             break
     bar.close()
-    if cfg.patience and best_state is not None:
-        model.load_state_dict(best_state)
-    if checkpoint and dist.is_main():
-        Path(checkpoint).unlink(missing_ok=True)
+    finish(model, best_state if cfg.patience else None, checkpoint)
     return history
 
 

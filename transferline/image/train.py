@@ -186,11 +186,17 @@ def fit(
             log.info("%s: early stop after epoch %d (best val accuracy %.4f)", desc, epoch + 1, best_acc)
             break
     bar.close()
-    if cfg.patience and best_state is not None:
+    finish(model, best_state if cfg.patience else None, checkpoint)
+    return history
+
+
+def finish(model: nn.Module, best_state: dict | None, checkpoint: str | Path | None) -> None:
+    """End of a fit (supervised or self-supervised): keep the best weights if early stopping
+    tracked them, and drop the resume point (rank 0)."""
+    if best_state is not None:
         model.load_state_dict(best_state)
     if checkpoint and dist.is_main():
         # Done: the stage's output is the final weights; a leftover resume
         # point could only be mistaken for work still to do.
         Path(checkpoint).unlink(missing_ok=True)
         Path(checkpoint).with_suffix(".best").unlink(missing_ok=True)
-    return history
