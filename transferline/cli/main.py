@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from transferline.cli import card, experiment, registry, server, steer
+from transferline.cli import card, experiment, init, registry, server, steer
 from transferline.cli.common import (
     console, log_levels, params_or_exit, preflight_or_exit, print_json, tracking_or_exit, use_local_server,
 )
@@ -253,6 +253,7 @@ def deploy(
                   f"run one now:    prefect deployment run {next(iter(ids))}")
 
 
+app.command()(init.init)
 # The registry commands, then the experiment group: the order `transferline --help` lists them in.
 app.command()(registry.promote)
 app.command()(registry.rollback)
