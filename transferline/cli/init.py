@@ -135,13 +135,10 @@ def _write_files(root: Path, modality: str) -> None:
 
 
 def _commit(root: Path) -> bool:
-    """Commit the new project when git knows who the user is; False leaves it staged."""
+    """Commit the new project; False leaves it staged (git does not know who the user is)."""
     _run(root, "git", "add", "-A")
-    known = subprocess.run(["git", "config", "user.email"], cwd=root, capture_output=True, text=True)
-    if not known.stdout.strip():
-        return False
-    _run(root, "git", "commit", "-q", "-m", "transferline init")
-    return True
+    done = subprocess.run(["git", "commit", "-q", "-m", "transferline init"], cwd=root, capture_output=True, text=True)
+    return done.returncode == 0
 
 
 def init(
@@ -162,9 +159,9 @@ def init(
     values and data. Without a data option it runs the built-in demo. Then:
     cd DIR && transferline run
     """
-    modality, source, how = _source(image_folder, text_file, from_dvc, path)
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         _fail(f"{directory} exists and is not an empty folder; give a new folder (transferline init NEW_DIR)")
+    modality, source, how = _source(image_folder, text_file, from_dvc, path)
     created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     root = directory.resolve()
@@ -200,5 +197,5 @@ def _create(root: Path, modality: str, source: str | None, how: str, repo: str |
             "import": "imported with `dvc import`", "demo": "none: the built-in demo data"}[how]
     console.print(f"created {root} ({modality}); data: {what}")
     if not committed:
-        console.print("git has no user.email here: the files are staged; commit them when ready")
+        console.print("not committed (git does not know who you are: git config user.email); the files are staged")
     console.print(f"next: cd {root} && transferline run")

@@ -174,6 +174,8 @@ def status(
 @app.command()
 def check(
     push: bool = typer.Option(True, help="Push data and checkpoints to the DVC remote after a run."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (keys: action, changes, "
+                                 "seconds, and pipeline: the run summary when it ran)."),
 ) -> None:
     """Run the pipeline only if the data or params changed (the data-triggered check).
 
@@ -197,6 +199,9 @@ def check(
         _quiet_user_errors()
 
         result = check_flow(push_remote=push)
+    if as_json:
+        print_json(result)
+        return
     if result["action"] != "ran":
         console.print(f"{result['action']}: sources and params unchanged, every stage up to date "
                       f"(checked in {result['seconds']:.2f} s)")
