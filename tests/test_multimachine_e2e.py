@@ -6,12 +6,14 @@ project is a git repository with its DVC remote in the object store;
 commit; a process worker started in an empty folder runs the nightly pipeline;
 the model is in the registry, its files and the data in the object store.
 
-PostgreSQL must be installed (.ci/run installs it). If it cannot start this
-test FAILS; set TRANSFERLINE_SKIP_POSTGRES=1 to skip it on purpose.
+PostgreSQL must be installed (.ci/run installs it). Without its binaries this
+test is skipped with the reason shown (`pytest -ra`); if they are there but the
+servers cannot start, it FAILS. TRANSFERLINE_SKIP_POSTGRES=1 skips it on purpose.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import subprocess
@@ -36,6 +38,10 @@ def servers(tmp_path_factory):
     """The values of DIR/env that scripts/servers.sh writes."""
     if os.environ.get("TRANSFERLINE_SKIP_POSTGRES") == "1":
         pytest.skip("TRANSFERLINE_SKIP_POSTGRES=1: PostgreSQL-backed tests skipped on purpose")
+    # where scripts/mlflow-postgres.sh looks: PATH, then Debian's versioned folders
+    if not shutil.which("pg_ctl") and not glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"):
+        pytest.skip("PostgreSQL is not installed (no pg_ctl on PATH or in /usr/lib/postgresql/*/bin): "
+                    "apt-get install -y postgresql to run the multi-machine end-to-end test")
     where = tmp_path_factory.mktemp("servers")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_")) and k not in MLFLOW_ENV}
     env.update(PYTHON=sys.executable, PATH=os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]]))

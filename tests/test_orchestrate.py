@@ -80,9 +80,10 @@ def s3(tmp_path_factory):
         yield server
 
 
-def dvc(cwd: Path, *args: str, env: dict | None = None) -> None:
+def dvc(cwd: Path, *args: str, env: dict | None = None) -> str:
     done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 @pytest.fixture(scope="module")
@@ -183,15 +184,25 @@ def test_fresh_clone_pulls_from_the_object_store_and_recomputes_nothing(served, 
     assert not (clone / "models/finetune").exists() and not (clone / ".dvc/config.local").exists()
     # the clone has the tracked remote (URL, endpoint) and its keys from the environment
     env = {**os.environ, **CREDENTIALS}
-    dvc(clone, "pull", env=env)
+    print("fresh clone, dvc pull:", dvc(clone, "pull", env=env).strip().splitlines()[-1])
     assert (clone / "models/finetune/model.safetensors").read_bytes() == \
         (project / "models/finetune/model.safetensors").read_bytes()
 
+    # on the team's tracking store (the served project's database stands in for the MLflow server):
+    # data, checkpoints and the registered model are all there, so every stage is skipped
+    before = registry(project)
+    shared = transferline(clone, "run", env={**CREDENTIALS, "MLFLOW_TRACKING_URI": f"sqlite:///{project}/.transferline/mlflow.db"})
+    assert shared.returncode == 0, shared.stderr[-3000:]
+    ran, skipped = summary_lists(shared.stderr)
+    print("fresh clone, shared store:", " ".join(shared.stderr.split()).split("ran: ")[-1][:400])
+    assert ran == [] and skipped == list(STAGES), shared.stderr[-2000:]
+    assert registry(project) == before
+
+    # on the clone's own, empty tracking store (SQLite in the clone): nothing is recomputed, and
+    # the model DVC restored is registered there (re-sync)
     again = transferline(clone, "run", env=CREDENTIALS)
     assert again.returncode == 0, again.stderr[-3000:]
     ran, skipped = summary_lists(again.stderr)
-    # data and checkpoints come from the remote: nothing is recomputed. The clone's own tracking
-    # store (SQLite in the clone) is empty, so the model DVC restored is registered there (re-sync).
     assert skipped == list(STAGES[:-2]) and ran == ["register", "promote"], again.stderr[-2000:]
 
 

@@ -77,6 +77,8 @@ def test_label_efficiency_on_ray_matches_the_process_pool(tiny_raw, ray_cluster)
     on_ray = label_efficiency(_params(tiny_raw, trial_runner="ray", ray_address=ray_cluster))
     ray_s = time.perf_counter() - t0
     print(f"label-efficiency, 2 trials: process pool {local_s:.1f} s, Ray (2 nodes) {ray_s:.1f} s")
+    for runner, rows in (("process pool", local), ("Ray", on_ray)):
+        print(runner, [(r["labels_per_class"], r["seed"], r["finetune_accuracy"], r["scratch_accuracy"]) for r in rows])
 
     scores = ("labels_per_class", "seed", "finetune_accuracy", "scratch_accuracy")
     assert [{k: r[k] for k in scores} for r in on_ray] == [{k: r[k] for k in scores} for r in local]
