@@ -7,6 +7,9 @@
 # After `start`, `source DIR/env` points transferline at the server:
 #   MLFLOW_TRACKING_URI=http://127.0.0.1:<port>          (runs, registry, artifacts)
 #   TRANSFERLINE_PROMOTE_LOCK=postgresql://...<pgport>/mlflow (the promotion gate's advisory lock)
+# ARTIFACTS_DESTINATION=s3://bucket/prefix stores artifacts in an object store instead of
+# DIR/artifacts (the server proxies them: clients need no object-store credentials; the
+# server needs AWS_* and, for an S3-compatible store, MLFLOW_S3_ENDPOINT_URL).
 # Run it with the project's Python on PATH (`uv run scripts/mlflow-postgres.sh start DIR`)
 # or set PYTHON. PostgreSQL binaries come from PATH or /usr/lib/postgresql/*/bin
 # (Debian: apt-get install -y postgresql). Postgres refuses to run as root: as
@@ -69,7 +72,7 @@ start() {
   port=$(free_port)
   # No background job runner (GenAI evaluation jobs): it forks a dozen workers we do not use.
   MLFLOW_DISABLE_TELEMETRY=true MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid "$PYTHON" -m mlflow server \
-    --backend-store-uri "${db/postgresql:/postgresql+psycopg2:}" --artifacts-destination "$dir/artifacts" \
+    --backend-store-uri "${db/postgresql:/postgresql+psycopg2:}" --artifacts-destination "${ARTIFACTS_DESTINATION:-$dir/artifacts}" \
     --host 127.0.0.1 --port "$port" --workers 2 >"$dir/mlflow.log" 2>&1 &
   echo $! >"$dir/mlflow.pid"
   local url="http://127.0.0.1:$port"

@@ -18,6 +18,9 @@ DOWNLOADS = ROOT / ".transferline" / "downloads"  # shared by every test and che
 os.environ.setdefault("TRANSFERLINE_DOWNLOADS", str(DOWNLOADS))
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# the test harness's Prefect server: its telemetry heartbeat writes to the SQLite file the
+# server itself is writing (a "database is locked" traceback in the log) and phones home
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.pop("TRANSFERLINE_MLFLOW_RUN_ID", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)

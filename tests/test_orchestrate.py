@@ -1,6 +1,7 @@
 """Scheduled and data-triggered runs: a real Prefect server with a process
 worker, the check flow, the run lock, failed runs, the DVC remote on a fresh
-clone. Everything real: server, worker, DVC, MLflow registry."""
+clone. Everything real: server, worker, DVC, MLflow registry, and the DVC
+remote on an S3-compatible object store (moto's server mode on loopback)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 from conftest import MLFLOW_ENV, make_project, tiny_raw_params
 from transferline.dvcrun import STAGES
 from kit.prefectserver import artifacts, deployment, logs, prefect_cli, prefect_server, process_worker, trigger, wait_for_run
+from kit.s3server import CREDENTIALS, s3_server
 
 # Far from now: the server's scheduler must not start runs of its own during the test.
 QUIET_CRONS = {"pipeline_cron": "0 3 1 1 *", "check_cron": "30 3 1 1 *", "timezone": "Europe/Berlin"}
@@ -73,13 +75,31 @@ def target_images(builtin_sets) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, builtin_sets):
-    """A folder-target project whose first run is a deployment run on a real server."""
+def s3(tmp_path_factory):
+    with s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+def dvc(cwd: Path, *args: str, env: dict | None = None) -> str:
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, builtin_sets, s3):
+    """A folder-target project whose first run is a deployment run on a real server. Its DVC
+    remote is the object store: the URL and endpoint tracked in .dvc/config, the keys in
+    .dvc/config.local (git-ignored)."""
     root = tmp_path_factory.mktemp("served")
     raw = tiny_raw_params(ingest={"target": "folder"}, validate={"min_per_class": 5},
                           split={"labels_per_class": 6, "val_per_class": 3, "test_fraction": 0.25},
                           orchestrate={**QUIET_CRONS, "work_pool": "tl-test"})
     project = make_project(root / "proj", raw)
+    dvc(project, "remote", "add", "-d", "store", f"s3://{s3.bucket}/dvc")
+    dvc(project, "remote", "modify", "store", "endpointurl", s3.endpoint)
+    dvc(project, "remote", "modify", "--local", "store", "access_key_id", CREDENTIALS["AWS_ACCESS_KEY_ID"])
+    dvc(project, "remote", "modify", "--local", "store", "secret_access_key", CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
     x, y, first, _ = target_images(builtin_sets)
     write_images(project / "data/external/image", x[first], y[first], CLASSES, 0)
     home = root / "prefect-server"
@@ -112,6 +132,8 @@ def test_deployment_runs_on_a_real_prefect_server(served):
     assert crons == {"transferline/nightly": [("0 3 1 1 *", "Europe/Berlin")],
                      "transferline-check/nightly": [("30 3 1 1 *", "Europe/Berlin")]}
     assert all(d["work_pool_name"] == "tl-test" for d in served.deployments.values())
+    # one run at a time per deployment, by Prefect's own deployment concurrency limit
+    assert all(d["global_concurrency_limit"]["limit"] == 1 for d in served.deployments.values())
 
     # every stage ran in the project folder and the model was registered
     register = json.loads((served.project / "reports/register.json").read_text())
@@ -143,25 +165,44 @@ def test_deployment_runs_on_a_real_prefect_server(served):
 
 
 @pytest.mark.slow
-def test_fresh_clone_pulls_and_recomputes_nothing(served, tmp_path):
+@pytest.mark.multimachine
+def test_fresh_clone_pulls_from_the_object_store_and_recomputes_nothing(served, s3, tmp_path):
     project = served.project
-    (project / ".git/info/exclude").write_text(".remote/\n")  # the DVC remote lives beside the code here
+    # the deployed run pushed data and checkpoints to the object store, nothing to the old local remote
+    pushed = s3.keys("dvc/")
+    assert pushed and all(k.startswith("dvc/files/md5/") for k in pushed)
+    assert not (project / ".remote").exists()
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "add", "-A"], cwd=project, check=True)
     subprocess.run([*git, "commit", "-qm", "pipeline run"], cwd=project, check=True)
+    secrets = ["-e", CREDENTIALS["AWS_ACCESS_KEY_ID"], "-e", CREDENTIALS["AWS_SECRET_ACCESS_KEY"]]
+    tracked = subprocess.run(["git", "grep", "-I", "-l", *secrets], cwd=project, capture_output=True, text=True)
+    assert tracked.stdout == "", f"a key landed in a tracked file: {tracked.stdout}"
+
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
-    assert not (clone / "models/finetune").exists()
-    # .dvc/config names the same remote (an absolute path here)
-    pull = subprocess.run([sys.executable, "-m", "dvc", "pull"], cwd=clone, capture_output=True, text=True)
-    assert pull.returncode == 0, pull.stderr
-    assert (clone / "models/finetune/model.safetensors").is_file()
+    assert not (clone / "models/finetune").exists() and not (clone / ".dvc/config.local").exists()
+    # the clone has the tracked remote (URL, endpoint) and its keys from the environment
+    env = {**os.environ, **CREDENTIALS}
+    print("fresh clone, dvc pull:", dvc(clone, "pull", env=env).strip().splitlines()[-1])
+    assert (clone / "models/finetune/model.safetensors").read_bytes() == \
+        (project / "models/finetune/model.safetensors").read_bytes()
 
-    again = transferline(clone, "run")
+    # on the team's tracking store (the served project's database stands in for the MLflow server):
+    # data, checkpoints and the registered model are all there, so every stage is skipped
+    before = registry(project)
+    shared = transferline(clone, "run", env={**CREDENTIALS, "MLFLOW_TRACKING_URI": f"sqlite:///{project}/.transferline/mlflow.db"})
+    assert shared.returncode == 0, shared.stderr[-3000:]
+    ran, skipped = summary_lists(shared.stderr)
+    print("fresh clone, shared store:", " ".join(shared.stderr.split()).split("ran: ")[-1][:400])
+    assert ran == [] and skipped == list(STAGES), shared.stderr[-2000:]
+    assert registry(project) == before
+
+    # on the clone's own, empty tracking store (SQLite in the clone): nothing is recomputed, and
+    # the model DVC restored is registered there (re-sync)
+    again = transferline(clone, "run", env=CREDENTIALS)
     assert again.returncode == 0, again.stderr[-3000:]
     ran, skipped = summary_lists(again.stderr)
-    # data and checkpoints come from the remote: nothing is recomputed. The clone's own tracking
-    # store (SQLite in the clone) is empty, so the model DVC restored is registered there (re-sync).
     assert skipped == list(STAGES[:-2]) and ran == ["register", "promote"], again.stderr[-2000:]
 
 

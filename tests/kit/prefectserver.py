@@ -89,11 +89,13 @@ def prefect_server(home: Path, startup_timeout: float = 180) -> Iterator[str]:
 
 
 @contextmanager
-def process_worker(home: Path, api: str, pool: str) -> Iterator[subprocess.Popen]:
-    """`prefect worker start --pool POOL` for the duration; log in home/worker.log."""
+def process_worker(home: Path, api: str, pool: str, cwd: Path | None = None,
+                   env: dict | None = None) -> Iterator[subprocess.Popen]:
+    """`prefect worker start --pool POOL` for the duration (in cwd, with env added); log in home/worker.log."""
     log = open(home / "worker.log", "w")
-    proc = subprocess.Popen([*PREFECT, "worker", "start", "--pool", pool, "--type", "process"],
-                            env=server_env(home, api), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen([*PREFECT, "worker", "start", "--pool", pool, "--type", "process"], cwd=cwd,
+                            env={**server_env(home, api), **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     try:
         yield proc
     finally:

@@ -213,6 +213,10 @@ def check(
 @app.command()
 def deploy(
     name: str = typer.Option(None, help="Deployment name (default: this folder's name)."),
+    from_git: str = typer.Option(None, "--from-git", metavar="URL[@REF]",
+                                 help="Run from this git repository instead of this folder, for workers on other "
+                                 "hosts: REF is a full commit sha (pinned) or a branch (followed); without @REF, "
+                                 "this checkout's HEAD commit (push it first)."),
 ) -> None:
     """Register the pipeline and the check as deployments on a Prefect server.
 
@@ -240,12 +244,13 @@ def deploy(
                       "127.0.0.1) and export PREFECT_API_URL=http://127.0.0.1:4200/api")
         raise typer.Exit(2)
     apply_env_defaults()
-    from flows.deploy import DeployError
+    from flows.deploy import DeployError, parse_git_source
     from flows.deploy import deploy as deploy_flows
 
     name = name or Path.cwd().resolve().name
     try:
-        ids = deploy_flows(cfg.orchestrate, Path.cwd(), name)
+        git = parse_git_source(from_git, Path.cwd()) if from_git else None
+        ids = deploy_flows(cfg.orchestrate, Path.cwd(), name, git)
     except DeployError as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(1) from None
@@ -254,6 +259,9 @@ def deploy(
     for full_name, dep_id in ids.items():
         when = crons[full_name.split("/")[0]]
         Console().print(f"{full_name}  ({dep_id})  schedule: {when + ' ' + o.timezone if when else 'none'}")
+    if git:
+        console.print(f"source: {git.url} at {git.commit or 'branch ' + git.branch}; a worker needs git, uv and "
+                      "this project's environment on PATH, and the DVC remote's credentials")
     console.print(f"start a worker: prefect worker start --pool {o.work_pool}\n"
                   f"run one now:    prefect deployment run {next(iter(ids))}")
 

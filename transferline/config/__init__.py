@@ -53,7 +53,7 @@ class TrackingParams(Section):
 
 
 class OrchestrateParams(Section):
-    """Read by the flows and `transferline deploy | check`, not by a DVC stage."""
+    """Read by the flows, `transferline deploy | check` and the experiments' trials, not by a DVC stage."""
 
     work_pool: str = Field("transferline", min_length=1)
     timezone: str = "UTC"
@@ -65,6 +65,9 @@ class OrchestrateParams(Section):
     registry_timeout_seconds: float = Field(600, gt=0)
     push_timeout_seconds: float = Field(1800, gt=0)
     lock_wait_seconds: float = Field(0, ge=0)
+    # Where experiment trials run: a local pool of processes, or a Ray cluster through prefect-ray.
+    trial_runner: Literal["process", "ray"] = "process"
+    ray_address: str = ""  # "" = a Ray instance started for the run; host:6379 or ray://host:10001 = a cluster
 
     @model_validator(mode="after")
     def _schedules_parse(self) -> OrchestrateParams:
