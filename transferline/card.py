@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from transferline.candidates import candidates_table, read_candidates
 from transferline.config import Params
 from transferline.io import read_json
 from transferline.paths import Paths
@@ -60,6 +61,23 @@ def _per_class(per_class: dict) -> tuple[list[str], list[str]]:
     return lines, weak
 
 
+def _starting_point(paths: Paths, finetune) -> str:
+    report = paths.report("candidates")
+    if not report.is_file():  # a modality without candidates: its one configured start
+        return f"`init_from: {getattr(finetune, 'init_from', '?')}`"
+    decision = read_candidates(report)
+    return f"`{decision['winner']}`, chosen on validation ({decision['verdict']})"
+
+
+def _candidates_section(paths: Paths, metrics: dict) -> list[str]:
+    """Every starting point the finetune stage compared: estimate, validation, test, seconds."""
+    if not paths.report("candidates").is_file():
+        return []
+    test = {c: s.get("accuracy") for c, s in metrics.get("candidates", {}).items()}
+    return ["## Starting points compared", "", *candidates_table(read_candidates(paths.report("candidates")), test),
+            ""]
+
+
 def build(params: Params, paths: Paths, name: str, version: str, run_id: str, hashes: dict[str, str],
           image_link: str | None) -> str:
     """The card's markdown, with the gate decision still pending."""
@@ -80,7 +98,7 @@ def build(params: Params, paths: Paths, name: str, version: str, run_id: str, ha
         f"of `{paths.split}`: `{_hash(hashes, paths.split)}`.",
         f"**Label budget**: {split.labels_per_class} labelled examples per class for training, "
         f"{split.val_per_class} per class for validation; tested on {metrics.get('n_test', '?')} held-out examples.",
-        f"**Starting point**: `init_from: {finetune.init_from}`, strategy `{finetune.strategy}`, "
+        f"**Starting point**: {_starting_point(paths, finetune)}, strategy `{finetune.strategy}`, "
         f"{finetune.epochs} epochs at lr {finetune.lr}.",
         f"**Run**: MLflow run `{run_id}`; lineage: `transferline lineage {name}/{version}`.",
         "",
@@ -91,6 +109,7 @@ def build(params: Params, paths: Paths, name: str, version: str, run_id: str, ha
         "",
         *_metrics_table(metrics),
         "",
+        *_candidates_section(paths, metrics),
         "## Per-class scores (fine-tuned)",
         "",
         *table,
