@@ -19,7 +19,7 @@ def _experiment(name: str, params: Path) -> None:
     apply_env_defaults()
     import logging
 
-    from transferline.experiments import ExperimentError, image
+    from transferline.experiments import ExperimentError, image, starts
 
     if cfg.modality != "image":
         console.print(f"[red]error:[/] `experiment {name}` is an image experiment; params.yaml has "
@@ -27,7 +27,8 @@ def _experiment(name: str, params: Path) -> None:
         raise typer.Exit(2)
     logging.basicConfig(level=logging.INFO, format=f"[{name}] %(message)s")
     try:
-        getattr(image, name.replace("-", "_"))(cfg)
+        module = starts if name in ("label-efficiency", "transferability") else image
+        getattr(module, name.replace("-", "_"))(cfg)
     except ExperimentError as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(1) from None
@@ -36,10 +37,18 @@ def _experiment(name: str, params: Path) -> None:
     console.print(f"written to {out}/")
 
 
+@app.command("transferability")
+def transferability(params: Path = typer.Option(Path("params.yaml"), help="Parameters file.")) -> None:
+    """Does the LogME estimate rank the starting points as fine-tuning does? Every candidate in
+    finetune.image.candidates (at least 3) fine-tuned at every budget x seed in experiments.image;
+    Spearman and Kendall rank correlations of estimate vs test accuracy, a table and a plot."""
+    _experiment("transferability", params)
+
+
 @app.command("label-efficiency")
 def label_efficiency(params: Path = typer.Option(Path("params.yaml"), help="Parameters file.")) -> None:
-    """Fine-tuned vs scratch test accuracy at every label budget and seed in
-    params.yaml `experiments.image` (budgets, seeds): a table and a plot with spread."""
+    """The registered model (the starting point chosen on validation) vs scratch, test accuracy
+    at every label budget and seed in params.yaml `experiments.image`: a table and a plot with spread."""
     _experiment("label-efficiency", params)
 
 
