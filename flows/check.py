@@ -22,6 +22,7 @@ from transferline.artifacts import Artifact, fetch_member
 from transferline.config import Params, load_params
 from transferline.dvcrun import stale_plan
 from transferline.plan import describe
+from transferline.project import prepare
 from transferline.runlock import run_lock
 
 NOTHING_TO_DO = "nothing to do"
@@ -66,6 +67,7 @@ def check(push_remote: bool = True) -> dict:
     params = load_params()
     with run_lock(params.orchestrate.lock_wait_seconds):
         sources = reread_sources.with_options(**stage_options(FETCH_STAGES[0], params.orchestrate))(pinned_artifacts(params))
+        prepare(update_imports=True)  # a project made by `transferline init`: new code, new or re-imported data
         changes = dvc_changes()
         if not changes:
             seconds = round(time.perf_counter() - t0, 2)

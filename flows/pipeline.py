@@ -23,6 +23,7 @@ from flows.policy import push_options, stage_options
 from transferline.config import PARAMS_FILE, load_params
 from transferline.dvcrun import (FLOW_RUN_ENV, RUN_ID_ENV, STAGES, StageFailed, StalePlan, StageResult, dag_stages,
                                  repro_stage, stale_plan)
+from transferline.project import prepare
 from transferline.runlock import run_lock
 from transferline.runlog import log_stage
 from transferline.status import registry_gap
@@ -92,6 +93,8 @@ def pipeline(until: str | None = None, push_remote: bool = True) -> dict:
     params = load_params()  # fail before any work
     stages = list(STAGES) if until is None else list(STAGES[: STAGES.index(until) + 1])
     with run_lock(params.orchestrate.lock_wait_seconds):  # one run at a time per repository
+        for path in prepare():  # a project made by `transferline init`: the installed code's hashes, its data
+            get_run_logger().info("changed: %s", path)
         experiment_id = tracking.configure(params.tracking)
         flow_run_id = str(get_run_context().flow_run.id)
         t0 = time.perf_counter()

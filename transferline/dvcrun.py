@@ -83,16 +83,17 @@ def stale_plan(root: str | Path = ".") -> StalePlan:
         status = repo.status()
         graph = repo.index.graph  # networkx: an edge stage -> a stage whose outs it reads
         # status keys are addresses relative to the cwd ("dvc.yaml:stage" elsewhere): use stage names
-        names = {stage.addressing: stage.name for stage in graph}
+        # a data .dvc file (`dvc add`, `dvc import` in a project made by init) has no name: its address
+        names = {stage.addressing: getattr(stage, "name", None) or stage.addressing for stage in graph}
         upstream = {}
         for stage in graph:
             seen, todo = set(), list(graph.successors(stage))
             while todo:
                 dep = todo.pop()
-                if dep.name not in seen:
-                    seen.add(dep.name)
+                if names[dep.addressing] not in seen:
+                    seen.add(names[dep.addressing])
                     todo.extend(graph.successors(dep))
-            upstream[stage.name] = seen
+            upstream[names[stage.addressing]] = seen
     return StalePlan(stale={names.get(k, k): v for k, v in status.items()}, upstream=upstream)
 
 

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from transferline.cli.common import console, params_or_exit
+from transferline.cli.common import console, params_or_exit, print_json
 from transferline.env import apply_env_defaults
 
 app = typer.Typer(help="Experiments beside the pipeline (need `transferline run --until pretrain`).",
                   no_args_is_help=True)
 
 
-def _experiment(name: str, params: Path) -> None:
+JSON_HELP = "Print the result table as JSON (keys: experiment, table, written_to), not Markdown."
+
+
+def _show(name: str, out: Path, as_json: bool) -> None:
+    """The table the experiment wrote: Markdown for people, or its JSON (the same rows) for scripts."""
+    if as_json:
+        print_json({"experiment": name, "table": json.loads((out / f"{name}.json").read_text()),
+                    "written_to": str(out)})
+        return
+    Console().print((out / f"{name}.md").read_text())
+    console.print(f"written to {out}/")
+
+
+def _experiment(name: str, params: Path, as_json: bool = False) -> None:
     cfg = params_or_exit(params)
     apply_env_defaults()
     import logging
@@ -32,40 +46,42 @@ def _experiment(name: str, params: Path) -> None:
     except ExperimentError as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(1) from None
-    out = cfg.paths.experiments
-    Console().print((out / f"{name.replace('-', '_')}.md").read_text())
-    console.print(f"written to {out}/")
+    _show(name.replace("-", "_"), cfg.paths.experiments, as_json)
 
 
 @app.command("transferability")
-def transferability(params: Path = typer.Option(Path("params.yaml"), help="Parameters file.")) -> None:
+def transferability(params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
+                    as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Does the LogME estimate rank the starting points as fine-tuning does? Every candidate in
     finetune.image.candidates (at least 3) fine-tuned at every budget x seed in experiments.image;
     Spearman and Kendall rank correlations of estimate vs test accuracy, a table and a plot."""
-    _experiment("transferability", params)
+    _experiment("transferability", params, as_json)
 
 
 @app.command("label-efficiency")
-def label_efficiency(params: Path = typer.Option(Path("params.yaml"), help="Parameters file.")) -> None:
+def label_efficiency(params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
+                     as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """The registered model (the starting point chosen on validation) vs scratch, test accuracy
     at every label budget and seed in params.yaml `experiments.image`: a table and a plot with spread."""
-    _experiment("label-efficiency", params)
+    _experiment("label-efficiency", params, as_json)
 
 
 @app.command("strategies")
-def strategies(params: Path = typer.Option(Path("params.yaml"), help="Parameters file.")) -> None:
+def strategies(params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
+               as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Test accuracy and train time of each fine-tuning strategy in params.yaml
     `experiments.image.strategies`, next to the scratch baseline."""
-    _experiment("compare-strategies", params)
+    _experiment("compare-strategies", params, as_json)
 
 
 @app.command("objectives")
-def objectives(params: Path = typer.Option(Path("params.yaml"), help="Parameters file.")) -> None:
+def objectives(params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
+               as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Pretrain with each objective in params.yaml `experiments.image.objectives`
     (supervised, denoising, contrastive; optionally with their own pool and
     epochs), fine-tune each on the label budget, and compare the test accuracy
     and the gain over the scratch baseline. Needs only `transferline run --until ingest`."""
-    _experiment("objectives", params)
+    _experiment("objectives", params, as_json)
 
 
 @app.command("text-models")
@@ -73,6 +89,7 @@ def text_models(
     params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
     trial: list[str] = typer.Option(None, help="Run only this trial (by name; repeatable); the other "
                                     "trials keep their row from the last run."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Test accuracy and train time per epoch of each text model in params.yaml
     `experiments.text.text_models` (MiniLM full / LoRA, our MLM encoder, scratch, BiLSTM).
@@ -90,5 +107,4 @@ def text_models(
     except ExperimentError as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(1) from None
-    Console().print((cfg.paths.experiments / "text_models.md").read_text())
-    console.print(f"written to {cfg.paths.experiments}/")
+    _show("text_models", cfg.paths.experiments, as_json)

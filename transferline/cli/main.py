@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from transferline.cli import card, experiment, registry, server, steer
+from transferline.cli import card, experiment, init, registry, server, steer
 from transferline.cli.common import (
     console, log_levels, params_or_exit, preflight_or_exit, print_json, tracking_or_exit, use_local_server,
 )
@@ -177,6 +177,8 @@ def status(
 @app.command()
 def check(
     push: bool = typer.Option(True, help="Push data and checkpoints to the DVC remote after a run."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (keys: action, changes, "
+                                 "seconds, and pipeline: the run summary when it ran)."),
 ) -> None:
     """Run the pipeline only if the data or params changed (the data-triggered check).
 
@@ -200,6 +202,9 @@ def check(
         _quiet_user_errors()
 
         result = check_flow(push_remote=push)
+    if as_json:
+        print_json(result)
+        return
     if result["action"] != "ran":
         console.print(f"{result['action']}: sources and params unchanged, every stage up to date "
                       f"(checked in {result['seconds']:.2f} s)")
@@ -256,6 +261,7 @@ def deploy(
                   f"run one now:    prefect deployment run {next(iter(ids))}")
 
 
+app.command()(init.init)
 # The registry commands, then the experiment group: the order `transferline --help` lists them in.
 app.command()(registry.promote)
 app.command()(registry.rollback)

@@ -73,6 +73,14 @@ def plan(changes: dict[str, tuple[Any, Any]], new_raw: dict, until: str | None) 
 
     status = dvc_status()
     why = {line.split(":", 1)[0]: line.split(":", 1)[1].strip() for line in describe(status)}
+    from transferline.project import stale_code
+
+    for path in stale_code():  # a project made by init: the installed package's code changed (not written here)
+        parts = path.split("/")
+        if len(parts) == 3 and parts[1] == new_raw.get("modality", "image"):
+            stage = parts[2].removesuffix(".txt")
+            why[stage] = f"its code in the installed package changed ({path}); {why[stage]}" if stage in why \
+                else f"its code in the installed package changed ({path})"
     for stage, reason in affected(list(changes), new_raw).items():
         why[stage] = f"{reason}; {why[stage]}" if stage in why else reason
     stages = STAGES if until is None else STAGES[: STAGES.index(until) + 1]

@@ -1,0 +1,165 @@
+"""`transferline init`: a newcomer's project on their own data, as a person builds and runs it.
+
+Real git, DVC, MLflow and Prefect in tmp_path; the pipeline is the installed
+package (no copy of the code in the project)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import MLFLOW_ENV
+from transferline.dvcrun import STAGES
+
+CLASSES = {0: "bear", 2: "cat", 9: "zebra"}  # Animal-MNIST labels -> folder names
+# A tiny run through --set, as a person would type it (the project's params.yaml is the package's defaults).
+TINY_SETS = ("split.labels_per_class=6", "split.val_per_class=3", "split.test_fraction=0.25",
+             "split.source_max_samples=300", "pretrain.epochs=1", "finetune.epochs=2", "validate.min_per_class=5",
+             "promote.min_test_size=5", "promote.metrics.accuracy.min=0.2", "promote.metrics.macro_f1.min=0.1")
+
+
+def transferline(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in MLFLOW_ENV and not k.startswith("PREFECT_")}
+    return subprocess.run([sys.executable, "-m", "transferline.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def write_images(folder: Path, builtin_sets, per_class: int = 14) -> Path:
+    """Real Animal-MNIST silhouettes as PNGs, folder/<class>/<n>.png."""
+    from PIL import Image
+
+    x, y = builtin_sets["target"]
+    rng = np.random.default_rng(0)
+    for label, name in CLASSES.items():
+        for i, k in enumerate(rng.choice(np.flatnonzero(y == label), per_class, replace=False)):
+            path = folder / name / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(x[k][0]).save(path)
+    return folder
+
+
+def test_init_refuses_bad_input_with_one_line_naming_the_path(tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full/notes.txt").write_text("mine")
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat/a.png").write_bytes(b"")
+    cases = {
+        ("full", "--image-folder", "flat"): "full exists and is not an empty folder",
+        ("new", "--image-folder", "missing"): "--image-folder missing: no such folder",
+        ("new", "--image-folder", "flat"): "--image-folder flat: 0 class sub-folder(s)",
+        ("new", "--text-file", "missing.csv"): "--text-file missing.csv: no such file",
+        ("new", "--text-file", "flat/a.png"): "not a .csv, .jsonl, .parquet file",
+        ("new", "--image-folder", "flat", "--text-file", "x.csv"): "choose one data source",
+    }
+    for args, expected in cases.items():
+        done = transferline(tmp_path, "init", *args)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and expected in lines[0], (args, done.stderr)
+    assert not (tmp_path / "new").exists() and os.listdir(tmp_path / "full") == ["notes.txt"]
+
+
+def _champion(project: Path) -> str | None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project}/.transferline/mlflow.db")
+    champion = client.get_registered_model("transferline-image").aliases.get("champion")
+    return None if champion is None else str(champion)
+
+
+@pytest.mark.slow  # two real pipeline runs and a check: ~100 s on 2 cores
+def test_a_newcomer_inits_a_project_on_their_folder_runs_it_and_steers_it(tmp_path, builtin_sets):
+    write_images(tmp_path / "animals", builtin_sets)
+    t0 = time.perf_counter()
+    made = transferline(tmp_path, "init", "myproj", "--image-folder", "animals")
+    assert made.returncode == 0, made.stderr
+    project = tmp_path / "myproj"
+    # the project holds the team's values and data, none of the code
+    assert not any((project / d).exists() for d in ("tasks", "transferline", "flows"))
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert params["modality"] == "image" and params["ingest"]["image"]["target"] == "folder"
+    assert sorted(p.name for p in (project / "data/external/image").iterdir()) == sorted(CLASSES.values())
+    assert (project / "data/external/image.dvc").is_file()  # `dvc add`: cached, pushed with the rest
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    assert list(stages) == list(STAGES)
+    assert all(spec["deps"][0] == f"code/${{modality}}/{name}.txt" for name, spec in stages.items())
+    assert "transferline/image/finetune.py" in (project / "code/image/finetune.txt").read_text()
+
+    first = transferline(project, "run", "--json", *[a for s in TINY_SETS for a in ("--set", s)])
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = json.loads(first.stdout)
+    assert summary["ran"] == list(STAGES)
+    assert json.loads((project / "data/raw/meta.json").read_text())["target"]["classes"] == sorted(CLASSES.values())
+    assert _champion(project) == "1"
+    assert list((tmp_path / "myproj-dvc-remote").rglob("*"))  # pushed to the sibling remote
+
+    # one value from the command line: only the stage that reads it reruns
+    second = transferline(project, "run", "--json", "--set", "promote.metrics.accuracy.margin_abs=0.01")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert json.loads(second.stdout)["ran"] == ["promote"]
+    assert "margin_abs: 0.01" in (project / "params.yaml").read_text()
+
+    # the data-triggered check, for a script: nothing new since the run
+    check = transferline(project, "check", "--json", "--no-push")
+    assert check.returncode == 0, check.stderr[-3000:]
+    assert json.loads(check.stdout)["action"] == "nothing to do"
+    print(f"init + two runs: {time.perf_counter() - t0:.1f} s")
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def http_folder(folder: Path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def test_init_imports_from_another_dvc_repo_and_a_url_and_the_check_sees_a_new_version(tmp_path, builtin_sets):
+    # a team's existing DVC repository holding the images
+    source = tmp_path / "team-data"
+    write_images(source / "animals", builtin_sets, per_class=3)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"],
+                [sys.executable, "-m", "dvc", "add", "-q", "animals"], ["git", "add", "-A"],
+                [*git, "commit", "-qm", "data"]):
+        subprocess.run(cmd, cwd=source, check=True, capture_output=True)
+    made = transferline(tmp_path, "init", "fromdvc", "--from-dvc", str(source), "--path", "animals")
+    assert made.returncode == 0, made.stderr
+    spec = yaml.safe_load((tmp_path / "fromdvc/data/external/image.dvc").read_text())
+    assert spec["deps"][0]["path"] == "animals" and spec["deps"][0]["repo"]["url"] == str(source)
+    assert sorted(p.name for p in (tmp_path / "fromdvc/data/external/image").iterdir()) == sorted(CLASSES.values())
+
+    # a text file at a URL (http on loopback: no network); `dvc update` in the check fetches a new version
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web/reviews.csv").write_text("text,label\na fine film,fresh\na dull film,rotten\n")
+    with http_folder(tmp_path / "web") as url:
+        made = transferline(tmp_path, "init", "fromurl", "--text-file", f"{url}/reviews.csv")
+        assert made.returncode == 0, made.stderr
+        project = tmp_path / "fromurl"
+        params = yaml.safe_load((project / "params.yaml").read_text())
+        assert params["modality"] == "text" and params["ingest"]["text"] == {
+            **params["ingest"]["text"], "source": "file", "file": "data/external/text/reviews.csv"}
+        from transferline.project import sync_data
+
+        assert sync_data(project, update_imports=True) == []  # unchanged at the source
+        (tmp_path / "web/reviews.csv").write_text("text,label\na fine film,fresh\na dull film,rotten\nmeh,rotten\n")
+        assert sync_data(project, update_imports=True) == ["data/external/text/reviews.csv.dvc"]
+    assert (project / "data/external/text/reviews.csv").read_text().endswith("meh,rotten\n")
