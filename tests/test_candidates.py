@@ -26,11 +26,11 @@ def test_scratch_wins_unless_beaten():
 
 
 def test_shortlist_keeps_scratch_and_the_best_estimates():
-    est = {"scratch": -2.0, "pretrain": -0.5, "pretrain+adapt": -0.4, "adapt": -1.0}
+    est = {"scratch": -2.0, "pretrain": -0.5, "pretrain-adapt": -0.4, "adapt": -1.0}
     assert shortlist(est, 0) == list(est)
-    assert shortlist(est, 1) == ["scratch", "pretrain+adapt"]
-    assert shortlist(est, 2) == ["scratch", "pretrain", "pretrain+adapt"]
-    assert folder_name("scratch") == "scratch" and folder_name("pretrain+adapt") == "candidates/pretrain_adapt"
+    assert shortlist(est, 1) == ["scratch", "pretrain-adapt"]
+    assert shortlist(est, 2) == ["scratch", "pretrain", "pretrain-adapt"]
+    assert folder_name("scratch") == "scratch" and folder_name("pretrain-adapt") == "candidates/pretrain-adapt"
 
 
 def test_logme_ranks_informative_features_first():

@@ -99,22 +99,22 @@ def test_target_only_pool(tiny_raw):
 
 
 def test_adapted_starts_are_candidates(tiny_raw):
-    """pretrain.image.adapt builds pretrain+adapt (the source backbone, continued on the target pool)
+    """pretrain.image.adapt builds pretrain-adapt (the source backbone, continued on the target pool)
     and adapt (random start); finetune estimates, trains and scores each, and keeps the best."""
     params = parse_params(tiny_raw_params(
         split={"source_max_samples": 150},
         pretrain={"epochs": 1, "adapt": {"starts": ["pretrain", "scratch"], "epochs": 1, "batch_size": 64}},
-        finetune={"epochs": 2, "candidates": ["scratch", "pretrain", "pretrain+adapt", "adapt"]}))
+        finetune={"epochs": 2, "candidates": ["scratch", "pretrain", "pretrain-adapt", "adapt"]}))
     split.run(params, params.paths)
     preprocess.run(params, params.paths)
     pretrain(params, params.paths)
     folder = tiny_raw / "models/pretrain"
-    assert read_meta(folder / "pretrain+adapt.safetensors")["init"].endswith("model.safetensors")
+    assert read_meta(folder / "pretrain-adapt.safetensors")["init"].endswith("model.safetensors")
     assert read_meta(folder / "adapt.safetensors")["init"] == "random"
-    assert (folder / "pretrain+adapt_history.json").is_file() and not list(folder.glob("*checkpoint*"))
+    assert (folder / "pretrain-adapt_history.json").is_file() and not list(folder.glob("*checkpoint*"))
     result = finetune.run(params, params.paths)
     rows = {r["candidate"]: r for r in result["candidates"]}
-    assert list(rows) == ["scratch", "pretrain", "pretrain+adapt", "adapt"]
+    assert list(rows) == ["scratch", "pretrain", "pretrain-adapt", "adapt"]
     assert all(isinstance(r["estimate"], float) and 0 <= r["val_acc"] <= 1 for r in rows.values())
     best = max(r["val_acc"] for r in rows.values())
     assert rows[result["winner"]]["val_acc"] == best

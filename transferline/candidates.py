@@ -29,6 +29,11 @@ def folder_name(candidate: str) -> str:
     return SCRATCH if candidate == SCRATCH else "candidates/" + re.sub(r"[^\w.-]+", "_", candidate)
 
 
+def metric_key(candidate: str) -> str:
+    """A candidate's name as an MLflow metric key allows it (a weights file's path may hold more)."""
+    return re.sub(r"[^\w./: -]+", "_", candidate)
+
+
 def shortlist(estimates: Mapping[str, float], keep: int) -> list[str]:
     """The candidates worth fine-tuning: all when `keep` is 0, else scratch (the baseline is
     always trained) and the `keep` best transferred starts by their estimate."""
@@ -66,7 +71,7 @@ def read_candidates(path: str | Path) -> dict:
 
 
 def candidates_table(report: Mapping, test: Mapping[str, float] | None = None) -> list[str]:
-    """Markdown rows of the candidates (test accuracy where evaluate has measured it)."""
+    """Markdown rows of the candidates (test accuracy where evaluate has measured it, by metric_key)."""
     test = test or {}
     lines = [f"| candidate | {report.get('estimator', 'estimate')} | val accuracy | test accuracy | seconds |",
              "|---|---|---|---|---|"]
@@ -76,7 +81,7 @@ def candidates_table(report: Mapping, test: Mapping[str, float] | None = None) -
         if r.get("skipped"):
             lines.append(f"| {r['candidate']} | {est} | skipped: {r['skipped']} | - | - |")
             continue
-        acc = test.get(r["candidate"])
+        acc = test.get(metric_key(r["candidate"]))
         test_acc = f"{acc:.4f}" if isinstance(acc, float) else "-"
         lines.append(f"| {mark}{r['candidate']}{mark} | {est} | {r['val_acc']:.4f} | {test_acc} | "
                      f"{r.get('seconds', 0):.0f} |")

@@ -98,7 +98,7 @@ class TrainParams(Section):
 class AdaptParams(TrainParams):
     """Self-supervised continued pretraining on the target's unlabelled pool (the
     target images the split left out of train, val and test), done by the pretrain
-    stage for each start in `starts`: `pretrain` gives the candidate `pretrain+adapt`
+    stage for each start in `starts`: `pretrain` gives the candidate `pretrain-adapt`
     (the source backbone, adapted), `scratch` gives `adapt` (random weights)."""
 
     starts: list[Literal["pretrain", "scratch"]] = []
@@ -124,12 +124,12 @@ class PretrainParams(TrainParams):
 
 
 # candidate starting points the pipeline builds; anything else in finetune.image.candidates is a weights file
-BUILT_STARTS = {"scratch": None, "pretrain": None, "pretrain+adapt": "pretrain", "adapt": "scratch"}
+BUILT_STARTS = {"scratch": None, "pretrain": None, "pretrain-adapt": "pretrain", "adapt": "scratch"}
 
 
 class FinetuneParams(TrainParams):
     # Starting points compared on the validation split (transferline/candidates.py): scratch
-    # (always trained: the baseline), pretrain (this project's pretrain stage), pretrain+adapt
+    # (always trained: the baseline), pretrain (this project's pretrain stage), pretrain-adapt
     # and adapt (pretrain.image.adapt), or a weights file in data/external/weights/.
     candidates: list[str] = Field(["scratch", "pretrain"], min_length=1)
     candidates_max: int = Field(0, ge=0)  # fine-tune only the N best transferred starts by LogME; 0 = all

@@ -154,7 +154,7 @@ def transferability(params: Params) -> list[dict]:
     candidates = params.image.finetune.candidates
     if len(candidates) < 3:
         raise ExperimentError(f"finetune.image.candidates {candidates}: a rank correlation needs at least 3 "
-                              "starting points (add pretrain+adapt or adapt with pretrain.image.adapt.starts)")
+                              "starting points (add pretrain-adapt or adapt with pretrain.image.adapt.starts)")
     rows = candidate_trials(params, "transferability", cfg.budgets, cfg.seeds)
     points = [(r["labels_per_class"], r["seed"], c, r[f"{c}.estimate"], r[f"{c}.accuracy"])
               for r in rows for c in candidates if r[f"{c}.accuracy"] != ""]

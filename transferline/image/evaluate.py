@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from transferline.candidates import folder_name, read_candidates
+from transferline.candidates import folder_name, metric_key, read_candidates
 from transferline.config import Params
 from transferline.evaluation import RUNS, write_evaluation
 from transferline.image.data import load_set, processed_meta
@@ -30,6 +30,6 @@ def run(params: Params, paths: Paths) -> dict:
     predictions = {name: predict_classes(load_classifier(paths.weights(name)), data["x_test"], batch, device)
                    for name in RUNS}
     trained = [r["candidate"] for r in read_candidates(paths.report("candidates"))["candidates"] if not r.get("skipped")]
-    candidates = {c: predict_classes(load_classifier(paths.weights(folder_name(c))), data["x_test"], batch, device)
+    candidates = {metric_key(c): predict_classes(load_classifier(paths.weights(folder_name(c))), data["x_test"], batch, device)
                   for c in trained}
     return write_evaluation(data["y_test"].numpy(), predictions, classes, paths, candidates)

@@ -45,7 +45,7 @@ def start_weights(candidate: str, paths: Paths) -> Path | None:
         return None
     if candidate == "pretrain":
         return paths.weights("pretrain")
-    if candidate in ("pretrain+adapt", "adapt"):  # built by the pretrain stage (pretrain.image.adapt)
+    if candidate in ("pretrain-adapt", "adapt"):  # built by the pretrain stage (pretrain.image.adapt)
         return paths.model_dir("pretrain") / f"{candidate}.safetensors"
     return Path(candidate)
 

@@ -8,7 +8,7 @@ left out of train/val/test): denoising or contrastive
 `${paths.models}/pretrain/model.safetensors`, which finetune loads unchanged.
 
 `pretrain.image.adapt.starts` adds self-supervised continued pretraining on
-the target pool alone: from that backbone (`pretrain+adapt.safetensors`)
+the target pool alone: from that backbone (`pretrain-adapt.safetensors`)
 and/or from random weights (`adapt.safetensors`), both in the same folder.
 
 A checkpoint with model, optimizer, scheduler and epoch is written after
@@ -35,7 +35,7 @@ from transferline.runtime import resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
-ADAPTED = {"pretrain": "pretrain+adapt", "scratch": "adapt"}  # start -> the candidate it becomes
+ADAPTED = {"pretrain": "pretrain-adapt", "scratch": "adapt"}  # start -> the candidate it becomes
 
 
 def supervised(params: Params, paths: Paths, data: dict) -> list[dict]:
