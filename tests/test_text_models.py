@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from text_helpers import run_stages, tiny_text_raw
+from text_helpers import run_stages, small_starts, tiny_text_raw
 from transferline.checkpoint import load_weights, read_meta
 from transferline.config import parse_params
 from transferline.io import read_json
@@ -45,7 +45,8 @@ def test_mlm_pretraining_learns_and_resumes(text_project):
 
 
 def _train(params, paths, init, kind, strategy, name):
-    hist = finetune.train_one(params, paths, name, init, kind, strategy, 1e-3, 1)
+    train = params.text.training_for(init).model_copy(update={"lr": 1e-3, "epochs": 1})
+    hist = finetune.train_one(params, paths, name, init, kind, strategy, train)
     return hist, load_weights(paths.weights(name))
 
 
@@ -79,7 +80,7 @@ def test_strategies_and_bilstm(text_project):
 
 def test_finetune_and_evaluate_stage_report_transfer_gain(text_project):
     paths = text_project
-    params = parse_params(tiny_text_raw(finetune={"epochs": 3}))
+    params = parse_params(tiny_text_raw(finetune={"starts": small_starts(epochs=3)}))
     finetune.run(params, paths)
     metrics = evaluate.run(params, paths)
     assert metrics["n_test"] == 255
@@ -92,7 +93,8 @@ def test_finetune_and_evaluate_stage_report_transfer_gain(text_project):
 def test_minilm_lora_few_steps(tmp_path, text_project):
     """The packaged all-MiniLM-L6-v2: its own tokenizer, LoRA, two steps, merged weights."""
     params = parse_params(tiny_text_raw(preprocess={"tokenizer": "minilm"},
-                                        finetune={"init_from": "minilm", "max_train_steps": 2, "batch_size": 8}))
+                                        finetune={"init_from": "minilm", "max_train_steps": 2,
+                                                  "starts": {"minilm": {"lr": 5e-5, "epochs": 1, "batch_size": 8}}}))
     # the project's raw data and split, re-tokenized and trained in a folder of its own
     paths = params.paths.under(tmp_path).model_copy(update={"raw": text_project.raw, "split": text_project.split})
     meta = preprocess.run(params, paths)
