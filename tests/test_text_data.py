@@ -126,7 +126,7 @@ def test_each_start_trains_with_its_own_values():
     shipped = parse_params(_shipped_text_raw())
     text = shipped.text
     assert (text.finetune.init_from, text.tokenizer) == ("minilm", "minilm")  # MiniLM and its tokenizer by default
-    assert text.training_for("minilm").lr < 1e-4 <= text.training_for("scratch").lr
+    assert text.training_for("minilm").lr <= 1e-4 < text.training_for("scratch").lr
     assert text.training_for("minilm") == text.finetune.starts.minilm
     assert text.training_for("scratch") == text.finetune.starts.scratch
     assert text.training_for("data/external/weights/bert") == text.finetune.starts.pretrained

@@ -102,3 +102,37 @@ def test_minilm_lora_few_steps(tmp_path, text_project):
     hist, weights = _train(params, paths, "minilm", "encoder", "lora", "minilm")
     assert weights["encoder.embeddings.word_embeddings.weight"].shape == (30522, 384)
     assert hist[0]["val_acc"] >= 0.0
+
+
+def test_continued_pretraining_of_minilm_few_steps(tmp_path, text_project):
+    """pretrain.text.continue_from: minilm trains MiniLM's own weights on the corpus (the tokenizer
+    follows: auto); finetune's `pretrain` start is then MiniLM-shaped and takes MiniLM's values.
+    With steps: 0 pretrain writes only a marker, and starting from it fails with the key to set."""
+    from transferline.errors import StageError
+    from transferline.text.weights import load_pretrained_encoder
+    from transferline.config.text import minilm_path
+
+    raw = tiny_text_raw(preprocess={"tokenizer": "auto"},
+                        pretrain={"continue_from": "minilm", "steps": 2, "batch_size": 8, "eval_every": 2},
+                        finetune={"init_from": "pretrain", "max_train_steps": 1,
+                                  "starts": {"minilm": {"lr": 5e-5, "epochs": 1, "batch_size": 8}}})
+    params = parse_params(raw)
+    assert params.text.tokenizer == "minilm" and params.text.training_for("pretrain").batch_size == 8
+    paths = params.paths.under(tmp_path).model_copy(update={"raw": text_project.raw, "split": text_project.split})
+    preprocess.run(params, paths)
+    history = pretrain.run(params, paths)
+    assert [h["step"] for h in history] == [2] and 0.0 <= history[0]["val_acc"] <= 1.0
+    meta = read_meta(paths.weights("pretrain"))
+    assert (meta["continued_from"], meta["steps"]) == ("minilm", 2)
+    moved = load_weights(paths.weights("pretrain"))["encoder.layer.0.attention.self.query.weight"]
+    original = load_pretrained_encoder(minilm_path()).state_dict()["encoder.layer.0.attention.self.query.weight"]
+    assert moved.shape == (384, 384) and not torch.equal(moved, original)
+    finetune.train_one(params, paths, "tapt", "pretrain", "encoder", "full")
+    saved = read_meta(paths.weights("tapt"))
+    assert (saved["continued_from"], saved["batch_size"], saved["lr"]) == ("minilm", 8, 5e-5)
+
+    off = parse_params(tiny_text_raw(pretrain={"continue_from": "minilm", "steps": 0}, preprocess={"tokenizer": "auto"},
+                                     finetune={"init_from": "minilm"}))
+    assert pretrain.run(off, paths) == [] and read_meta(paths.weights("pretrain"))["objective"] == "none"
+    with pytest.raises(StageError, match="pretrain.text.steps was 0"):
+        finetune.train_one(off, paths, "nothing", "pretrain", "encoder", "full")

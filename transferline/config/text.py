@@ -102,7 +102,7 @@ class TextStarts(_Section):
     few epochs, an encoder trained from random a large rate and more epochs."""
 
     # the packaged MiniLM, and MiniLM after continued pretraining (init_from: pretrain)
-    minilm: TextTraining = TextTraining(lr=5e-5, epochs=3)
+    minilm: TextTraining = TextTraining(lr=1e-4, epochs=3)
     # a model folder on disk (init_from: <folder>), and that folder after continued pretraining
     pretrained: TextTraining = TextTraining(lr=5e-5, epochs=3)
     # our small encoder after its own masked-LM pretraining (pretrain.text.continue_from: none)
