@@ -85,6 +85,8 @@ def build(params: Params, paths: Paths, name: str, version: str, run_id: str, ha
     per_class = read_json(paths.report("per_class")) if paths.report("per_class").is_file() else {}
     v = params.values
     split, finetune = v.split, v.finetune
+    # text keeps training values per start (finetune.text.starts); images one set
+    train = v.training_for(finetune.init_from) if hasattr(v, "training_for") else finetune
     n_classes = len([c for c, s in per_class.get("finetune", {}).items()
                      if isinstance(s, dict) and c not in ("macro avg", "weighted avg")])
     gain = metrics.get("transfer_gain", {}).get("accuracy")
@@ -99,7 +101,7 @@ def build(params: Params, paths: Paths, name: str, version: str, run_id: str, ha
         f"**Label budget**: {split.labels_per_class} labelled examples per class for training, "
         f"{split.val_per_class} per class for validation; tested on {metrics.get('n_test', '?')} held-out examples.",
         f"**Starting point**: {_starting_point(paths, finetune)}, strategy `{finetune.strategy}`, "
-        f"{finetune.epochs} epochs at lr {finetune.lr}.",
+        f"{train.epochs} epochs at lr {train.lr}.",
         f"**Run**: MLflow run `{run_id}`; lineage: `transferline lineage {name}/{version}`.",
         "",
         "## Test metrics",

@@ -93,8 +93,10 @@ def run_text_trial(params: Params, trial: TextTrial) -> dict:
     for seed in trial.seeds or [params.seed]:
         ps = p.model_copy(update={"seed": seed})
         t0 = time.perf_counter()
-        history = finetune.train_one(ps, paths, slug, trial.init_from, trial.model, trial.strategy, trial.lr,
-                                     trial.epochs, labels_per_class=trial.labels_per_class, out=out)
+        # the start's own batch size, warm-up and weight decay; the trial's rate and epochs
+        train = ps.text.training_for(trial.init_from).model_copy(update={"lr": trial.lr, "epochs": trial.epochs})
+        history = finetune.train_one(ps, paths, slug, trial.init_from, trial.model, trial.strategy, train,
+                                     labels_per_class=trial.labels_per_class, out=out)
         total = time.perf_counter() - t0
         y_true, y_pred = evaluate.test_predictions(load_classifier(out.weights(slug)), ps, paths, meta)
         scores = classification_scores(y_true, y_pred)

@@ -1,7 +1,8 @@
 """finetune for `modality: text`: the classifier on the label budget, started
 from finetune.text.init_from (our masked-LM encoder, MiniLM or a model folder)
-and trained with finetune.text.strategy, plus its baseline (the same encoder
-from scratch, or a BiLSTM) on the same labels. Writes ${paths.models}/{finetune,
+and trained with finetune.text.strategy and the start's own values
+(finetune.text.starts, looked up by `params.text.training_for`), plus its
+baseline (our small encoder from scratch, or a BiLSTM) on the same labels. Writes ${paths.models}/{finetune,
 scratch}/model.safetensors (merged weights; their meta rebuilds the model) and
 ${paths.reports}/{finetune,scratch}_history.json. `train_one` is also what each
 text-models experiment trial runs."""
@@ -25,7 +26,7 @@ from transferline.text import data as td
 from transferline.text import models as tm
 from transferline.text import strategies as ts
 from transferline.text.train import fit_classifier
-from transferline.config.text import model_folder
+from transferline.config.text import TextTraining, model_folder
 from transferline.text.weights import load_pretrained_encoder
 
 log = logging.getLogger(__name__)
@@ -41,16 +42,18 @@ def build_model(params: Params, paths: Paths, init_from: str, kind: str, meta: d
         path = paths.weights("pretrain")
         if not path.is_file():
             raise StageError(f"{path} not found; run the pretrain stage first or set finetune.text.init_from")
-        model = tm.EncoderClassifier(BertConfig(**json.loads(read_meta(path)["config"])), n, cfg.dropout)
+        saved = read_meta(path)
+        if "config" not in saved:  # the marker of pretrain.text.steps: 0
+            raise StageError(f"{path} holds no pretrained encoder (pretrain.text.steps was 0); set pretrain.text.steps "
+                             "and run pretrain, or set finetune.text.init_from")
+        model = tm.EncoderClassifier(BertConfig(**json.loads(saved["config"])), n, cfg.dropout)
         model.encoder.load_state_dict(load_weights(path))
-        return model, {"init_from": str(path)}
+        return model, {"init_from": str(path), "continued_from": saved.get("continued_from", "none")}
     if init_from == "scratch":
-        # the architecture the fine-tuned model has: our encoder's config, or the pretrained folder's
-        ft = cfg.init_from
-        if ft in ("pretrain", "scratch"):
-            config = tm.encoder_config(meta["vocab_size"], meta["max_length"], params.text.pretrain, pad)
-        else:
-            config = load_pretrained_encoder(model_folder(ft)).config
+        # always our small encoder (pretrain.text's shape) on the pipeline's token ids: one
+        # architecture for finetune.text.starts.scratch's values, and the cheap model one would
+        # ship without transfer (a MiniLM-sized model from random costs 6x the time for less)
+        config = tm.encoder_config(meta["vocab_size"], meta["max_length"], params.text.pretrain, pad)
         return tm.EncoderClassifier(config, n, cfg.dropout), {"init_from": "scratch"}
     folder = model_folder(init_from)
     try:
@@ -75,37 +78,40 @@ def subsample(labels: torch.Tensor, per_class: int, seed: int) -> torch.Tensor:
     return torch.cat(picks).sort().values
 
 
-def train_one(params: Params, paths: Paths, name: str, init_from: str, kind: str, strategy: str, lr: float,
-              epochs: int, labels_per_class: int = 0, out: Paths | None = None) -> list[dict]:
+def train_one(params: Params, paths: Paths, name: str, init_from: str, kind: str, strategy: str,
+              train: TextTraining | None = None, labels_per_class: int = 0, out: Paths | None = None) -> list[dict]:
     """Train one classifier on the label budget (or `labels_per_class` seeded picks of it, seed
-    params.seed); save merged weights to out.weights(name) and the history to out.history(name).
+    params.seed) with `train` (default: the start's own, `params.text.training_for(init_from)`);
+    save merged weights to out.weights(name) and the history to out.history(name).
 
     Reads the token ids and the pretrained encoder from `paths`; writes to `out`
     (default `paths`): an experiment trial reads the pipeline's data and writes
     into its own folder."""
     out = out or paths
     cfg = params.text.finetune
+    train = train or params.text.training_for(init_from)
     meta = td.processed_meta(paths)
     set_threads(cfg.threads)
     generator = seed_everything(params.seed)
     model, report = build_model(params, paths, init_from, kind, meta)
     if strategy == "lora" and isinstance(model, tm.EncoderClassifier):
         model = ts.add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.dropout)
-    groups = ts.param_groups(model, strategy, lr, cfg.lr_decay, cfg.weight_decay)
+    groups = ts.param_groups(model, strategy, train.lr, cfg.lr_decay, train.weight_decay)
     trainable, total = ts.count_params(model)
-    log.info("%s (%s, %s): %d of %d parameters train", kind, init_from, strategy, trainable, total)
+    log.info("%s (%s, %s): %d of %d parameters train; lr %g, %d epochs, batch %d", kind, init_from, strategy,
+             trainable, total, train.lr, train.epochs, train.batch_size)
     data = td.load_set(paths, "target")
     if labels_per_class:
         keep = subsample(data["y_train"], labels_per_class, params.seed)
         data["ids_train"], data["y_train"] = data["ids_train"][keep], data["y_train"][keep]
         log.info("label budget %d per class: %d of the split's training texts", labels_per_class, len(keep))
     history = fit_classifier(model, (data["ids_train"], data["y_train"]), (data["ids_val"], data["y_val"]), groups,
-                             epochs, cfg.batch_size, cfg.warmup_fraction, meta["special_ids"]["[PAD]"],
+                             train.epochs, train.batch_size, train.warmup_fraction, meta["special_ids"]["[PAD]"],
                              resolve_device(params.device), generator, cfg.max_train_steps, desc=f"{kind} ({init_from})")
     if dist.is_main():  # under torchrun every rank holds these weights; one writes them
         model = ts.merged(model).cpu()
         arch = tm.arch_meta(model, len(meta["classes"]), meta["special_ids"]["[PAD]"])
-        save_weights(model, out.weights(name), meta={**arch, **report, "strategy": strategy,
+        save_weights(model, out.weights(name), meta={**arch, **report, "strategy": strategy, **train.model_dump(),
                                                      "trainable_params": trainable,
                                                      "train_texts": len(data["y_train"])})
         write_json(out.history(name), history)
@@ -113,10 +119,10 @@ def train_one(params: Params, paths: Paths, name: str, init_from: str, kind: str
 
 
 def run(params: Params, paths: Paths) -> dict[str, list[dict]]:
-    """The fine-tuned model and its baseline; their histories by name."""
+    """The fine-tuned model and its baseline (finetune.text.starts.scratch values); their histories by name."""
     cfg = params.text.finetune
     return {
-        "finetune": train_one(params, paths, "finetune", cfg.init_from, "encoder", cfg.strategy, cfg.lr, cfg.epochs),
+        "finetune": train_one(params, paths, "finetune", cfg.init_from, "encoder", cfg.strategy),
         "scratch": train_one(params, paths, "scratch", "scratch", "bilstm" if cfg.baseline == "bilstm" else "encoder",
-                             "full", cfg.baseline_lr, cfg.epochs),
+                             "full"),
     }
