@@ -59,7 +59,7 @@ def main() -> None:
     pre = {"steps": a.steps, "lr": a.pretrain_lr, "threads": a.threads, "eval_every": 50,
            "warmup_steps": a.warmup_steps, "batch_size": a.pretrain_batch}
     init = "pretrain" if a.what == "pretrain" else a.init  # a pretrain run needs its steps > 0 to be valid
-    params = load({"pretrain": pre, "finetune": {"threads": a.threads, "init_from": init}})
+    params = load({"pretrain": pre, "finetune": {"threads": a.threads, "candidates": ["scratch", init]}})
     params = params.model_copy(update={"seed": a.seed})
     paths = params.paths.under(WORK)
     t0 = time.perf_counter()

@@ -233,7 +233,7 @@ def _text_model_folder(t):
     (folder / "pytorch_model.bin").write_bytes(b"a pickle")
     _text("r.csv", csv_rows())(t)
     raw = yaml.safe_load((t / "params.yaml").read_text())
-    raw["finetune"]["text"] = {"init_from": "data/external/weights/bert"}
+    raw["finetune"]["text"] = {"candidates": ["scratch", "data/external/weights/bert"]}
     raw["preprocess"]["text"] = {"tokenizer": "data/external/weights/bert"}
     write_params(t, raw)
 
@@ -300,7 +300,7 @@ CASES = [
      ["label column 'label'", "empty in every row"]),
     ("text: one class", _text("r.csv", csv_rows(classes=("pos",))), RUN, 2, ["holds one class ('pos')"]),
     ("text: model folder with a pickle", _text_model_folder, RUN, 2,
-     ["finetune.text.init_from", "model.safetensors", "pytorch_model.bin is a pickle", "tokenizer.json"]),
+     ["finetune.text.candidates", "model.safetensors", "pytorch_model.bin is a pickle", "tokenizer.json"]),
     # servers and registry commands
     ("tracking: damaged database", _bad_db, RUN, 2, ["tracking.uri", "not a readable SQLite database", "mv "]),
     ("tracking: server unreachable", _server_gone, RUN, 2, ["tracking.uri", "127.0.0.1:9", "unreachable"]),

@@ -93,7 +93,7 @@ def test_finetune_and_evaluate_stage_report_transfer_gain(text_project):
 def test_minilm_lora_few_steps(tmp_path, text_project):
     """The packaged all-MiniLM-L6-v2: its own tokenizer, LoRA, two steps, merged weights."""
     params = parse_params(tiny_text_raw(preprocess={"tokenizer": "minilm"},
-                                        finetune={"init_from": "minilm", "max_train_steps": 2,
+                                        finetune={"candidates": ["scratch", "minilm"], "max_train_steps": 2,
                                                   "starts": {"minilm": {"lr": 5e-5, "epochs": 1, "batch_size": 8}}}))
     # the project's raw data and split, re-tokenized and trained in a folder of its own
     paths = params.paths.under(tmp_path).model_copy(update={"raw": text_project.raw, "split": text_project.split})
@@ -114,7 +114,7 @@ def test_continued_pretraining_of_minilm_few_steps(tmp_path, text_project):
 
     raw = tiny_text_raw(preprocess={"tokenizer": "auto"},
                         pretrain={"continue_from": "minilm", "steps": 2, "batch_size": 8, "eval_every": 2},
-                        finetune={"init_from": "pretrain", "max_train_steps": 1,
+                        finetune={"candidates": ["scratch", "pretrain"], "max_train_steps": 1,
                                   "starts": {"minilm": {"lr": 5e-5, "epochs": 1, "batch_size": 8}}})
     params = parse_params(raw)
     assert params.text.tokenizer == "minilm" and params.text.training_for("pretrain").batch_size == 8
@@ -132,7 +132,7 @@ def test_continued_pretraining_of_minilm_few_steps(tmp_path, text_project):
     assert (saved["continued_from"], saved["batch_size"], saved["lr"]) == ("minilm", 8, 5e-5)
 
     off = parse_params(tiny_text_raw(pretrain={"continue_from": "minilm", "steps": 0}, preprocess={"tokenizer": "auto"},
-                                     finetune={"init_from": "minilm"}))
+                                     finetune={"candidates": ["scratch", "minilm"]}))
     assert pretrain.run(off, paths) == [] and read_meta(paths.weights("pretrain"))["objective"] == "none"
     with pytest.raises(StageError, match="pretrain.text.steps was 0"):
         finetune.train_one(off, paths, "nothing", "pretrain", "encoder", "full")

@@ -18,7 +18,7 @@ TINY_TEXT = {
     "preprocess": {"vocab_size": 800, "max_length": 32},
     "pretrain": {"continue_from": "none", "layers": 1, "hidden": 32, "heads": 2, "intermediate": 64, "steps": 12,
                  "batch_size": 32, "eval_every": 6, "warmup_steps": 2},
-    "finetune": {"init_from": "pretrain", "starts": small_starts()},
+    "finetune": {"candidates": ["scratch", "pretrain"], "starts": small_starts()},
 }
 
 

@@ -63,8 +63,8 @@ def _per_class(per_class: dict) -> tuple[list[str], list[str]]:
 
 def _starting_point(paths: Paths, finetune) -> str:
     report = paths.report("candidates")
-    if not report.is_file():  # a modality without candidates: its one configured start
-        return f"`init_from: {getattr(finetune, 'init_from', '?')}`"
+    if not report.is_file():  # written by every finetune run; missing only if the stage never ran
+        return "unknown (no reports/candidates.json)"
     decision = read_candidates(report)
     return f"`{decision['winner']}`, chosen on validation ({decision['verdict']})"
 
@@ -86,7 +86,9 @@ def build(params: Params, paths: Paths, name: str, version: str, run_id: str, ha
     v = params.values
     split, finetune = v.split, v.finetune
     # text keeps training values per start (finetune.text.starts); images one set
-    train = v.training_for(finetune.init_from) if hasattr(v, "training_for") else finetune
+    winner = read_candidates(paths.report("candidates"))["winner"] if paths.report("candidates").is_file() else "scratch"
+    # text: each start trains with its own values; images share finetune.image's
+    train = v.training_for(winner) if hasattr(v, "training_for") else finetune
     n_classes = len([c for c, s in per_class.get("finetune", {}).items()
                      if isinstance(s, dict) and c not in ("macro avg", "weighted avg")])
     gain = metrics.get("transfer_gain", {}).get("accuracy")

@@ -101,19 +101,22 @@ class TextStarts(_Section):
     """Training values per starting point: a pretrained transformer wants a small rate and
     few epochs, an encoder trained from random a large rate and more epochs."""
 
-    # the packaged MiniLM, and MiniLM after continued pretraining (init_from: pretrain)
+    # the packaged MiniLM, and MiniLM after continued pretraining (candidate pretrain)
     minilm: TextTraining = TextTraining(lr=1e-4, epochs=3)
-    # a model folder on disk (init_from: <folder>), and that folder after continued pretraining
+    # a model folder on disk (a folder candidate), and that folder after continued pretraining
     pretrained: TextTraining = TextTraining(lr=5e-5, epochs=3)
     # our small encoder after its own masked-LM pretraining (pretrain.text.continue_from: none)
     encoder: TextTraining = TextTraining(lr=1e-3, epochs=8)
-    # random initial weights: the baseline, or init_from: scratch
+    # random initial weights: the scratch candidate (the baseline)
     scratch: TextTraining = TextTraining(lr=1e-3, epochs=8)
 
 
 class TextFinetuneParams(_Section):
-    # minilm | pretrain (pretrain.text's model) | scratch | a model folder (data/external/weights/<name>/)
-    init_from: str = MINILM
+    # Starting points compared on the validation split (transferline/candidates.py): scratch
+    # (always trained: the baseline), minilm, pretrain (pretrain.text's model), a model folder
+    # (data/external/weights/<name>/); each trains with its own values (`starts`, `training_for`).
+    candidates: list[str] = Field(["scratch", MINILM], min_length=1)
+    candidates_max: int = Field(0, ge=0)  # fine-tune only the N best transferred starts by LogME; 0 = all
     baseline: Literal["scratch", "bilstm"] = "scratch"  # same encoder from scratch, or a BiLSTM
     strategy: Literal[TEXT_STRATEGIES] = "full"  # type: ignore[valid-type]
     starts: TextStarts = TextStarts()  # training values per start: `training_for` picks one
@@ -127,13 +130,21 @@ class TextFinetuneParams(_Section):
     threads: int = Field(0, ge=0)  # torch CPU threads (also evaluate); 0 = torch's default (all cores)
 
     @model_validator(mode="after")
-    def _init_from_known(self) -> TextFinetuneParams:
-        if self.init_from not in ("pretrain", "scratch", MINILM) and not Path(self.init_from).is_dir():
-            raise ValueError(
-                f"finetune.text.init_from: {self.init_from!r} is neither 'pretrain', 'scratch', 'minilm' nor a "
-                "model folder (config.json + model.safetensors; put it in data/external/weights/<name>/)"
-            )
+    def _candidates_known(self) -> TextFinetuneParams:
+        for name in self.candidates:
+            if name not in ("pretrain", "scratch", MINILM) and not Path(name).is_dir():
+                raise ValueError(
+                    f"finetune.text.candidates: {name!r} is neither 'pretrain', 'scratch', 'minilm' nor a "
+                    "model folder (config.json + model.safetensors; put it in data/external/weights/<name>/)")
+        if len(set(self.candidates)) != len(self.candidates):
+            raise ValueError(f"finetune.text.candidates: {self.candidates} names a start twice")
+        if "scratch" not in self.candidates:  # the baseline every run is measured against
+            self.candidates.insert(0, "scratch")
         return self
+
+    @property
+    def transferred(self) -> list[str]:
+        return [c for c in self.candidates if c != "scratch"]
 
 
 class TextRegisterParams(_Section):
@@ -144,7 +155,7 @@ class TextTrial(_Section):
     """One row of `transferline experiment text-models`."""
 
     name: str
-    init_from: str = "pretrain"  # as finetune.text.init_from
+    init_from: str = "pretrain"  # a start, as in finetune.text.candidates
     model: Literal["encoder", "bilstm"] = "encoder"
     strategy: Literal[TEXT_STRATEGIES] = "full"  # type: ignore[valid-type]
     lr: float = Field(gt=0)
@@ -193,7 +204,7 @@ def check_tokenizer_matches(preprocess: TextPreprocessParams, pretrain: TextPret
         return
     if tokenizer != init_from:
         raise ValueError(
-            f"finetune.text.init_from is {init_from!r}, so the text must be tokenized with {init_from!r} too, "
+            f"finetune.text.candidates names {init_from!r}, so the text must be tokenized with {init_from!r} too, "
             f"got preprocess.text.tokenizer {shown}: a pretrained model only understands its own tokenizer's ids. "
             f"Set preprocess.text.tokenizer: auto and pretrain.text.continue_from: {init_from}, "
             f"or preprocess.text.tokenizer: {init_from}"
@@ -234,10 +245,11 @@ class TextValues(_Section):
 
     @model_validator(mode="after")
     def _tokenizer_fits_model(self) -> TextValues:
-        check_tokenizer_matches(self.preprocess, self.pretrain, self.finetune.init_from)
-        if self.finetune.init_from == "pretrain" and not self.pretrain.steps:
-            raise ValueError("finetune.text.init_from is 'pretrain' but pretrain.text.steps is 0 (no pretraining): "
-                             "set pretrain.text.steps (e.g. 1000) or finetune.text.init_from: "
+        for start in self.finetune.candidates:
+            check_tokenizer_matches(self.preprocess, self.pretrain, start)
+        if "pretrain" in self.finetune.candidates and not self.pretrain.steps:
+            raise ValueError("finetune.text.candidates names 'pretrain' but pretrain.text.steps is 0 (no pretraining): "
+                             "set pretrain.text.steps (e.g. 1000) or use "
                              f"{self.pretrain.continue_from if self.pretrain.continue_from != 'none' else 'scratch'}")
         return self
 

@@ -66,7 +66,7 @@ def _with(params: Params, trial: TextTrial) -> Params:
     text = params.text
     tokenizer = trial.init_from if trial.init_from not in ("pretrain", "scratch") else text.preprocess.tokenizer
     return params.model_copy(update={"text": text.model_copy(update={
-        "finetune": text.finetune.model_copy(update={"init_from": trial.init_from}),
+        "finetune": text.finetune.model_copy(update={"candidates": ["scratch", trial.init_from]}),
         "preprocess": text.preprocess.model_copy(update={"tokenizer": tokenizer}),
     })})
 

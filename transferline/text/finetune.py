@@ -1,21 +1,27 @@
-"""finetune for `modality: text`: the classifier on the label budget, started
-from finetune.text.init_from (our masked-LM encoder, MiniLM or a model folder)
-and trained with finetune.text.strategy and the start's own values
-(finetune.text.starts, looked up by `params.text.training_for`), plus its
-baseline (our small encoder from scratch, or a BiLSTM) on the same labels. Writes ${paths.models}/{finetune,
-scratch}/model.safetensors (merged weights; their meta rebuilds the model) and
-${paths.reports}/{finetune,scratch}_history.json. `train_one` is also what each
+"""finetune for `modality: text`: one classifier per starting point in
+finetune.text.candidates (MiniLM, our masked-LM encoder, a model folder, and
+scratch: the baseline, our small encoder or a BiLSTM), each trained on the
+label budget with finetune.text.strategy and the start's own values
+(finetune.text.starts, looked up by `params.text.training_for`), scored with
+LogME before training and on validation after; the best is kept
+(transferline/candidates.py). Writes ${paths.models}/{finetune,scratch,
+candidates/<start>}/model.safetensors (merged weights; their meta rebuilds
+the model), reports/candidates.json and the *_history.json files. `train_one` is also what each
 text-models experiment trial runs."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import shutil
+import time
 
 import torch
 from transformers import BertConfig
 
 from transferline import distributed as dist
+from transferline.candidates import SCRATCH, choose, folder_name, shortlist, write_candidates
 from transferline.checkpoint import load_weights, read_meta, save_weights
 from transferline.config import Params
 from transferline.errors import StageError
@@ -28,6 +34,7 @@ from transferline.text import strategies as ts
 from transferline.text.train import fit_classifier
 from transferline.config.text import TextTraining, model_folder
 from transferline.text.weights import load_pretrained_encoder
+from transferline.transferability import logme
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +48,11 @@ def build_model(params: Params, paths: Paths, init_from: str, kind: str, meta: d
     if init_from == "pretrain":
         path = paths.weights("pretrain")
         if not path.is_file():
-            raise StageError(f"{path} not found; run the pretrain stage first or set finetune.text.init_from")
+            raise StageError(f"{path} not found; run the pretrain stage first or drop pretrain from finetune.text.candidates")
         saved = read_meta(path)
         if "config" not in saved:  # the marker of pretrain.text.steps: 0
             raise StageError(f"{path} holds no pretrained encoder (pretrain.text.steps was 0); set pretrain.text.steps "
-                             "and run pretrain, or set finetune.text.init_from")
+                             "and run pretrain, or drop pretrain from finetune.text.candidates")
         model = tm.EncoderClassifier(BertConfig(**json.loads(saved["config"])), n, cfg.dropout)
         model.encoder.load_state_dict(load_weights(path))
         return model, {"init_from": str(path), "continued_from": saved.get("continued_from", "none")}
@@ -59,9 +66,9 @@ def build_model(params: Params, paths: Paths, init_from: str, kind: str, meta: d
     try:
         encoder = load_pretrained_encoder(folder)
     except (OSError, ValueError) as err:
-        raise StageError(f"finetune.text.init_from: {err}") from None
+        raise StageError(f"finetune.text.candidates ({init_from}): {err}") from None
     if encoder.config.vocab_size != meta["vocab_size"]:
-        raise StageError(f"finetune.text.init_from: {folder} has a vocabulary of {encoder.config.vocab_size}, the "
+        raise StageError(f"finetune.text.candidates: {folder} has a vocabulary of {encoder.config.vocab_size}, the "
                          f"data was tokenized with {meta['vocab_size']}; set preprocess.text.tokenizer: {init_from}")
     model = tm.EncoderClassifier(encoder.config, n, cfg.dropout)
     model.encoder.load_state_dict(encoder.state_dict())
@@ -118,11 +125,56 @@ def train_one(params: Params, paths: Paths, name: str, init_from: str, kind: str
     return history
 
 
-def run(params: Params, paths: Paths) -> dict[str, list[dict]]:
-    """The fine-tuned model and its baseline (finetune.text.starts.scratch values); their histories by name."""
+ESTIMATE_TEXTS = 1000  # LogME on a seeded subset of the train split: seconds for MiniLM on a CPU
+
+
+def estimate(params: Params, paths: Paths, candidate: str, meta: dict, data: dict) -> float | None:
+    """LogME of the candidate's frozen pooled features on (a subset of) the labelled train split;
+    None for a BiLSTM baseline (no pretrained features to judge)."""
+    kind = baseline_kind(params) if candidate == SCRATCH else "encoder"
+    if kind != "encoder":
+        return None
+    seed_everything(params.seed)  # scratch's random features: the same draw each run
+    model, _ = build_model(params, paths, candidate, kind, meta)
+    keep = torch.randperm(len(data["y_train"]), generator=torch.Generator().manual_seed(params.seed))[:ESTIMATE_TEXTS]
+    feats = tm.predict_logits(model, data["ids_train"][keep], meta["special_ids"]["[PAD]"],
+                           params.text.evaluate.batch_size, resolve_device(params.device), features=True)
+    return round(logme(feats.double().numpy(), data["y_train"][keep].numpy()), 5)
+
+
+def baseline_kind(params: Params) -> str:
+    return "bilstm" if params.text.finetune.baseline == "bilstm" else "encoder"
+
+
+def run(params: Params, paths: Paths) -> dict:
+    """Every candidate estimated, the shortlist fine-tuned (each with its own values), the best on
+    validation kept (transferline/candidates.py); writes models/finetune as the winner's copy."""
     cfg = params.text.finetune
-    return {
-        "finetune": train_one(params, paths, "finetune", cfg.init_from, "encoder", cfg.strategy),
-        "scratch": train_one(params, paths, "scratch", "scratch", "bilstm" if cfg.baseline == "bilstm" else "encoder",
-                             "full"),
-    }
+    meta = td.processed_meta(paths)
+    set_threads(cfg.threads)
+    data = td.load_set(paths, "target")
+    estimates = {c: estimate(params, paths, c, meta, data) for c in cfg.candidates}
+    keep = shortlist({c: -math.inf if e is None else e for c, e in estimates.items()}, cfg.candidates_max)
+    rows = []
+    for candidate in cfg.candidates:
+        row = {"candidate": candidate, "estimate": estimates[candidate]}
+        if candidate not in keep:
+            rows.append({**row, "skipped": f"LogME below the best {cfg.candidates_max}"})
+            continue
+        t0 = time.perf_counter()
+        kind = baseline_kind(params) if candidate == SCRATCH else "encoder"
+        history = train_one(params, paths, folder_name(candidate), candidate, kind,
+                            "full" if candidate == SCRATCH else cfg.strategy)
+        best = max(history, key=lambda r: r["val_acc"])  # fit_classifier keeps the best epoch's weights
+        rows.append({**row, "val_acc": best["val_acc"], "val_loss": best["val_loss"], "epochs": len(history),
+                     "seconds": round(time.perf_counter() - t0, 1)})
+    decision = choose(rows)
+    if dist.is_main():
+        winner = folder_name(decision["winner"])
+        paths.model_dir("finetune").mkdir(parents=True, exist_ok=True)
+        paths.model_dir("candidates").mkdir(parents=True, exist_ok=True)  # a DVC output, even if only scratch ran
+        shutil.copyfile(paths.weights(winner), paths.weights("finetune"))
+        shutil.copyfile(paths.history(winner), paths.history("finetune"))
+        write_candidates(paths.report("candidates"), rows, decision, "LogME")
+    log.info("%s", decision["verdict"])
+    return {"candidates": rows, **decision}

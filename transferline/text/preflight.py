@@ -72,7 +72,8 @@ def check(params: Params) -> list[str]:
     """Every problem with the text data and model folders this run would read."""
     v = params.text
     problems = file_problems(params) if v.ingest.source == "file" else []
-    problems += folder_problems("finetune.text.init_from", v.finetune.init_from, ("config.json", "model.safetensors"))
+    for start in v.finetune.candidates:
+        problems += folder_problems("finetune.text.candidates", start, ("config.json", "model.safetensors"))
     problems += folder_problems("pretrain.text.continue_from", v.pretrain.continue_from, ("config.json", "model.safetensors"))
     problems += folder_problems("preprocess.text.tokenizer", v.tokenizer, ("tokenizer.json or vocab.txt",))
     return problems

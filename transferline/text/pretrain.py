@@ -7,7 +7,7 @@ ${paths.models}/pretrain/model.safetensors (its BERT config in the meta), a
 resumable checkpoint beside it, and ${paths.reports}/pretrain_history.json.
 With pretrain.text.steps: 0 it trains nothing and writes an empty weights
 file whose meta says so: finetune's DVC dependency exists, and
-finetune.text.init_from: pretrain is refused by the schema."""
+the candidate pretrain is refused by the schema."""
 
 from __future__ import annotations
 
