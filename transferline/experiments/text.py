@@ -50,6 +50,7 @@ def trial_paths(params: Params, key: str) -> tuple[Paths, Paths]:
 
 def check_inputs(params: Params, init_from: str) -> None:
     """Fail with the command to run when the pipeline has not made what a trial reads."""
+    from transferline.checkpoint import read_meta
     from transferline.text import data as td
 
     paths = params.paths
@@ -59,6 +60,9 @@ def check_inputs(params: Params, init_from: str) -> None:
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
         raise ExperimentError(f"{', '.join(missing)} not found; run `transferline run --modality text --until pretrain` first")
+    if init_from == "pretrain" and read_meta(paths.weights("pretrain")).get("objective") == "none":
+        raise ExperimentError("a trial starts from pretrain but pretrain.text.steps is 0 (nothing was pretrained): "
+                              "set pretrain.text.steps and run `transferline run --modality text --until pretrain`")
 
 
 def _with(params: Params, trial: TextTrial) -> Params:
