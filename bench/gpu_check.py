@@ -62,7 +62,7 @@ def mlm_steps(device: torch.device, steps: int) -> dict:
     """Masked-LM steps per second with params.yaml's pretrain.text encoder on random 64-token texts."""
     from transferline.config import parse_params, read_raw
     from transferline.text.models import encoder_config
-    from transferline.text.objectives import pretrain_mlm
+    from transferline.text.objectives import new_mlm, pretrain_mlm
 
     raw = read_raw(ROOT / "params.yaml")
     raw["modality"] = "text"
@@ -73,7 +73,7 @@ def mlm_steps(device: torch.device, steps: int) -> dict:
     ids[:, 0], ids[:, -1] = 2, 3
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        pretrain_mlm(encoder_config(8000, 64, cfg, 0), ids, special, run, device, 0, Path(tmp) / "ckpt.safetensors")
+        pretrain_mlm(new_mlm(encoder_config(8000, 64, cfg, 0), 0), ids, special, run, device, 0, Path(tmp) / "ckpt.safetensors")
         wall = time.perf_counter() - t0
     return {"batch_size": cfg.batch_size, "layers": cfg.layers, "hidden": cfg.hidden, "steps": steps,
             "steps_per_s": round(steps / wall, 2)}

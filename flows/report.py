@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from transferline.candidates import candidates_table
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -23,6 +24,7 @@ from prefect.artifacts import (
 
 METRICS = Path("reports/metrics.json")
 REGISTER = Path("reports/register.json")
+CANDIDATES = Path("reports/candidates.json")  # the finetune stage's starting points and its choice
 PROMOTE = Path("reports/promote.json")  # written by the promote stage when the project has one
 
 REPORT_KEY = "transferline-report"
@@ -107,6 +109,11 @@ def markdown(stages: list[str], results: list[dict], link: str, seconds: float,
                   f"| scratch | {sc.get('accuracy', float('nan')):.4f} | {sc.get('macro_f1', float('nan')):.4f} |",
                   f"| **transfer gain** | **{gain.get('accuracy', float('nan')):+.4f}** | "
                   f"{gain.get('macro_f1', float('nan')):+.4f} |"]
+    candidates = _read(CANDIDATES)
+    if candidates and not error:
+        test = {c: s.get("accuracy") for c, s in (metrics or {}).get("candidates", {}).items()}
+        lines += ["", "## Starting points (chosen on validation)", "", f"**{candidates['verdict']}**", "",
+                  *candidates_table(candidates, test)]
     register = _read(REGISTER)
     if register and not error:
         lines += ["", f"Registered: {register.get('name')} version {register.get('version')}; "

@@ -111,7 +111,7 @@ def _bad_yaml(t):
 
 
 def _missing_weights(t):
-    write_params(t, tiny_raw_params(finetune={"init_from": "data/external/weights/none.pt"}))
+    write_params(t, tiny_raw_params(finetune={"candidates": ["scratch", "data/external/weights/none.pt"]}))
 
 
 def _no_folder(t):
@@ -177,7 +177,7 @@ def _weights(content: Callable[[Path], None]) -> Callable[[Path], None]:
     def setup(t: Path) -> None:
         (t / "data/external/weights").mkdir(parents=True)
         content(t / "data/external/weights/w.pt")
-        write_params(t, tiny_raw_params(finetune={"init_from": "data/external/weights/w.pt"}))
+        write_params(t, tiny_raw_params(finetune={"candidates": ["scratch", "data/external/weights/w.pt"]}))
     return setup
 
 
@@ -233,7 +233,7 @@ def _text_model_folder(t):
     (folder / "pytorch_model.bin").write_bytes(b"a pickle")
     _text("r.csv", csv_rows())(t)
     raw = yaml.safe_load((t / "params.yaml").read_text())
-    raw["finetune"]["text"] = {"init_from": "data/external/weights/bert"}
+    raw["finetune"]["text"] = {"candidates": ["scratch", "data/external/weights/bert"]}
     raw["preprocess"]["text"] = {"tokenizer": "data/external/weights/bert"}
     write_params(t, raw)
 
@@ -261,7 +261,7 @@ CASES = [
     ("params: unknown key", _typo, RUN, 2, ["finetune.image.lrr", "unknown key"]),
     ("params: text for a number", _string_number, RUN, 2, ["finetune.image.epochs"]),
     ("params: not YAML", _bad_yaml, RUN, 2, ["params.yaml", "not valid YAML"]),
-    ("params: missing weights file", _missing_weights, RUN, 2, ["finetune.image.init_from", "none.pt"]),
+    ("params: missing weights file", _missing_weights, RUN, 2, ["finetune.image.candidates", "none.pt"]),
     # image folders
     ("folder: missing", _no_folder, RUN, 2, ["ingest.image.folder", "nowhere", "is not a folder"]),
     ("folder: no class sub-folders", _no_classes, RUN, 2, ["no class sub-folders"]),
@@ -300,7 +300,7 @@ CASES = [
      ["label column 'label'", "empty in every row"]),
     ("text: one class", _text("r.csv", csv_rows(classes=("pos",))), RUN, 2, ["holds one class ('pos')"]),
     ("text: model folder with a pickle", _text_model_folder, RUN, 2,
-     ["finetune.text.init_from", "model.safetensors", "pytorch_model.bin is a pickle", "tokenizer.json"]),
+     ["finetune.text.candidates", "model.safetensors", "pytorch_model.bin is a pickle", "tokenizer.json"]),
     # servers and registry commands
     ("tracking: damaged database", _bad_db, RUN, 2, ["tracking.uri", "not a readable SQLite database", "mv "]),
     ("tracking: server unreachable", _server_gone, RUN, 2, ["tracking.uri", "127.0.0.1:9", "unreachable"]),

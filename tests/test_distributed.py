@@ -43,7 +43,7 @@ def ranks(tmp_path_factory, builtin_sets) -> list[Path]:
     write_json(root / "data/raw/meta.json", {
         "source": {"origin": "test", "classes": list(MNIST.classes), "n": 400},
         "target": {"origin": "test", "classes": list(ANIMAL_MNIST.classes), "n": 400, "unreadable": []}})
-    raw = tiny_raw_params(finetune={"init_from": "scratch", "epochs": 2, "patience": 1})
+    raw = tiny_raw_params(finetune={"candidates": ["scratch"], "epochs": 2, "patience": 1})
     paths = parse_params(raw).paths.under(root)
     split.run(parse_params(raw), paths)
     preprocess.run(parse_params(raw), paths)

@@ -13,7 +13,8 @@ from conftest import tiny_raw_params
 from transferline.checkpoint import save_weights
 from transferline.config import parse_params
 from transferline.experiments import OUT, ExperimentError
-from transferline.experiments.image import compare_strategies, label_efficiency, objectives
+from transferline.experiments.image import compare_strategies, objectives
+from transferline.experiments.starts import label_efficiency, transferability
 from transferline.image.models import SmallCNN
 
 
@@ -35,7 +36,7 @@ def _task_run_names() -> set[str]:
 def _params(tmp_path, **over):
     experiments = {"budgets": [2, 4], "seeds": [0, 1], "strategies": ["linear_probe", "gradual"],
                    **over.pop("experiments", {})}
-    raw = tiny_raw_params(finetune={"epochs": 2}, experiments=experiments, **over)
+    raw = tiny_raw_params(finetune={"epochs": 2, **over.pop("finetune", {})}, experiments=experiments, **over)
     raw["tracking"] = {**raw["tracking"], "uri": f"sqlite:///{tmp_path}/mlflow.db"}
     return parse_params(raw)
 
@@ -59,15 +60,33 @@ def test_label_efficiency_table_plot_and_runs(tiny_raw):
     runs = mlflow.search_runs(experiment_names=["transferline"], output_format="list")
     parent = next(r for r in runs if r.info.run_name == "label-efficiency")
     assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]) == 4
-    assert {"labels2_seed0", "labels2_seed1", "labels4_seed0", "labels4_seed1"} <= _task_run_names()
+    assert {f"label-efficiency_labels{b}_seed{s}" for b in (2, 4) for s in (0, 1)} <= _task_run_names()
+    # the registered model is the candidate chosen on validation, and never the test split's pick
+    for r in rows:
+        assert r["finetune_accuracy"] == r[f"{r['winner']}.accuracy"]
+        best_val = max(r["scratch.val_acc"], r["pretrain.val_acc"])
+        assert r[f"{r['winner']}.val_acc"] == best_val
     # the pipeline's own outputs were not touched
     assert not (tiny_raw / "data/split").exists() and not (tiny_raw / "models/finetune").exists()
     # each trial wrote into its own folders, none of them links into the project
-    trial = tiny_raw / ".transferline/experiments/labels2_seed0"
+    trial = tiny_raw / ".transferline/experiments/label-efficiency_labels2_seed0"
     assert (trial / "models/finetune/model.safetensors").is_file() and (trial / "data/split/target.npz").is_file()
     assert not any(p.is_symlink() for p in (tiny_raw / ".transferline/experiments").rglob("*"))
     assert pretrained.read_bytes() == before
     assert sorted(p.name for p in (tiny_raw / "models/pretrain").iterdir()) == ["model.safetensors"]
+
+
+def test_transferability_rank_correlation(tiny_raw):
+    for path in ("models/pretrain/model.safetensors", "data/external/weights/other.safetensors"):
+        save_weights(SmallCNN(10), tiny_raw / path, meta={"arch": "small_cnn", "num_classes": 10, "in_channels": 1})
+    with pytest.raises(ExperimentError, match="at least 3"):
+        transferability(_params(tiny_raw))
+    params = _params(tiny_raw, experiments={"budgets": [4], "seeds": [0]},
+                     finetune={"candidates": ["scratch", "pretrain", "data/external/weights/other.safetensors"]})
+    table = transferability(params)
+    assert [t["labels_per_class"] for t in table] == [4, "all"] and table[-1]["points"] == 3
+    assert -1 <= table[-1]["spearman_pooled"] <= 1
+    assert (tiny_raw / OUT / "transferability.png").stat().st_size > 5000
 
 
 def test_strategy_table(tiny_raw):

@@ -39,7 +39,7 @@ def test_non_finite_loss_stops_training_naming_epoch_and_step(tmp_path):
     x = torch.randn(64, 1, 28, 28)
     x[5] = float("nan")  # one poisoned image
     y = torch.arange(64) % 2
-    cfg = FinetuneParams(epochs=3, batch_size=32, lr=0.01, init_from="scratch")
+    cfg = FinetuneParams(epochs=3, batch_size=32, lr=0.01)
     ckpt = tmp_path / "ckpt.safetensors"
     with pytest.raises(StageError, match=r"train epoch 1: the training loss is nan by step 2"):
         fit(build_model("small_cnn", 2, 1), (x, y), (x[:8], y[:8]), cfg, torch.device("cpu"),

@@ -42,6 +42,12 @@ def test_pipeline_end_to_end(tmp_path):
     assert metrics["transfer_gain"]["accuracy"] == pytest.approx(
         metrics["finetune"]["accuracy"] - metrics["scratch"]["accuracy"], abs=1e-4)
     assert (project / "reports/plots/confusion_matrix.png").stat().st_size > 5000
+    # both starting points trained and scored on validation; the registered model is the better one
+    chosen = json.loads((project / "reports/candidates.json").read_text())
+    val = {r["candidate"]: r["val_acc"] for r in chosen["candidates"]}
+    assert set(val) == {"scratch", "pretrain"} and val[chosen["winner"]] == max(val.values())
+    assert metrics["finetune"] == metrics["candidates"][chosen["winner"]]
+    assert f"starting point: {chosen['verdict']}" in " ".join(first.stderr.split()), first.stderr[-2000:]
     status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=project,
                             capture_output=True, text=True, check=True)
     assert json.loads(status.stdout) == {}

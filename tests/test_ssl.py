@@ -17,15 +17,16 @@ import yaml
 
 from conftest import tiny_raw_params
 from transferline.errors import StageError
-from transferline.image.finetune import initialise, train_target
+from transferline.image.finetune import initialised_model, train_target
 from transferline.image import preprocess, split
 from transferline.image.data import check_pool, image_hashes, load_set
 from transferline.image.pretrain import run as pretrain
-from transferline.checkpoint import read_meta
+from transferline.candidates import folder_name
+from transferline.checkpoint import load_weights, read_meta
+from transferline.image import finetune
 from transferline.config import parse_params
 from transferline.paths import Paths
 from transferline.io import load_arrays
-from transferline.image.models import SmallCNN
 from transferline.image.objectives import nt_xent
 
 
@@ -77,11 +78,10 @@ def test_objective_learns_and_feeds_finetune(tiny_raw, objective):
     assert read_meta(weights)["objective"] == objective
     assert not (tiny_raw / "models/pretrain/checkpoint.safetensors").exists()
     # the same finetune stage loads it: every backbone tensor, nothing skipped
-    model = SmallCNN(10)
-    report = initialise(model, "pretrain", Paths().weights("pretrain"))
+    model, report = initialised_model(params, "pretrain", Paths(), 10)
     n_backbone = sum(k.startswith("backbone.") for k in model.state_dict())
     assert report["loaded"] == n_backbone and report["missing"] == report["skipped_shape"] == 0
-    ft = train_target(params, params.paths, "pretrain", "finetune")
+    _, ft = train_target(params, params.paths, "pretrain", "finetune")
     assert len(ft) == 1 and 0 <= ft[0]["val_acc"] <= 1
 
 
@@ -96,6 +96,33 @@ def test_target_only_pool(tiny_raw):
     pretrain(params, params.paths)
     meta = read_meta(tiny_raw / "models/pretrain/model.safetensors")
     assert meta["unlabelled"] == ["target"] and meta["images"] == len(load_set(Paths(), "pool")["x_target"])
+
+
+def test_adapted_starts_are_candidates(tiny_raw):
+    """pretrain.image.adapt builds pretrain-adapt (the source backbone, continued on the target pool)
+    and adapt (random start); finetune estimates, trains and scores each, and keeps the best."""
+    params = parse_params(tiny_raw_params(
+        split={"source_max_samples": 150},
+        pretrain={"epochs": 1, "adapt": {"starts": ["pretrain", "scratch"], "epochs": 1, "batch_size": 64}},
+        finetune={"epochs": 2, "candidates": ["scratch", "pretrain", "pretrain-adapt", "adapt"]}))
+    split.run(params, params.paths)
+    preprocess.run(params, params.paths)
+    pretrain(params, params.paths)
+    folder = tiny_raw / "models/pretrain"
+    assert read_meta(folder / "pretrain-adapt.safetensors")["init"].endswith("model.safetensors")
+    assert read_meta(folder / "adapt.safetensors")["init"] == "random"
+    assert (folder / "pretrain-adapt_history.json").is_file() and not list(folder.glob("*checkpoint*"))
+    result = finetune.run(params, params.paths)
+    rows = {r["candidate"]: r for r in result["candidates"]}
+    assert list(rows) == ["scratch", "pretrain", "pretrain-adapt", "adapt"]
+    assert all(isinstance(r["estimate"], float) and 0 <= r["val_acc"] <= 1 for r in rows.values())
+    best = max(r["val_acc"] for r in rows.values())
+    assert rows[result["winner"]]["val_acc"] == best
+    assert (result["winner"] == "scratch") == (rows["scratch"]["val_acc"] == best)
+    # the registered weights are the winner's
+    winner = load_weights(tiny_raw / "models/finetune/model.safetensors")
+    chosen = load_weights(params.paths.weights(folder_name(result["winner"])))
+    assert all(torch.equal(winner[k], chosen[k]) for k in winner)
 
 
 @pytest.mark.slow

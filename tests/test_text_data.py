@@ -101,9 +101,50 @@ def test_text_params_are_checked():
         parse_params(tiny_text_raw(finetune={"strategy": "sideways"}))
     with pytest.raises(ParamsError, match="finetune.text.colour: unknown key"):
         parse_params(tiny_text_raw(finetune={"colour": 1}))
-    with pytest.raises(ParamsError, match="preprocess.text.tokenizer must be 'minilm'"):
-        parse_params(tiny_text_raw(finetune={"init_from": "minilm"}))
+    with pytest.raises(ParamsError, match=r"finetune.text.starts.minilm.learning_rate: unknown key"):
+        parse_params(tiny_text_raw(finetune={"starts": {"minilm": {"lr": 5e-5, "epochs": 3, "learning_rate": 1}}}))
+    with pytest.raises(ParamsError, match="finetune.text.lr: unknown key"):  # the rate belongs to a start now
+        parse_params(tiny_text_raw(finetune={"lr": 1e-3}))
     assert parse_params(tiny_text_raw()).model_name == "transferline-text"
+
+
+def _shipped_text_raw(**text: dict) -> dict:
+    """params.yaml as shipped, modality text, with `text` merged into the text sub-sections."""
+    import yaml
+
+    from conftest import ROOT
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["modality"] = "text"
+    for section, values in text.items():
+        raw[section]["text"] = {**raw[section]["text"], **values}
+    return raw
+
+
+def test_each_start_trains_with_its_own_values():
+    """Switching the start switches its training values; `pretrain` takes those of what it continued."""
+    shipped = parse_params(_shipped_text_raw())
+    text = shipped.text
+    assert (text.finetune.candidates, text.tokenizer) == (["scratch", "minilm"], "minilm")  # MiniLM and its tokenizer by default
+    assert text.training_for("minilm").lr <= 1e-4 < text.training_for("scratch").lr
+    assert text.training_for("minilm") == text.finetune.starts.minilm
+    assert text.training_for("scratch") == text.finetune.starts.scratch
+    assert text.training_for("data/external/weights/bert") == text.finetune.starts.pretrained
+    tapt = parse_params(_shipped_text_raw(pretrain={"steps": 100}, finetune={"candidates": ["scratch", "pretrain"]})).text
+    assert tapt.training_for("pretrain") == tapt.finetune.starts.minilm  # MiniLM + continued pretraining
+    own = parse_params(_shipped_text_raw(pretrain={"continue_from": "none", "steps": 100},
+                                         finetune={"candidates": ["scratch", "pretrain"]})).text
+    assert own.training_for("pretrain") == own.finetune.starts.encoder and own.tokenizer == "train"
+
+
+def test_a_start_with_another_tokenizer_is_refused():
+    with pytest.raises(ParamsError, match=r"candidates names 'minilm', so the text must be tokenized with 'minilm'.*"
+                                          r"preprocess.text.tokenizer 'train'.*Set preprocess.text.tokenizer: auto"):
+        parse_params(_shipped_text_raw(preprocess={"tokenizer": "train"}))
+    with pytest.raises(ParamsError, match=r"'train' \(auto, from pretrain.text.continue_from\)"):
+        parse_params(_shipped_text_raw(pretrain={"continue_from": "none"}))
+    with pytest.raises(ParamsError, match="candidates names 'pretrain' but pretrain.text.steps is 0"):
+        parse_params(_shipped_text_raw(finetune={"candidates": ["scratch", "pretrain"]}, pretrain={"steps": 0}))
 
 
 def test_modality_switch_rewrites_only_that_line(tmp_path):

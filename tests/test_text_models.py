@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from text_helpers import run_stages, tiny_text_raw
+from text_helpers import run_stages, small_starts, tiny_text_raw
 from transferline.checkpoint import load_weights, read_meta
 from transferline.config import parse_params
 from transferline.io import read_json
@@ -45,7 +45,8 @@ def test_mlm_pretraining_learns_and_resumes(text_project):
 
 
 def _train(params, paths, init, kind, strategy, name):
-    hist = finetune.train_one(params, paths, name, init, kind, strategy, 1e-3, 1)
+    train = params.text.training_for(init).model_copy(update={"lr": 1e-3, "epochs": 1})
+    hist = finetune.train_one(params, paths, name, init, kind, strategy, train)
     return hist, load_weights(paths.weights(name))
 
 
@@ -79,7 +80,7 @@ def test_strategies_and_bilstm(text_project):
 
 def test_finetune_and_evaluate_stage_report_transfer_gain(text_project):
     paths = text_project
-    params = parse_params(tiny_text_raw(finetune={"epochs": 3}))
+    params = parse_params(tiny_text_raw(finetune={"starts": small_starts(epochs=3)}))
     finetune.run(params, paths)
     metrics = evaluate.run(params, paths)
     assert metrics["n_test"] == 255
@@ -92,7 +93,8 @@ def test_finetune_and_evaluate_stage_report_transfer_gain(text_project):
 def test_minilm_lora_few_steps(tmp_path, text_project):
     """The packaged all-MiniLM-L6-v2: its own tokenizer, LoRA, two steps, merged weights."""
     params = parse_params(tiny_text_raw(preprocess={"tokenizer": "minilm"},
-                                        finetune={"init_from": "minilm", "max_train_steps": 2, "batch_size": 8}))
+                                        finetune={"candidates": ["scratch", "minilm"], "max_train_steps": 2,
+                                                  "starts": {"minilm": {"lr": 5e-5, "epochs": 1, "batch_size": 8}}}))
     # the project's raw data and split, re-tokenized and trained in a folder of its own
     paths = params.paths.under(tmp_path).model_copy(update={"raw": text_project.raw, "split": text_project.split})
     meta = preprocess.run(params, paths)
@@ -100,3 +102,37 @@ def test_minilm_lora_few_steps(tmp_path, text_project):
     hist, weights = _train(params, paths, "minilm", "encoder", "lora", "minilm")
     assert weights["encoder.embeddings.word_embeddings.weight"].shape == (30522, 384)
     assert hist[0]["val_acc"] >= 0.0
+
+
+def test_continued_pretraining_of_minilm_few_steps(tmp_path, text_project):
+    """pretrain.text.continue_from: minilm trains MiniLM's own weights on the corpus (the tokenizer
+    follows: auto); finetune's `pretrain` start is then MiniLM-shaped and takes MiniLM's values.
+    With steps: 0 pretrain writes only a marker, and starting from it fails with the key to set."""
+    from transferline.errors import StageError
+    from transferline.text.weights import load_pretrained_encoder
+    from transferline.config.text import minilm_path
+
+    raw = tiny_text_raw(preprocess={"tokenizer": "auto"},
+                        pretrain={"continue_from": "minilm", "steps": 2, "batch_size": 8, "eval_every": 2},
+                        finetune={"candidates": ["scratch", "pretrain"], "max_train_steps": 1,
+                                  "starts": {"minilm": {"lr": 5e-5, "epochs": 1, "batch_size": 8}}})
+    params = parse_params(raw)
+    assert params.text.tokenizer == "minilm" and params.text.training_for("pretrain").batch_size == 8
+    paths = params.paths.under(tmp_path).model_copy(update={"raw": text_project.raw, "split": text_project.split})
+    preprocess.run(params, paths)
+    history = pretrain.run(params, paths)
+    assert [h["step"] for h in history] == [2] and 0.0 <= history[0]["val_acc"] <= 1.0
+    meta = read_meta(paths.weights("pretrain"))
+    assert (meta["continued_from"], meta["steps"]) == ("minilm", 2)
+    moved = load_weights(paths.weights("pretrain"))["encoder.layer.0.attention.self.query.weight"]
+    original = load_pretrained_encoder(minilm_path()).state_dict()["encoder.layer.0.attention.self.query.weight"]
+    assert moved.shape == (384, 384) and not torch.equal(moved, original)
+    finetune.train_one(params, paths, "tapt", "pretrain", "encoder", "full")
+    saved = read_meta(paths.weights("tapt"))
+    assert (saved["continued_from"], saved["batch_size"], saved["lr"]) == ("minilm", 8, 5e-5)
+
+    off = parse_params(tiny_text_raw(pretrain={"continue_from": "minilm", "steps": 0}, preprocess={"tokenizer": "auto"},
+                                     finetune={"candidates": ["scratch", "minilm"]}))
+    assert pretrain.run(off, paths) == [] and read_meta(paths.weights("pretrain"))["objective"] == "none"
+    with pytest.raises(StageError, match="pretrain.text.steps was 0"):
+        finetune.train_one(off, paths, "nothing", "pretrain", "encoder", "full")

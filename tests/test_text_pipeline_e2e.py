@@ -12,13 +12,13 @@ import yaml
 
 from conftest import make_project
 from test_pipeline_e2e import transferline
-from text_helpers import tiny_text_raw
+from text_helpers import small_starts, tiny_text_raw
 
 pytestmark = pytest.mark.slow
 
 
 def test_text_pipeline_end_to_end(tmp_path):
-    raw = tiny_text_raw(finetune={"epochs": 3})
+    raw = tiny_text_raw(finetune={"starts": small_starts(epochs=3)})
     raw["modality"] = "image"  # the switch below turns it to text
     project = make_project(tmp_path / "proj", raw)
 

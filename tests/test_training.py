@@ -99,7 +99,7 @@ def test_early_stopping_keeps_the_best_epoch(tiny_raw):
 
     data = _target_tensors(tiny_raw)
     model = SmallCNN(10)
-    cfg = FinetuneParams(epochs=40, batch_size=32, lr=0.003, patience=2, init_from="scratch")
+    cfg = FinetuneParams(epochs=40, batch_size=32, lr=0.003, patience=2)
     history = fit(model, (data["x_train"], data["y_train"]), (data["x_val"], data["y_val"]), cfg,
                   torch.device("cpu"), torch.Generator().manual_seed(0))
     assert len(history) < 40

@@ -17,7 +17,7 @@ import pytest
 from conftest import tiny_raw_params
 from transferline.checkpoint import save_weights
 from transferline.config import parse_params
-from transferline.experiments.image import label_efficiency
+from transferline.experiments.starts import label_efficiency
 from transferline.image.models import SmallCNN
 
 pytestmark = pytest.mark.multimachine
@@ -87,8 +87,9 @@ def test_label_efficiency_on_ray_matches_the_process_pool(tiny_raw, ray_cluster)
     runs = mlflow.search_runs(experiment_names=["transferline"], output_format="list")
     parent = max((r for r in runs if r.info.run_name == "label-efficiency"), key=lambda r: r.info.start_time)
     trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(r.info.run_name for r in trials) == ["labels10_seed0", "labels10_seed1"]
+    names = ["label-efficiency_labels10_seed0", "label-efficiency_labels10_seed1"]
+    assert sorted(r.info.run_name for r in trials) == names
     assert all(r.info.status == "FINISHED" and "pretrain.accuracy" in r.data.metrics for r in trials)
     assert len({r.data.tags["ray_node"] for r in trials}) == 2  # one trial on each Ray node
-    for name in ("labels10_seed0", "labels10_seed1"):
+    for name in names:
         assert (tiny_raw / ".transferline/experiments" / name / "models/finetune/model.safetensors").is_file()

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from conftest import tiny_raw_params
 
+TINY_TRAINING = {"lr": 0.001, "epochs": 2, "batch_size": 16}
+
+
+def small_starts(**values) -> dict:
+    """finetune.text.starts for our small encoder and its scratch baseline, tiny, with `values` on both."""
+    return {"encoder": {**TINY_TRAINING, **values}, "scratch": {**TINY_TRAINING, **values}}
+
+
+# our small encoder (continue_from: none), not MiniLM: seconds, not minutes
 TINY_TEXT = {
     "split": {"test_fraction": 0.02, "labels_per_class": 40, "val_per_class": 15, "corpus_max_texts": 400},
     "preprocess": {"vocab_size": 800, "max_length": 32},
-    "pretrain": {"layers": 1, "hidden": 32, "heads": 2, "intermediate": 64, "steps": 12, "batch_size": 32,
-                 "eval_every": 6, "warmup_steps": 2},
-    "finetune": {"epochs": 2, "batch_size": 16, "lr": 0.001, "baseline_lr": 0.001},
+    "pretrain": {"continue_from": "none", "layers": 1, "hidden": 32, "heads": 2, "intermediate": 64, "steps": 12,
+                 "batch_size": 32, "eval_every": 6, "warmup_steps": 2},
+    "finetune": {"candidates": ["scratch", "pretrain"], "starts": small_starts()},
 }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from transferline.candidates import candidates_table, read_candidates
 from transferline.config import Params
 from transferline.io import read_json
 from transferline.paths import Paths
@@ -60,6 +61,23 @@ def _per_class(per_class: dict) -> tuple[list[str], list[str]]:
     return lines, weak
 
 
+def _starting_point(paths: Paths, finetune) -> str:
+    report = paths.report("candidates")
+    if not report.is_file():  # written by every finetune run; missing only if the stage never ran
+        return "unknown (no reports/candidates.json)"
+    decision = read_candidates(report)
+    return f"`{decision['winner']}`, chosen on validation ({decision['verdict']})"
+
+
+def _candidates_section(paths: Paths, metrics: dict) -> list[str]:
+    """Every starting point the finetune stage compared: estimate, validation, test, seconds."""
+    if not paths.report("candidates").is_file():
+        return []
+    test = {c: s.get("accuracy") for c, s in metrics.get("candidates", {}).items()}
+    return ["## Starting points compared", "", *candidates_table(read_candidates(paths.report("candidates")), test),
+            ""]
+
+
 def build(params: Params, paths: Paths, name: str, version: str, run_id: str, hashes: dict[str, str],
           image_link: str | None) -> str:
     """The card's markdown, with the gate decision still pending."""
@@ -67,6 +85,10 @@ def build(params: Params, paths: Paths, name: str, version: str, run_id: str, ha
     per_class = read_json(paths.report("per_class")) if paths.report("per_class").is_file() else {}
     v = params.values
     split, finetune = v.split, v.finetune
+    # text keeps training values per start (finetune.text.starts); images one set
+    winner = read_candidates(paths.report("candidates"))["winner"] if paths.report("candidates").is_file() else "scratch"
+    # text: each start trains with its own values; images share finetune.image's
+    train = v.training_for(winner) if hasattr(v, "training_for") else finetune
     n_classes = len([c for c, s in per_class.get("finetune", {}).items()
                      if isinstance(s, dict) and c not in ("macro avg", "weighted avg")])
     gain = metrics.get("transfer_gain", {}).get("accuracy")
@@ -80,8 +102,8 @@ def build(params: Params, paths: Paths, name: str, version: str, run_id: str, ha
         f"of `{paths.split}`: `{_hash(hashes, paths.split)}`.",
         f"**Label budget**: {split.labels_per_class} labelled examples per class for training, "
         f"{split.val_per_class} per class for validation; tested on {metrics.get('n_test', '?')} held-out examples.",
-        f"**Starting point**: `init_from: {finetune.init_from}`, strategy `{finetune.strategy}`, "
-        f"{finetune.epochs} epochs at lr {finetune.lr}.",
+        f"**Starting point**: {_starting_point(paths, finetune)}, strategy `{finetune.strategy}`, "
+        f"{train.epochs} epochs at lr {train.lr}.",
         f"**Run**: MLflow run `{run_id}`; lineage: `transferline lineage {name}/{version}`.",
         "",
         "## Test metrics",
@@ -91,6 +113,7 @@ def build(params: Params, paths: Paths, name: str, version: str, run_id: str, ha
         "",
         *_metrics_table(metrics),
         "",
+        *_candidates_section(paths, metrics),
         "## Per-class scores (fine-tuned)",
         "",
         *table,

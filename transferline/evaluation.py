@@ -58,12 +58,16 @@ def save_learning_curves(histories: dict[str, list[dict]], path) -> None:
 
 
 def write_evaluation(y_true: np.ndarray, predictions: dict[str, np.ndarray], classes: Sequence[str],
-                     paths: Paths) -> dict:
-    """metrics.json ({finetune, scratch, transfer_gain, n_test}), per_class.json and the plots."""
+                     paths: Paths, candidates: dict[str, np.ndarray] | None = None) -> dict:
+    """metrics.json ({finetune, scratch, transfer_gain, n_test, winner, candidates}), per_class.json
+    and the plots. `candidates`: every fine-tuned candidate's test predictions, reported beside
+    the winner (chosen on validation by finetune; the test split never chooses)."""
     scores = {name: m.classification_scores(y_true, predictions[name]) for name in RUNS}
     per_class = {name: m.per_class_scores(y_true, predictions[name], classes) for name in RUNS}
     result = {**scores, "transfer_gain": m.transfer_gain(scores["finetune"], scores["scratch"]),
               "n_test": int(len(y_true))}
+    if candidates is not None:
+        result["candidates"] = {name: m.classification_scores(y_true, pred) for name, pred in candidates.items()}
     save_confusion_matrix(y_true, predictions["finetune"], classes, paths.plots / "confusion_matrix.png",
                           f"fine-tuned, test accuracy {scores['finetune']['accuracy']:.3f}")
     save_learning_curves({n: read_json(paths.history(n)) for n in RUNS}, paths.plots / "learning_curves.png")

@@ -73,7 +73,7 @@ def text_loops(out: Path) -> None:
     from types import SimpleNamespace
 
     from transferline.text.models import EncoderClassifier
-    from transferline.text.objectives import pretrain_mlm
+    from transferline.text.objectives import new_mlm, pretrain_mlm
     from transferline.text.train import fit_classifier
     from transformers import BertConfig
 
@@ -86,7 +86,7 @@ def text_loops(out: Path) -> None:
     ids[40:, 8:] = 0  # some shorter texts
     cfg = SimpleNamespace(steps=4, batch_size=8, lr=1e-3, weight_decay=0.01, warmup_steps=1, mask_prob=0.3,
                           eval_every=2, val_fraction=0.1)
-    mlm, mlm_history = pretrain_mlm(config, ids, special, cfg, torch.device("cpu"), 0, out / "mlm.safetensors")
+    mlm, mlm_history = pretrain_mlm(new_mlm(config, 0), ids, special, cfg, torch.device("cpu"), 0, out / "mlm.safetensors")
     torch.manual_seed(tdist.get_rank())
     clf = EncoderClassifier(config, 2)
     labels = (ids[:, 1] > 20).long()

@@ -33,7 +33,7 @@ def _experiment(name: str, params: Path, as_json: bool = False) -> None:
     apply_env_defaults()
     import logging
 
-    from transferline.experiments import ExperimentError, image
+    from transferline.experiments import ExperimentError, image, starts
 
     if cfg.modality != "image":
         console.print(f"[red]error:[/] `experiment {name}` is an image experiment; params.yaml has "
@@ -41,18 +41,28 @@ def _experiment(name: str, params: Path, as_json: bool = False) -> None:
         raise typer.Exit(2)
     logging.basicConfig(level=logging.INFO, format=f"[{name}] %(message)s")
     try:
-        getattr(image, name.replace("-", "_"))(cfg)
+        module = starts if name in ("label-efficiency", "transferability") else image
+        getattr(module, name.replace("-", "_"))(cfg)
     except ExperimentError as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(1) from None
     _show(name.replace("-", "_"), cfg.paths.experiments, as_json)
 
 
+@app.command("transferability")
+def transferability(params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
+                    as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Does the LogME estimate rank the starting points as fine-tuning does? Every candidate in
+    finetune.image.candidates (at least 3) fine-tuned at every budget x seed in experiments.image;
+    Spearman and Kendall rank correlations of estimate vs test accuracy, a table and a plot."""
+    _experiment("transferability", params, as_json)
+
+
 @app.command("label-efficiency")
 def label_efficiency(params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
                      as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
-    """Fine-tuned vs scratch test accuracy at every label budget and seed in
-    params.yaml `experiments.image` (budgets, seeds): a table and a plot with spread."""
+    """The registered model (the starting point chosen on validation) vs scratch, test accuracy
+    at every label budget and seed in params.yaml `experiments.image`: a table and a plot with spread."""
     _experiment("label-efficiency", params, as_json)
 
 

@@ -24,7 +24,7 @@ TEXT_SUFFIXES = (".csv", ".jsonl", ".parquet")
 GITIGNORE = "# transferline's local state: MLflow DB and artifacts, Prefect home, downloads\n.transferline/\n" \
             "__pycache__/\n.venv/\n"
 WEIGHTS_README = ("Put external pretrained weights here (safetensors, or a torch state dict) and set\n"
-                  "`finetune.image.init_from: data/external/weights/<file>` (text: a model folder) in params.yaml.\n"
+                  "a weights file in `finetune.image.candidates` (text: a model folder in `finetune.text.candidates`) in params.yaml.\n"
                   "DVC tracks this folder as a dependency of the finetune stage.\n")
 
 DEMO_README = ("Your images, one sub-folder per class (data/external/image/<class>/<image>); then set\n"

@@ -138,6 +138,9 @@ def _print_summary(summary: dict) -> None:
             f"test accuracy: fine-tuned {m['finetune']['accuracy']:.4f}, scratch {m['scratch']['accuracy']:.4f}, "
             f"transfer gain {m['transfer_gain']['accuracy']:+.4f}"
         )
+    candidates = Path("reports/candidates.json")
+    if "finetune" in summary["ran"] + summary["skipped"] and candidates.is_file():
+        console.print(f"starting point: {json.loads(candidates.read_text())['verdict']}")
     console.print(f"done in {summary['seconds']:.1f} s; MLflow run {summary['mlflow_run_id']}")
 
 

@@ -215,10 +215,16 @@ def parse_params(raw: dict, path: Path = PARAMS_FILE) -> Params:
 def _batches_split(dist: DistributedParams, values: Any, modality: str) -> list[str]:
     """The global batch is split evenly over the ranks: each training batch_size must divide by the world size."""
     world = dist.world_size
-    return [f"  {stage}.{modality}.batch_size: {size} does not divide over {world} processes "
+    sizes = {}
+    for stage in ("pretrain", "finetune"):
+        section = getattr(values, stage)
+        if hasattr(section, "batch_size"):
+            sizes[f"{stage}.{modality}.batch_size"] = section.batch_size
+        for name, start in getattr(section, "starts", {}) or ():  # text: one batch size per start
+            sizes[f"{stage}.{modality}.starts.{name}.batch_size"] = start.batch_size
+    return [f"  {key}: {size} does not divide over {world} processes "
             f"(distributed.nproc_per_node x nnodes); make it a multiple of {world}"
-            for stage in ("pretrain", "finetune")
-            if (size := getattr(values, stage).batch_size) % world]
+            for key, size in sizes.items() if size % world]
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

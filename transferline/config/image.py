@@ -95,6 +95,22 @@ class TrainParams(Section):
     patience: int = Field(0, ge=0)  # early stopping on val accuracy; 0 = off
 
 
+class AdaptParams(TrainParams):
+    """Self-supervised continued pretraining on the target's unlabelled pool (the
+    target images the split left out of train, val and test), done by the pretrain
+    stage for each start in `starts`: `pretrain` gives the candidate `pretrain-adapt`
+    (the source backbone, adapted), `scratch` gives `adapt` (random weights)."""
+
+    starts: list[Literal["pretrain", "scratch"]] = []
+    objective: Literal["denoising", "contrastive"] = "denoising"
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(0.001, gt=0)
+    mask_ratio: float = Field(0.5, ge=0, lt=1)
+    noise_std: float = Field(0.3, ge=0)
+    temperature: float = Field(0.2, gt=0)
+
+
 class PretrainParams(TrainParams):
     model: Literal[MODEL_NAMES] = "small_cnn"  # type: ignore[valid-type]
     # supervised: source labels; denoising / contrastive: no labels, on the
@@ -104,12 +120,19 @@ class PretrainParams(TrainParams):
     mask_ratio: float = Field(0.5, ge=0, lt=1)  # denoising: share of 4x4 patches blanked
     noise_std: float = Field(0.3, ge=0)  # denoising: gaussian noise added to the input
     temperature: float = Field(0.2, gt=0)  # contrastive: NT-Xent temperature
+    adapt: AdaptParams = AdaptParams()
+
+
+# candidate starting points the pipeline builds; anything else in finetune.image.candidates is a weights file
+BUILT_STARTS = {"scratch": None, "pretrain": None, "pretrain-adapt": "pretrain", "adapt": "scratch"}
 
 
 class FinetuneParams(TrainParams):
-    # pretrain (this project's pretrain stage), scratch, or a weights file in
-    # data/external/weights/ (safetensors or a torch state dict)
-    init_from: str = "pretrain"
+    # Starting points compared on the validation split (transferline/candidates.py): scratch
+    # (always trained: the baseline), pretrain (this project's pretrain stage), pretrain-adapt
+    # and adapt (pretrain.image.adapt), or a weights file in data/external/weights/.
+    candidates: list[str] = Field(["scratch", "pretrain"], min_length=1)
+    candidates_max: int = Field(0, ge=0)  # fine-tune only the N best transferred starts by LogME; 0 = all
     strategy: Literal[STRATEGIES] = "full"  # type: ignore[valid-type]
     last_n_blocks: int = Field(1, ge=0)  # strategy last_n
     unfreeze_every: int = Field(3, ge=1)  # strategy gradual: epochs between unfreezing blocks
@@ -117,12 +140,16 @@ class FinetuneParams(TrainParams):
     train_bn: bool = True  # update batch-norm statistics of frozen blocks
 
     @model_validator(mode="after")
-    def _init_from_exists(self) -> FinetuneParams:
-        if self.init_from not in ("pretrain", "scratch") and not Path(self.init_from).is_file():
-            raise ValueError(
-                f"finetune.image.init_from: {self.init_from!r} is neither 'pretrain', 'scratch' nor an existing "
-                "weights file (put it in data/external/weights/)"
-            )
+    def _candidates_exist(self) -> FinetuneParams:
+        for name in self.candidates:
+            if name not in BUILT_STARTS and not Path(name).is_file():
+                raise ValueError(
+                    f"finetune.image.candidates: {name!r} is neither one of {', '.join(BUILT_STARTS)} nor an "
+                    "existing weights file (put it in data/external/weights/)")
+        if len(set(self.candidates)) != len(self.candidates):
+            raise ValueError(f"finetune.image.candidates: {self.candidates} names a start twice")
+        if "scratch" not in self.candidates:  # the baseline every run is measured against
+            self.candidates.insert(0, "scratch")
         return self
 
 
@@ -180,6 +207,15 @@ class ImageValues(Section):
     evaluate: EvaluateParams = EvaluateParams()
     register_: RegisterParams = Field(RegisterParams(), alias="register")
     experiments: ExperimentsParams = ExperimentsParams()
+
+    @model_validator(mode="after")
+    def _adapted_starts_are_built(self) -> ImageValues:
+        for name in self.finetune.candidates:
+            needs = BUILT_STARTS.get(name)
+            if needs and needs not in self.pretrain.adapt.starts:
+                raise ValueError(f"finetune.image.candidates names {name!r}, which the pretrain stage builds only "
+                                 f"with {needs!r} in pretrain.image.adapt.starts; add it there or drop the candidate")
+        return self
 
     @model_validator(mode="after")
     def _budget_fits_builtin_data(self) -> ImageValues:

@@ -1,14 +1,13 @@
 """Image experiments on the pipeline's ingested data (and, unless a trial
-pretrains itself, its pretrained backbone): the label-efficiency curve, the
-fine-tuning strategy table and the pretraining-objective comparison."""
+pretrains itself, its pretrained backbone): the fine-tuning strategy table
+and the pretraining-objective comparison (label efficiency and
+transferability: transferline/experiments/starts.py)."""
 
 from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
-import numpy as np
 
 from transferline.config import Params
 from transferline.experiments import ExperimentError, trial_paths, write_outputs
@@ -50,7 +49,7 @@ def run_trial(name: str, params: Params, inits: tuple[str, ...], pretrain: bool 
         # the pipeline's backbone, read where the pipeline wrote it, unless the trial pretrained its own
         source = str(params.paths.weights("pretrain")) if init == "pretrain" and not pretrain else init
         t0 = time.perf_counter()
-        history = train_target(trial, paths, source, out)
+        _, history = train_target(trial, paths, source, out)
         seconds = time.perf_counter() - t0
         predicted = predict_classes(load_classifier(paths.weights(out)), data["x_test"],
                                     params.image.evaluate.batch_size, device)
@@ -71,72 +70,6 @@ def _check_needs(params: Params, pretrained: bool) -> None:
     if missing:
         until = "pretrain" if pretrained else "ingest"
         raise ExperimentError(f"{', '.join(missing)} not found; run `transferline run --until {until}` first")
-
-
-def label_efficiency(params: Params) -> list[dict]:
-    """Fine-tuned vs scratch test accuracy for every budget x seed in params.experiments."""
-    cfg = params.image.experiments
-    _check_needs(params, pretrained=True)
-    specs = []
-    for budget in cfg.budgets:
-        for seed in cfg.seeds:
-            trial = params.model_copy(update={
-                "seed": seed, "image": params.image.model_copy(update={
-                    "split": params.image.split.model_copy(update={"labels_per_class": budget})})})
-            specs.append(trial_spec(MODULE, f"labels{budget}_seed{seed}", trial, ("pretrain", "scratch"),
-                                    labels_per_class=budget, seed=seed))
-    results, _ = run_trials("label-efficiency", specs, params)
-    rows = []
-    for spec, res in zip(specs, results):
-        budget, seed = spec["log_params"]["labels_per_class"], spec["log_params"]["seed"]
-        row = {"labels_per_class": budget, "seed": seed,
-               "finetune_accuracy": res["pretrain"]["accuracy"], "scratch_accuracy": res["scratch"]["accuracy"],
-               "finetune_seconds": res["pretrain"]["train_seconds"]}
-        row["gain"] = round(row["finetune_accuracy"] - row["scratch_accuracy"], 5)
-        rows.append(row)
-        log.info("labels/class %d seed %d: fine-tuned %.4f scratch %.4f", budget, seed,
-                 row["finetune_accuracy"], row["scratch_accuracy"])
-    summary = summarise(rows)
-    write_outputs("label_efficiency", rows, summary, params.paths.experiments)
-    plot_label_efficiency(summary, params.paths.experiments / "label_efficiency.png")
-    end_parent(params.paths.experiments)
-    return rows
-
-
-def summarise(rows: list[dict]) -> list[dict]:
-    """Mean and standard deviation over seeds, per budget."""
-    out = []
-    for budget in sorted({r["labels_per_class"] for r in rows}):
-        sel = [r for r in rows if r["labels_per_class"] == budget]
-        ft = np.array([r["finetune_accuracy"] for r in sel])
-        sc = np.array([r["scratch_accuracy"] for r in sel])
-        out.append({"labels_per_class": budget, "seeds": len(sel),
-                    "finetune_mean": round(float(ft.mean()), 4), "finetune_std": round(float(ft.std()), 4),
-                    "scratch_mean": round(float(sc.mean()), 4), "scratch_std": round(float(sc.std()), 4),
-                    "gain_mean": round(float((ft - sc).mean()), 4)})
-    return out
-
-
-def plot_label_efficiency(summary: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = [s["labels_per_class"] for s in summary]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (("finetune", "fine-tuned (pretrained on MNIST)"), ("scratch", "from scratch")):
-        mean = np.array([s[f"{key}_mean"] for s in summary])
-        std = np.array([s[f"{key}_std"] for s in summary])
-        ax.plot(x, mean, "o-", label=label)
-        ax.fill_between(x, mean - std, mean + std, alpha=0.2)
-    ax.set(xscale="log", xlabel="labels per class", ylabel="test accuracy", title="label efficiency")
-    ax.set_xticks(x, [str(v) for v in x])
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def compare_strategies(params: Params) -> list[dict]:

@@ -50,6 +50,7 @@ def trial_paths(params: Params, key: str) -> tuple[Paths, Paths]:
 
 def check_inputs(params: Params, init_from: str) -> None:
     """Fail with the command to run when the pipeline has not made what a trial reads."""
+    from transferline.checkpoint import read_meta
     from transferline.text import data as td
 
     paths = params.paths
@@ -59,6 +60,9 @@ def check_inputs(params: Params, init_from: str) -> None:
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
         raise ExperimentError(f"{', '.join(missing)} not found; run `transferline run --modality text --until pretrain` first")
+    if init_from == "pretrain" and read_meta(paths.weights("pretrain")).get("objective") == "none":
+        raise ExperimentError("a trial starts from pretrain but pretrain.text.steps is 0 (nothing was pretrained): "
+                              "set pretrain.text.steps and run `transferline run --modality text --until pretrain`")
 
 
 def _with(params: Params, trial: TextTrial) -> Params:
@@ -66,7 +70,7 @@ def _with(params: Params, trial: TextTrial) -> Params:
     text = params.text
     tokenizer = trial.init_from if trial.init_from not in ("pretrain", "scratch") else text.preprocess.tokenizer
     return params.model_copy(update={"text": text.model_copy(update={
-        "finetune": text.finetune.model_copy(update={"init_from": trial.init_from}),
+        "finetune": text.finetune.model_copy(update={"candidates": ["scratch", trial.init_from]}),
         "preprocess": text.preprocess.model_copy(update={"tokenizer": tokenizer}),
     })})
 
@@ -93,8 +97,10 @@ def run_text_trial(params: Params, trial: TextTrial) -> dict:
     for seed in trial.seeds or [params.seed]:
         ps = p.model_copy(update={"seed": seed})
         t0 = time.perf_counter()
-        history = finetune.train_one(ps, paths, slug, trial.init_from, trial.model, trial.strategy, trial.lr,
-                                     trial.epochs, labels_per_class=trial.labels_per_class, out=out)
+        # the start's own batch size, warm-up and weight decay; the trial's rate and epochs
+        train = ps.text.training_for(trial.init_from).model_copy(update={"lr": trial.lr, "epochs": trial.epochs})
+        history = finetune.train_one(ps, paths, slug, trial.init_from, trial.model, trial.strategy, train,
+                                     labels_per_class=trial.labels_per_class, out=out)
         total = time.perf_counter() - t0
         y_true, y_pred = evaluate.test_predictions(load_classifier(out.weights(slug)), ps, paths, meta)
         scores = classification_scores(y_true, y_pred)

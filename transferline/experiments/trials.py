@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -76,7 +77,7 @@ def _trial_task():
             client.set_terminated(run_id, "FAILED")
             raise
         now = int(time.time() * 1000)
-        metrics = [Metric(k if init.startswith("_") else f"{init}.{k}", float(v), now, 0)
+        metrics = [Metric(re.sub(r"[^\w./: -]+", "_", k if init.startswith("_") else f"{init}.{k}"), float(v), now, 0)
                    for init, res in results.items() for k, v in res.items() if isinstance(v, (int, float))]
         client.log_batch(run_id, metrics=metrics,
                          params=[Param(k, str(v)) for k, v in spec["log_params"].items()])

@@ -1,5 +1,6 @@
-"""evaluate (images): the fine-tuned model and the scratch baseline on the
-held-out test set; transferline.evaluation writes the metrics (DVC metrics
+"""evaluate (images): the fine-tuned model (the candidate finetune chose on
+validation), the scratch baseline and every other candidate on the held-out
+test set; transferline.evaluation writes the metrics (DVC metrics
 file), per-class scores, the transfer gain, the confusion matrix and the
 learning curves, as for text."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from transferline.candidates import folder_name, metric_key, read_candidates
 from transferline.config import Params
 from transferline.evaluation import RUNS, write_evaluation
 from transferline.image.data import load_set, processed_meta
@@ -27,4 +29,7 @@ def run(params: Params, paths: Paths) -> dict:
     batch = params.image.evaluate.batch_size
     predictions = {name: predict_classes(load_classifier(paths.weights(name)), data["x_test"], batch, device)
                    for name in RUNS}
-    return write_evaluation(data["y_test"].numpy(), predictions, classes, paths)
+    trained = [r["candidate"] for r in read_candidates(paths.report("candidates"))["candidates"] if not r.get("skipped")]
+    candidates = {metric_key(c): predict_classes(load_classifier(paths.weights(folder_name(c))), data["x_test"], batch, device)
+                  for c in trained}
+    return write_evaluation(data["y_test"].numpy(), predictions, classes, paths, candidates)

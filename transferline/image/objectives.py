@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from transferline import distributed as dist
-from transferline.checkpoint import load_checkpoint, resume_state, save_epoch, save_weights
+from transferline.checkpoint import load_checkpoint, load_weights, resume_state, save_epoch, save_weights
 from transferline.errors import check_finite_loss
 from transferline.image.strategies import warmup_cosine
 from transferline.image.models import build_model
@@ -282,26 +282,30 @@ def fit_ssl(
 
 
 def pretrain_ssl(
-    params: Any, source: dict[str, torch.Tensor], pool: dict[str, torch.Tensor], out: Path, generator: torch.Generator,
-    device: torch.device,
+    cfg: Any, arch: str, channels: int, parts: dict[str, torch.Tensor], source: dict[str, torch.Tensor],
+    weights: Path, checkpoint: Path, generator: torch.Generator, device: torch.device, init: Path | None = None,
+    desc: str = "pretrain",
 ) -> list[dict]:
-    """Self-supervised pretraining per params.image.pretrain; writes out/model.safetensors (backbone only)."""
-    cfg = params.image.pretrain
-    parts = {"source": source["x_train"], "target": pool["x_target"]}
-    train = torch.cat([parts[name] for name in cfg.unlabelled])
+    """Self-supervised training per `cfg` (pretrain.image, or its adapt section) on the named
+    unlabelled image sets `parts`, from random weights or the backbone in `init`; writes
+    `weights` (backbone only; resumable from `checkpoint`) and returns the history."""
+    train = torch.cat(list(parts.values()))
     if len(train) < 2:
-        raise ValueError(f"pretrain.unlabelled {cfg.unlabelled}: {len(train)} image(s); "
+        raise ValueError(f"{', '.join(parts)}: {len(train)} unlabelled image(s); "
                          "self-supervised pretraining needs at least 2")
-    log.info("%s pretraining on %d unlabelled images (%s)", cfg.objective, len(train),
-             ", ".join(f"{n}: {len(parts[n])}" for n in cfg.unlabelled))
-    channels, size = params.image.ingest.channels, train.shape[-1]
-    classifier = build_model(cfg.model, num_classes=2, in_channels=channels)
+    log.info("%s pretraining on %d unlabelled images (%s)%s", cfg.objective, len(train),
+             ", ".join(f"{n}: {len(x)}" for n, x in parts.items()), f" from {init}" if init else "")
+    size = train.shape[-1]
+    classifier = build_model(arch, num_classes=2, in_channels=channels)
+    if init is not None:  # continued pretraining: start from a backbone (ours: `backbone.*` keys)
+        backbone = {k: v for k, v in load_weights(init).items() if k.startswith("backbone.")}
+        classifier.load_state_dict(backbone, strict=False)
     model = SSLModel(classifier.backbone, classifier.feature_dim, cfg.objective, channels, size)
     ref = (source["x_train"][:KNN_REFERENCE], source["y_train"][:KNN_REFERENCE])
     history = fit_ssl(model, train, source["x_val"], (ref, (source["x_val"], source["y_val"])), cfg, device,
-                      generator, checkpoint=out / "checkpoint.safetensors", desc=f"pretrain ({cfg.objective})")
-    meta = {"arch": cfg.model, "in_channels": channels, "objective": cfg.objective,
-            "unlabelled": list(cfg.unlabelled), "images": len(train)}
+                      generator, checkpoint=checkpoint, desc=f"{desc} ({cfg.objective})")
+    meta = {"arch": arch, "in_channels": channels, "objective": cfg.objective, "unlabelled": list(parts),
+            "images": len(train), "init": str(init) if init else "random"}
     if dist.is_main():
-        save_weights(Encoder(model.backbone), out / "model.safetensors", meta=meta)
+        save_weights(Encoder(model.backbone), weights, meta=meta)
     return history

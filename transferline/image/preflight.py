@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 from transferline.config import Params
+from transferline.config.image import BUILT_STARTS
 from transferline.errors import StageError
 from transferline.image import data
 
@@ -63,9 +64,9 @@ def weights_problems(path: Path) -> list[str]:
     try:
         tensors = read_state_dict(path)
     except ValueError as err:
-        return [f"finetune.image.init_from: {err}"]
+        return [f"finetune.image.candidates: {err}"]
     if not tensors:
-        return [f"finetune.image.init_from: {path} holds no tensors"]
+        return [f"finetune.image.candidates: {path} holds no tensors"]
     return []
 
 
@@ -75,6 +76,7 @@ def check(params: Params) -> list[str]:
     problems = []
     if v.ingest.target == "folder":
         problems += folder_problems(Path(v.ingest.folder), v.ingest.max_pixels, v.validate_.min_per_class)
-    if v.finetune.init_from not in ("pretrain", "scratch"):
-        problems += weights_problems(Path(v.finetune.init_from))
+    for candidate in v.finetune.candidates:
+        if candidate not in BUILT_STARTS:  # a weights file the user named
+            problems += weights_problems(Path(candidate))
     return problems

@@ -4,7 +4,7 @@ tensor cache (transferline.image.data) that training reads in one call.
 Outputs `${paths.processed}/{source,target}.safetensors`, `pool.safetensors`
 (the unlabelled target pool, normalised like the target; empty unless
 pretrain.image.objective is self-supervised with `target` in
-pretrain.image.unlabelled) and meta.json (per set: mean, std, classes,
+pretrain.image.unlabelled, or pretrain.image.adapt has starts) and meta.json (per set: mean, std, classes,
 channels, image_size), which the registered model also uses to normalise
 raw images.
 """
@@ -62,7 +62,8 @@ def run(params: Params, paths: Paths) -> dict:
     # unlabelled target images, for self-supervised pretraining: the target's statistics.
     # Kept empty unless pretrain uses them, so new target data leaves pretrain up to date.
     pool, _ = normalise_set(load_arrays(paths.split / "pool.npz"), dtype, stats=meta["target"])
-    if v.pretrain.objective == "supervised" or "target" not in v.pretrain.unlabelled:
+    reads_pool = (v.pretrain.objective != "supervised" and "target" in v.pretrain.unlabelled) or v.pretrain.adapt.starts
+    if not reads_pool:
         pool = {k: t[:0].contiguous() for k, t in pool.items()}
     save_set(paths, "pool", pool)
     meta["pool"] = {"n_target": len(pool["x_target"])}

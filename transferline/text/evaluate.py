@@ -1,5 +1,6 @@
 """evaluate for `modality: text`: test-set predictions of the fine-tuned model
-and its baseline; `transferline.evaluation.write_evaluation` writes what both
+(the candidate finetune chose on validation), its baseline and every other
+candidate; `transferline.evaluation.write_evaluation` writes what both
 modalities write (metrics.json, per_class.json, confusion matrix, learning
 curves). `test_predictions` is also how an experiment trial scores a model."""
 
@@ -10,6 +11,7 @@ import logging
 import numpy as np
 import torch
 
+from transferline.candidates import folder_name, metric_key, read_candidates
 from transferline.config import Params
 from transferline.evaluation import RUNS, write_evaluation
 from transferline.paths import Paths
@@ -35,4 +37,9 @@ def run(params: Params, paths: Paths) -> dict:
     predictions = {}
     for name in RUNS:
         y_true, predictions[name] = test_predictions(load_classifier(paths.weights(name)), params, paths, meta)
-    return write_evaluation(y_true, predictions, meta["classes"], paths)
+    candidates = {}
+    for row in read_candidates(paths.report("candidates"))["candidates"]:
+        if not row.get("skipped"):
+            model = load_classifier(paths.weights(folder_name(row["candidate"])))
+            candidates[metric_key(row["candidate"])] = test_predictions(model, params, paths, meta)[1]
+    return write_evaluation(y_true, predictions, meta["classes"], paths, candidates)

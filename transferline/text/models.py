@@ -35,11 +35,14 @@ class EncoderClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(config.hidden_size, num_classes)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The encoder's mean over real tokens, (B, H): what the head sees."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
         m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)  # (B, H)
-        return self.head(self.dropout(pooled))
+        return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(input_ids, attention_mask)))
 
 
 class BiLSTMClassifier(nn.Module):
@@ -94,14 +97,17 @@ def trim(ids: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, ids: torch.Tensor, pad_id: int, batch_size: int, device: torch.device) -> torch.Tensor:
+def predict_logits(model: nn.Module, ids: torch.Tensor, pad_id: int, batch_size: int, device: torch.device,
+                   features: bool = False) -> torch.Tensor:
+    """Logits (or, with `features`, the pooled features) for token ids, in input order, on the CPU."""
     model.eval()
+    run = model.features if features else model
     # longest first, so each batch is trimmed to texts of similar length; then back to input order
     by_length = torch.argsort((ids != pad_id).sum(1), descending=True, stable=True)
     out = []
     for start in range(0, len(ids), batch_size):
         x, attn = trim(ids[by_length[start : start + batch_size]], pad_id)
-        out.append(model(input_ids=x.to(device), attention_mask=attn.to(device)).float().cpu())
+        out.append(run(input_ids=x.to(device), attention_mask=attn.to(device)).float().cpu())
     if not out:
         return torch.zeros(0)
     logits = torch.empty_like(torch.cat(out))

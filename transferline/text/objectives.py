@@ -122,16 +122,43 @@ class _NoTiedCopies(nn.Module):
         return result
 
 
-def pretrain_mlm(config: BertConfig, ids: torch.Tensor, special: dict[str, int], cfg: Any, device: torch.device,
+def new_mlm(config: BertConfig, seed: int) -> BertForMaskedLM:
+    """A BERT masked-LM with seeded random weights (under torchrun every rank builds the same)."""
+    torch.manual_seed(seed)
+    return BertForMaskedLM(config)
+
+
+def load_pretrained_mlm(folder: Path) -> BertForMaskedLM:
+    """A BERT masked-LM from a local model folder, for continued pretraining: safetensors
+    only, no remote code. A sentence-embedding folder (all-MiniLM-L6-v2) has no MLM head:
+    its transform layer starts from random, its decoder is tied to the word embeddings."""
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder}/config.json not found; a model folder needs config.json and model.safetensors")
+    config = BertConfig.from_pretrained(str(folder), local_files_only=True)
+    if config.model_type != "bert":
+        raise ValueError(f"{folder}: model_type {config.model_type!r}; only BERT-style encoders are supported")
+    import transformers
+
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the missing MLM head is expected, not news
+    try:
+        return BertForMaskedLM.from_pretrained(str(folder), config=config, local_files_only=True,
+                                               use_safetensors=True, trust_remote_code=False)
+    finally:
+        transformers.logging.set_verbosity(level)
+
+
+def pretrain_mlm(model: BertForMaskedLM, ids: torch.Tensor, special: dict[str, int], cfg: Any, device: torch.device,
                  seed: int, checkpoint: Path) -> tuple[BertForMaskedLM, list[dict]]:
-    """Masked-LM pretraining for cfg.steps steps; checkpoint every cfg.eval_every steps; resumes from
-    `checkpoint` if it exists (same config). Returns the model and the history."""
+    """Masked-LM (pre)training of `model` (random, or a pretrained encoder to continue) for
+    cfg.steps steps; checkpoint every cfg.eval_every steps; resumes from `checkpoint` if it
+    exists (same config). Returns the model and the history."""
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(ids), generator=g)
     n_val = max(1, int(len(ids) * cfg.val_fraction))
     val_ids, train_ids = ids[perm[:n_val]], ids[perm[n_val:]]
-    torch.manual_seed(seed)
-    model = BertForMaskedLM(config).to(device)
+    config = model.config
+    model = model.to(device)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "LayerNorm" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "LayerNorm" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},

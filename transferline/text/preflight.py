@@ -57,7 +57,7 @@ def file_problems(params: Params) -> list[str]:
 
 def folder_problems(key: str, spec: str, needs: tuple[str, ...]) -> list[str]:
     """A model folder named in params holds the files it must (safetensors only: no pickles)."""
-    if spec in ("pretrain", "scratch", "train", MINILM):
+    if spec in ("pretrain", "scratch", "train", "none", MINILM):
         return []
     folder = Path(spec)
     missing = [n for n in needs if not any((folder / alt).is_file() for alt in n.split(" or "))]
@@ -72,6 +72,8 @@ def check(params: Params) -> list[str]:
     """Every problem with the text data and model folders this run would read."""
     v = params.text
     problems = file_problems(params) if v.ingest.source == "file" else []
-    problems += folder_problems("finetune.text.init_from", v.finetune.init_from, ("config.json", "model.safetensors"))
-    problems += folder_problems("preprocess.text.tokenizer", v.preprocess.tokenizer, ("tokenizer.json or vocab.txt",))
+    for start in v.finetune.candidates:
+        problems += folder_problems("finetune.text.candidates", start, ("config.json", "model.safetensors"))
+    problems += folder_problems("pretrain.text.continue_from", v.pretrain.continue_from, ("config.json", "model.safetensors"))
+    problems += folder_problems("preprocess.text.tokenizer", v.tokenizer, ("tokenizer.json or vocab.txt",))
     return problems

@@ -76,7 +76,8 @@ def encode(tok: Tokenizer, texts: list[str], max_length: int) -> torch.Tensor:
 # --- the stage ---
 
 def load_tokenizer(spec: str, corpus: list[str], params: Params) -> Tokenizer:
-    """preprocess.text.tokenizer: "train" (on the corpus), "minilm" or a model folder."""
+    """preprocess.text.tokenizer resolved (`params.text.tokenizer`): "train" (on the corpus),
+    "minilm" or a model folder."""
     cfg = params.text.preprocess
     if spec == "train":
         return train_wordpiece(corpus, cfg.vocab_size, cfg.lowercase)
@@ -102,7 +103,8 @@ def run(params: Params, paths: Paths) -> dict:
     cfg = params.text.preprocess
     classes = read_json(paths.raw_meta)["target"]["classes"]
     corpus = [r["text"] for r in td.read_jsonl(td.split_file(paths, "corpus"))]
-    tok = load_tokenizer(cfg.tokenizer, corpus, params)
+    tokenizer = params.text.tokenizer  # `auto` resolved: pretrain.text.continue_from's own
+    tok = load_tokenizer(tokenizer, corpus, params)
     special = special_ids(tok)
     paths.processed.mkdir(parents=True, exist_ok=True)
     tok.save(str(td.tokenizer_file(paths)))
@@ -118,11 +120,11 @@ def run(params: Params, paths: Paths) -> dict:
     save_file({"ids": torch.zeros((0, cfg.max_length), dtype=torch.long)}, str(paths.cache("pool")))
     lengths = (target["ids_train"] != special["[PAD]"]).sum(1).float()
     meta = {"modality": "text", "target": {
-        "classes": classes, "max_length": cfg.max_length, "tokenizer": cfg.tokenizer, "lowercase": cfg.lowercase,
+        "classes": classes, "max_length": cfg.max_length, "tokenizer": tokenizer, "lowercase": cfg.lowercase,
         "vocab_size": tok.get_vocab_size(), "special_ids": special,
         "truncated_train_share": round(float((lengths >= cfg.max_length).float().mean()), 4),
     }, "source": {"n": len(corpus)}}
     write_json(paths.processed_meta, meta)
-    log.info("tokenizer %s (vocab %d); %d corpus texts; %.1f%% of train texts truncated at %d tokens", cfg.tokenizer,
+    log.info("tokenizer %s (vocab %d); %d corpus texts; %.1f%% of train texts truncated at %d tokens", tokenizer,
              tok.get_vocab_size(), len(corpus), 100 * meta["target"]["truncated_train_share"], cfg.max_length)
     return meta

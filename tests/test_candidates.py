@@ -1,0 +1,46 @@
+"""Choosing the starting point (transferline/candidates.py) and the LogME estimate
+(transferline/transferability.py), on plain numbers: no training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from transferline.candidates import NO_GAIN, choose, folder_name, shortlist
+from transferline.transferability import logme
+
+
+def _row(name, acc, loss=1.0):
+    return {"candidate": name, "val_acc": acc, "val_loss": loss}
+
+
+def test_scratch_wins_unless_beaten():
+    assert choose([_row("scratch", 0.80), _row("pretrain", 0.85)])["winner"] == "pretrain"
+    tie = choose([_row("scratch", 0.80, 0.5), _row("pretrain", 0.80, 0.5)])
+    assert tie["winner"] == "scratch" and tie["verdict"] == NO_GAIN
+    lost = choose([_row("scratch", 0.83), _row("pretrain", 0.82), {"candidate": "adapt", "skipped": "LogME"}])
+    assert lost["winner"] == "scratch" and lost["val_gain_over_scratch"] == 0
+    assert choose([_row("scratch", 0.8, 0.6), _row("pretrain", 0.8, 0.4)])["winner"] == "pretrain"  # loss breaks a tie
+    with pytest.raises(ValueError, match="scratch"):
+        choose([_row("pretrain", 0.9)])
+
+
+def test_shortlist_keeps_scratch_and_the_best_estimates():
+    est = {"scratch": -2.0, "pretrain": -0.5, "pretrain-adapt": -0.4, "adapt": -1.0}
+    assert shortlist(est, 0) == list(est)
+    assert shortlist(est, 1) == ["scratch", "pretrain-adapt"]
+    assert shortlist(est, 2) == ["scratch", "pretrain", "pretrain-adapt"]
+    assert folder_name("scratch") == "scratch" and folder_name("pretrain-adapt") == "candidates/pretrain-adapt"
+
+
+def test_logme_ranks_informative_features_first():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 400)
+    centres = rng.normal(size=(5, 32))
+    informative = centres[y] + 0.5 * rng.normal(size=(400, 32))
+    weak = centres[y] + 3.0 * rng.normal(size=(400, 32))
+    noise = rng.normal(size=(400, 32))
+    scores = [logme(f, y) for f in (informative, weak, noise)]
+    assert scores[0] > scores[1] > scores[2], scores
+    with pytest.raises(ValueError, match="pair up"):
+        logme(noise, y[:10])

@@ -1,0 +1,88 @@
+"""Choosing the starting point, for either modality: the finetune stage
+trains one model per candidate (scratch, this project's pretraining, an
+adapted or external start), scores each on the validation split, and keeps
+the best. The test split is never used to choose (evaluate reports it
+afterwards). Scratch is both a candidate and the baseline: a transferred
+start must beat it on validation or scratch is what gets registered, so a
+source that does not help this target can never make the model worse.
+
+Written to `reports/candidates.json`: one row per candidate (its LogME
+estimate, validation accuracy and loss, seconds, or why it was skipped) and
+the decision.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from transferline.io import read_json, write_json
+
+SCRATCH = "scratch"
+NO_GAIN = "no transfer gain: the source does not help this target"
+
+
+def folder_name(candidate: str) -> str:
+    """Where a candidate's model and history go (models/<this>, reports/<this>_history.json):
+    scratch keeps the baseline's own folder, every other start gets one under candidates/."""
+    return SCRATCH if candidate == SCRATCH else "candidates/" + re.sub(r"[^\w.-]+", "_", candidate)
+
+
+def metric_key(candidate: str) -> str:
+    """A candidate's name as an MLflow metric key allows it (a weights file's path may hold more)."""
+    return re.sub(r"[^\w./: -]+", "_", candidate)
+
+
+def shortlist(estimates: Mapping[str, float], keep: int) -> list[str]:
+    """The candidates worth fine-tuning: all when `keep` is 0, else scratch (the baseline is
+    always trained) and the `keep` best transferred starts by their estimate."""
+    transferred = sorted((n for n in estimates if n != SCRATCH), key=lambda n: estimates[n], reverse=True)
+    chosen = transferred if keep == 0 else transferred[:keep]
+    return [n for n in estimates if n == SCRATCH or n in chosen]  # in the params' order
+
+
+def choose(rows: Sequence[Mapping]) -> dict:
+    """The decision over trained rows ({candidate, val_acc, val_loss}): the best validation
+    accuracy (lower validation loss breaks a tie); scratch unless a transferred start is
+    strictly better on both counts of that order."""
+    trained = [r for r in rows if not r.get("skipped")]
+    by_name = {r["candidate"]: r for r in trained}
+    if SCRATCH not in by_name:
+        raise ValueError("the scratch baseline must be among the trained candidates")
+    best = max(trained, key=lambda r: (r["val_acc"], -r["val_loss"], r["candidate"] == SCRATCH))
+    base = by_name[SCRATCH]
+    gain = round(best["val_acc"] - base["val_acc"], 5)
+    decision = {"winner": best["candidate"], "val_gain_over_scratch": gain}
+    if best["candidate"] == SCRATCH:
+        decision["verdict"] = NO_GAIN
+    else:
+        decision["verdict"] = (f"{best['candidate']} won on validation: {best['val_acc']:.4f} vs scratch "
+                               f"{base['val_acc']:.4f} ({gain:+.4f})")
+    return decision
+
+
+def write_candidates(path: str | Path, rows: Sequence[Mapping], decision: Mapping, estimator: str) -> Path:
+    return write_json(path, {"estimator": estimator, "candidates": list(rows), **decision})
+
+
+def read_candidates(path: str | Path) -> dict:
+    return read_json(path)
+
+
+def candidates_table(report: Mapping, test: Mapping[str, float] | None = None) -> list[str]:
+    """Markdown rows of the candidates (test accuracy where evaluate has measured it, by metric_key)."""
+    test = test or {}
+    lines = [f"| candidate | {report.get('estimator', 'estimate')} | val accuracy | test accuracy | seconds |",
+             "|---|---|---|---|---|"]
+    for r in report["candidates"]:
+        mark = "**" if r["candidate"] == report["winner"] else ""
+        est = f"{r['estimate']:.3f}" if isinstance(r.get("estimate"), float) else "-"
+        if r.get("skipped"):
+            lines.append(f"| {r['candidate']} | {est} | skipped: {r['skipped']} | - | - |")
+            continue
+        acc = test.get(metric_key(r["candidate"]))
+        test_acc = f"{acc:.4f}" if isinstance(acc, float) else "-"
+        lines.append(f"| {mark}{r['candidate']}{mark} | {est} | {r['val_acc']:.4f} | {test_acc} | "
+                     f"{r.get('seconds', 0):.0f} |")
+    return lines
