@@ -148,13 +148,14 @@ def test_deployment_runs_on_a_real_prefect_server(served):
     assert "completed" in report and "ran: " + ", ".join(STAGES) in report
     assert f"{metrics['transfer_gain']['accuracy']:+.4f}" in report
     assert "Gate decision: **first_champion**" in report
+    assert "## Starting points (chosen on validation)" in report and "| scratch |" in report
     assert "#/experiments/" in report and "/runs/" in report
     stages = json.loads(by_key["transferline-stages"]["data"])
     assert [row["stage"] for row in stages] == list(STAGES) and {row["status"] for row in stages} == {"ran"}
     table = json.loads(by_key["transferline-metrics"]["data"])
     assert {"model": "finetune", "metric": "accuracy", "value": round(metrics["finetune"]["accuracy"], 4)} in table
     # training progress reaches the run's log in the Prefect API
-    assert "finetune (pretrain): 100%" in served.logs and "[finetune] pretrain: best val accuracy" in served.logs
+    assert "finetune (pretrain): 100%" in served.logs and "[finetune] candidate pretrain: LogME" in served.logs
     progress = [a for a in served.artifacts if a["type"] == "progress"]
     assert progress and progress[0]["data"] == 100.0
 
