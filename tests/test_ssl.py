@@ -117,8 +117,8 @@ def test_adapted_starts_are_candidates(tiny_raw):
     assert list(rows) == ["scratch", "pretrain", "pretrain-adapt", "adapt"]
     assert all(isinstance(r["estimate"], float) and 0 <= r["val_acc"] <= 1 for r in rows.values())
     best = max(r["val_acc"] for r in rows.values())
-    assert rows[result["winner"]]["val_acc"] == best
-    assert (result["winner"] == "scratch") == (rows["scratch"]["val_acc"] == best)
+    lead = best - rows["scratch"]["val_acc"]  # a start must lead scratch by min_val_gain (0.01)
+    assert result["winner"] == "scratch" if lead < 0.01 - 1e-9 else rows[result["winner"]]["val_acc"] == best
     # the registered weights are the winner's
     winner = load_weights(tiny_raw / "models/finetune/model.safetensors")
     chosen = load_weights(params.paths.weights(folder_name(result["winner"])))

@@ -42,20 +42,26 @@ def shortlist(estimates: Mapping[str, float], keep: int) -> list[str]:
     return [n for n in estimates if n == SCRATCH or n in chosen]  # in the params' order
 
 
-def choose(rows: Sequence[Mapping]) -> dict:
-    """The decision over trained rows ({candidate, val_acc, val_loss}): the best validation
-    accuracy (lower validation loss breaks a tie); scratch unless a transferred start is
-    strictly better on both counts of that order."""
+def choose(rows: Sequence[Mapping], min_gain: float = 0.0) -> dict:
+    """The decision over trained rows ({candidate, val_acc, val_loss}): the transferred start
+    with the best validation accuracy (lower validation loss breaks a tie) if it beats scratch
+    by at least `min_gain` (and at all), else scratch. A margin keeps a one-image lead on a
+    small validation split, i.e. noise, from deciding (finetune.*.min_val_gain)."""
     trained = [r for r in rows if not r.get("skipped")]
     by_name = {r["candidate"]: r for r in trained}
     if SCRATCH not in by_name:
         raise ValueError("the scratch baseline must be among the trained candidates")
-    best = max(trained, key=lambda r: (r["val_acc"], -r["val_loss"], r["candidate"] == SCRATCH))
     base = by_name[SCRATCH]
+    best = max(trained, key=lambda r: (r["val_acc"], -r["val_loss"], r["candidate"] == SCRATCH))
+    lead = best["val_acc"] - base["val_acc"]
+    if best["candidate"] != SCRATCH and (lead < min_gain - 1e-9 or lead <= 0 and best["val_loss"] >= base["val_loss"]):
+        best = base
     gain = round(best["val_acc"] - base["val_acc"], 5)
     decision = {"winner": best["candidate"], "val_gain_over_scratch": gain}
     if best["candidate"] == SCRATCH:
         decision["verdict"] = NO_GAIN
+        if lead > 0:
+            decision["verdict"] += f" (the best start led by {lead:+.4f} on validation, under min_val_gain {min_gain})"
     else:
         decision["verdict"] = (f"{best['candidate']} won on validation: {best['val_acc']:.4f} vs scratch "
                                f"{base['val_acc']:.4f} ({gain:+.4f})")

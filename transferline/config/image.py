@@ -133,6 +133,7 @@ class FinetuneParams(TrainParams):
     # and adapt (pretrain.image.adapt), or a weights file in data/external/weights/.
     candidates: list[str] = Field(["scratch", "pretrain"], min_length=1)
     candidates_max: int = Field(0, ge=0)  # fine-tune only the N best transferred starts by LogME; 0 = all
+    min_val_gain: float = Field(0.01, ge=0, le=1)  # a transferred start must beat scratch by this on validation
     strategy: Literal[STRATEGIES] = "full"  # type: ignore[valid-type]
     last_n_blocks: int = Field(1, ge=0)  # strategy last_n
     unfreeze_every: int = Field(3, ge=1)  # strategy gradual: epochs between unfreezing blocks

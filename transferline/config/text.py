@@ -117,6 +117,7 @@ class TextFinetuneParams(_Section):
     # (data/external/weights/<name>/); each trains with its own values (`starts`, `training_for`).
     candidates: list[str] = Field(["scratch", MINILM], min_length=1)
     candidates_max: int = Field(0, ge=0)  # fine-tune only the N best transferred starts by LogME; 0 = all
+    min_val_gain: float = Field(0.01, ge=0, le=1)  # a transferred start must beat scratch by this on validation
     baseline: Literal["scratch", "bilstm"] = "scratch"  # same encoder from scratch, or a BiLSTM
     strategy: Literal[TEXT_STRATEGIES] = "full"  # type: ignore[valid-type]
     starts: TextStarts = TextStarts()  # training values per start: `training_for` picks one

@@ -115,7 +115,7 @@ def run(params: Params, paths: Paths) -> dict:
         rows.append({**row, "val_acc": round(val_acc, 5), "val_loss": round(val_loss, 5), "epochs": len(history),
                      "seconds": round(time.perf_counter() - t0, 1)})
         log.info("candidate %s: LogME %.3f, val accuracy %.4f", candidate, estimates[candidate], val_acc)
-    decision = choose(rows)
+    decision = choose(rows, cfg.min_val_gain)
     if dist.is_main():
         winner = folder_name(decision["winner"])
         paths.model_dir("finetune").mkdir(parents=True, exist_ok=True)

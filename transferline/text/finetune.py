@@ -168,7 +168,7 @@ def run(params: Params, paths: Paths) -> dict:
         best = max(history, key=lambda r: r["val_acc"])  # fit_classifier keeps the best epoch's weights
         rows.append({**row, "val_acc": best["val_acc"], "val_loss": best["val_loss"], "epochs": len(history),
                      "seconds": round(time.perf_counter() - t0, 1)})
-    decision = choose(rows)
+    decision = choose(rows, cfg.min_val_gain)
     if dist.is_main():
         winner = folder_name(decision["winner"])
         paths.model_dir("finetune").mkdir(parents=True, exist_ok=True)
