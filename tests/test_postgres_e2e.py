@@ -93,7 +93,7 @@ def test_pipeline_on_postgres_lineage_restore_and_serving(tmp_path, server):
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     assert tags["git.commit"] == git(project, "rev-parse", "HEAD")
     assert tags["dvc.data/split"] == lock["split"]["outs"][0]["md5"]
-    assert tags["dvc.models/finetune"] == lock["finetune"]["outs"][0]["md5"]
+    assert tags["dvc.models/finetune"] == next(o["md5"] for o in lock["finetune"]["outs"] if o["path"] == "models/finetune")
     assert tags["params.finetune.image.epochs"] == "8"
     assert tags["lineage.mlflow_run_id"] == client.get_model_version(NAME, "1").run_id
     assert len(tags["lineage.prefect_flow_run_id"]) == 36  # a flow-run UUID, passed down by the flow
