@@ -85,7 +85,8 @@ def test_transferability_rank_correlation(tiny_raw):
                      finetune={"candidates": ["scratch", "pretrain", "data/external/weights/other.safetensors"]})
     table = transferability(params)
     assert [t["labels_per_class"] for t in table] == [4, "all"] and table[-1]["points"] == 3
-    assert -1 <= table[-1]["spearman_pooled"] <= 1
+    # "" where every candidate tied (a tiny run can score them alike), else a correlation
+    assert table[-1]["spearman_pooled"] == "" or -1 <= table[-1]["spearman_pooled"] <= 1
     assert (tiny_raw / OUT / "transferability.png").stat().st_size > 5000
 
 

@@ -145,6 +145,14 @@ def plot_label_efficiency(summary: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def rank_correlation(test, xs: list, ys: list) -> float | str:
+    """`test` (scipy's spearmanr or kendalltau) of xs vs ys, or "" where it is undefined (a
+    constant column: every candidate tied, as a tiny run can score them)."""
+    if len(set(xs)) < 2 or len(set(ys)) < 2:
+        return ""
+    return round(float(test(xs, ys).statistic), 3)
+
+
 def transferability(params: Params) -> list[dict]:
     """Rank correlation (Spearman) between each candidate's LogME estimate and its fine-tuned
     test accuracy, per budget (over candidates and seeds) and over all trials."""
@@ -158,16 +166,18 @@ def transferability(params: Params) -> list[dict]:
     rows = candidate_trials(params, "transferability", cfg.budgets, cfg.seeds)
     points = [(r["labels_per_class"], r["seed"], c, r[f"{c}.estimate"], r[f"{c}.accuracy"])
               for r in rows for c in candidates if r[f"{c}.accuracy"] != ""]
+
     table = []
     for budget in [*sorted({p[0] for p in points}), "all"]:
         sel = [p for p in points if budget == "all" or p[0] == budget]
         # within one trial (same labels): the question the shortlist asks; then pooled
-        per_trial = [spearmanr([p[3] for p in t], [p[4] for p in t]).statistic
-                     for key in {(p[0], p[1]) for p in sel} if len(t := [p for p in sel if (p[0], p[1]) == key]) > 2]
+        per_trial = [c for key in {(p[0], p[1]) for p in sel}
+                     if len(t := [p for p in sel if (p[0], p[1]) == key]) > 2
+                     and (c := rank_correlation(spearmanr, [p[3] for p in t], [p[4] for p in t])) != ""]
         table.append({"labels_per_class": budget, "points": len(sel),
                       "spearman_within_trial_mean": round(float(np.nanmean(per_trial)), 3) if per_trial else "",
-                      "spearman_pooled": round(float(spearmanr([p[3] for p in sel], [p[4] for p in sel]).statistic), 3),
-                      "kendall_pooled": round(float(kendalltau([p[3] for p in sel], [p[4] for p in sel]).statistic), 3)})
+                      "spearman_pooled": rank_correlation(spearmanr, [p[3] for p in sel], [p[4] for p in sel]),
+                      "kendall_pooled": rank_correlation(kendalltau, [p[3] for p in sel], [p[4] for p in sel])})
     write_outputs("transferability", rows, table, params.paths.experiments)
     plot_transferability(points, params.paths.experiments / "transferability.png")
     end_parent(params.paths.experiments)
