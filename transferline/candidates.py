@@ -14,10 +14,12 @@ the decision.
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from transferline.io import read_json, write_json
+from transferline.paths import Paths
 
 SCRATCH = "scratch"
 NO_GAIN = "no transfer gain: the source does not help this target"
@@ -70,6 +72,16 @@ def choose(rows: Sequence[Mapping], min_gain: float = 0.0) -> dict:
 
 def write_candidates(path: str | Path, rows: Sequence[Mapping], decision: Mapping, estimator: str) -> Path:
     return write_json(path, {"estimator": estimator, "candidates": list(rows), **decision})
+
+
+def keep_winner(paths: Paths, rows: Sequence[Mapping], decision: Mapping) -> None:
+    """models/finetune and its history become the winner's copies; reports/candidates.json the table."""
+    winner = folder_name(decision["winner"])
+    paths.model_dir("finetune").mkdir(parents=True, exist_ok=True)
+    paths.model_dir("candidates").mkdir(parents=True, exist_ok=True)  # a DVC output, even if only scratch ran
+    shutil.copyfile(paths.weights(winner), paths.weights("finetune"))
+    shutil.copyfile(paths.history(winner), paths.history("finetune"))
+    write_candidates(paths.report("candidates"), rows, decision, "LogME")
 
 
 def read_candidates(path: str | Path) -> dict:

@@ -16,14 +16,13 @@ model's reports/*_history.json (rank 0 only, under torchrun).
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 
 import torch
 
 from transferline import distributed as dist
-from transferline.candidates import SCRATCH, choose, folder_name, shortlist, write_candidates
+from transferline.candidates import SCRATCH, choose, folder_name, keep_winner, shortlist
 from transferline.checkpoint import save_weights
 from transferline.config import Params
 from transferline.errors import StageError
@@ -116,12 +115,7 @@ def run(params: Params, paths: Paths) -> dict:
                      "seconds": round(time.perf_counter() - t0, 1)})
         log.info("candidate %s: LogME %.3f, val accuracy %.4f", candidate, estimates[candidate], val_acc)
     decision = choose(rows, cfg.min_val_gain)
-    if dist.is_main():
-        winner = folder_name(decision["winner"])
-        paths.model_dir("finetune").mkdir(parents=True, exist_ok=True)
-        paths.model_dir("candidates").mkdir(parents=True, exist_ok=True)  # a DVC output, even if only scratch ran
-        shutil.copyfile(paths.weights(winner), paths.weights("finetune"))
-        shutil.copyfile(paths.history(winner), paths.history("finetune"))
-        write_candidates(paths.report("candidates"), rows, decision, "LogME")
+    if dist.is_main():  # under torchrun every rank decided alike; one writes
+        keep_winner(paths, rows, decision)
     log.info("%s", decision["verdict"])
     return {"candidates": rows, **decision}

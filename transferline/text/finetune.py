@@ -14,14 +14,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 
 import torch
 from transformers import BertConfig
 
 from transferline import distributed as dist
-from transferline.candidates import SCRATCH, choose, folder_name, shortlist, write_candidates
+from transferline.candidates import SCRATCH, choose, folder_name, keep_winner, shortlist
 from transferline.checkpoint import load_weights, read_meta, save_weights
 from transferline.config import Params
 from transferline.errors import StageError
@@ -169,12 +168,7 @@ def run(params: Params, paths: Paths) -> dict:
         rows.append({**row, "val_acc": best["val_acc"], "val_loss": best["val_loss"], "epochs": len(history),
                      "seconds": round(time.perf_counter() - t0, 1)})
     decision = choose(rows, cfg.min_val_gain)
-    if dist.is_main():
-        winner = folder_name(decision["winner"])
-        paths.model_dir("finetune").mkdir(parents=True, exist_ok=True)
-        paths.model_dir("candidates").mkdir(parents=True, exist_ok=True)  # a DVC output, even if only scratch ran
-        shutil.copyfile(paths.weights(winner), paths.weights("finetune"))
-        shutil.copyfile(paths.history(winner), paths.history("finetune"))
-        write_candidates(paths.report("candidates"), rows, decision, "LogME")
+    if dist.is_main():  # under torchrun every rank decided alike; one writes
+        keep_winner(paths, rows, decision)
     log.info("%s", decision["verdict"])
     return {"candidates": rows, **decision}
