@@ -11,6 +11,7 @@ models.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -23,6 +24,7 @@ from flows.policy import push_options, stage_options
 from transferline.config import PARAMS_FILE, load_params
 from transferline.dvcrun import (FLOW_RUN_ENV, RUN_ID_ENV, STAGES, StageFailed, StalePlan, StageResult, dag_stages,
                                  repro_stage, stale_plan)
+from transferline.errors import connection_failure
 from transferline.project import prepare
 from transferline.runlock import run_lock
 from transferline.runlog import log_stage
@@ -44,6 +46,7 @@ def run_stage(stage: str, parent_run_id: str, experiment_id: str, check: bool = 
     """Reproduce one DVC stage (`check`; `force`: even if DVC calls it up to date) or record it as
     up to date; either way a nested MLflow run."""
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     logger = get_run_logger()
     client = MlflowClient()
@@ -60,7 +63,8 @@ def run_stage(stage: str, parent_run_id: str, experiment_id: str, check: bool = 
         raw = yaml.safe_load(PARAMS_FILE.read_text())  # the values the stage read
         log_stage(client, run_id, stage, raw, result.ran, result.seconds)
     except Exception:
-        client.set_terminated(run_id, "FAILED")
+        with contextlib.suppress(MlflowException):  # best effort: the failure may be the tracking server's
+            client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
     logger.info("%s: %s in %.1f s", stage, "ran" if result.ran else "skipped (up to date)", result.seconds)
@@ -85,6 +89,7 @@ def pipeline(until: str | None = None, push_remote: bool = True) -> dict:
     Reads params.yaml, like every DVC stage it runs: there is no other params file to pass.
     """
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     from transferline import tracking
     from transferline.env import apply_env_defaults
@@ -119,7 +124,9 @@ def pipeline(until: str | None = None, push_remote: bool = True) -> dict:
             except BaseException as err:  # leaving the block marks the MLflow run FAILED
                 failed = stages[len(results)] if len(results) < len(stages) else "push"
                 message = f"{type(err).__name__}: {err}" if not str(err).startswith("stage ") else str(err)
-                mlflow.set_tag("error", message[:5000])
+                if connection_failure(err) is None:  # else the tracking server is gone: nowhere to write
+                    with contextlib.suppress(MlflowException):
+                        mlflow.set_tag("error", message[:5000])
                 report.publish(stages, [vars(r) for r in results], link, time.perf_counter() - t0, message, failed)
                 raise
             mlflow.set_tags(tracking.dvc_hashes())

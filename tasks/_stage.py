@@ -21,7 +21,7 @@ from typing import Any
 
 from transferline.config import ParamsError, load_params
 from transferline.env import apply_env_defaults
-from transferline.errors import StageError
+from transferline.errors import StageError, connection_failure, tracking_unreachable
 
 
 def run_stage(stage: str, around: Callable[[str, Any], AbstractContextManager] | None = None) -> None:
@@ -30,6 +30,8 @@ def run_stage(stage: str, around: Callable[[str, Any], AbstractContextManager] |
     rank = os.environ.get("RANK", "0")  # set by torchrun; the other ranks say only what goes wrong
     prefix = stage if rank == "0" else f"{stage} rank {rank}"
     logging.basicConfig(level=logging.INFO if rank == "0" else logging.WARNING, format=f"[{prefix}] %(message)s")
+    # urllib3 warns on every retry of a refused connection; the stage says it once below
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     try:
         params = load_params()
         module = importlib.import_module(f"transferline.{params.modality}.{stage}")
@@ -37,4 +39,11 @@ def run_stage(stage: str, around: Callable[[str, Any], AbstractContextManager] |
             module.run(params, params.paths)
     except (StageError, ParamsError) as err:
         print(f"[{prefix}] error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as err:
+        if (why := connection_failure(err)) is None:
+            raise
+        # not "error:" alone: that marks input the stage refused, which is never retried (dvcrun)
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri
+        print(f"[{prefix}] transient error: {tracking_unreachable(uri, why)}", file=sys.stderr)
         sys.exit(1)

@@ -104,3 +104,27 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one_usable(tmp_path):
     fresh = torch.nn.Linear(3, 2)
     assert load_checkpoint(path, fresh, torch.optim.AdamW(fresh.parameters()), None) == {"epoch": 1}
     assert torch.allclose(fresh.weight, model.weight - 1.0)
+
+
+def test_a_refused_tracking_server_is_named_once_without_its_password(monkeypatch):
+    """The words the stage and the CLI print when the tracking server is gone (tests/test_faults_e2e.py
+    stops a real one mid-run): the refused connection under MLflow's wrappers, the URI without its password."""
+    import socket
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from transferline.errors import connection_failure, tracking_unreachable
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    with pytest.raises(MlflowException) as caught:
+        MlflowClient(f"http://127.0.0.1:{port}").get_experiment_by_name("x")
+    why = connection_failure(caught.value)
+    assert why is not None and "Connection refused" in why
+    assert connection_failure(StageError("a refused input")) is None
+    line = tracking_unreachable(f"http://ops:s3cret@127.0.0.1:{port}", why)
+    assert line.startswith(f"the tracking server http://ops:***@127.0.0.1:{port} is unreachable ([Errno 111]")
+    assert "s3cret" not in line and "fix tracking.uri" in line

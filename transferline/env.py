@@ -17,6 +17,11 @@ ENV_DEFAULTS = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "GIT_PYTHON_REFRESH": "quiet",
+    # MLflow retries a refused connection 7 times with doubling waits (about two minutes) before
+    # a stage can say the tracking server is gone; the orchestrator retries the registry
+    # stages (orchestrate.retries), so a few seconds here are enough.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
 }
 
 

@@ -10,6 +10,32 @@ class StageError(RuntimeError):
     """The stage cannot go on; the message names the file, row, key or value and the fix."""
 
 
+def connection_failure(err: BaseException) -> str | None:
+    """The refused, reset or timed-out connection at the root of `err`, or None.
+
+    MLflow wraps a tracking server that is down three or four times (urllib3, requests,
+    MlflowException); the builtin error at the bottom of the chain is the one that says
+    what happened, and the same fault may pass on a retry."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, (ConnectionError, TimeoutError)):
+            return str(err) or type(err).__name__
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def tracking_unreachable(uri: str, why: str) -> str:
+    """What to say when the tracking server stops answering (its password left out)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.password:
+        uri = parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rsplit('@', 1)[-1]}").geturl()
+    return (f"the tracking server {uri} is unreachable ({why}); start it again (or fix tracking.uri in params.yaml) "
+            "and rerun: finished stages are not run again")
+
+
 def check_finite_loss(loss: float, where: str, step: int) -> None:
     """Stop training on an inf/NaN loss (called once per epoch on the summed loss, so no sync per
     step): the weights are garbage from here on, and nothing after them may be saved or registered."""

@@ -123,16 +123,15 @@ def register_model(params: Params, paths: Paths, serving: Path, artifacts: dict[
             signature=infer_signature(example, predicted),
             input_example=example,
             pip_requirements=pip_requirements(packages),
-            registered_model_name=name,
         )
         mlflow.log_metrics(flat)
         mlflow.set_tags(provenance)
         lineage.log_files(client, run_id)
         version_tags = {**{k: f"{v:.6g}" for k, v in flat.items()}, **lineage.collect(client, run_id),
                         "modality": params.modality, **({CLASSES_TAG: json.dumps(list(classes))} if classes else {})}
-    model_version = str(info.registered_model_version)
-    for key, value in version_tags.items():
-        client.set_model_version_tag(name, model_version, key, value)
+        # The version and its tags in one registry write: a run killed here leaves either no
+        # version or a whole one, never one without the label set and metrics the gate reads.
+        model_version = str(mlflow.register_model(info.model_uri, name, tags=version_tags).version)
     card.write(client, params, paths, name, model_version, run_id, provenance)
     champion = client.get_registered_model(name).aliases.get(CHAMPION)
     summary = {

@@ -72,7 +72,7 @@ def run(
     from transferline.runlock import run_lock
 
     runguard.start()  # a killed run takes DVC, its stage and the local Prefect API with it
-    with _run_errors(), run_lock(cfg.orchestrate.lock_wait_seconds):  # before Prefect starts: fail fast
+    with _run_errors(cfg.tracking.uri), run_lock(cfg.orchestrate.lock_wait_seconds):  # before Prefect starts
         steer.write_sets(changes)  # under the lock: a run in progress keeps the values it started with
         from flows.pipeline import pipeline
 
@@ -83,9 +83,11 @@ def run(
 
 
 @contextlib.contextmanager
-def _run_errors() -> Iterator[None]:
+def _run_errors(tracking_uri: str) -> Iterator[None]:
     """A failed run ends with one clear error line (the stage's own message) and exit 1."""
-    from transferline.errors import StageError
+    import os
+
+    from transferline.errors import StageError, connection_failure, tracking_unreachable
     from transferline.dvcrun import StageFailed
     from transferline.runlock import RunLockBusy
 
@@ -101,19 +103,29 @@ def _run_errors() -> Iterator[None]:
     except TimeoutError as err:
         console.print(f"[red]error:[/] {err} (limits: params.yaml orchestrate.*_timeout_seconds)")
         raise typer.Exit(1) from None
+    except Exception as err:
+        if (why := connection_failure(err)) is None:
+            raise
+        # the tracking server went away mid-run (the stage and the flow could not even record it)
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri
+        console.print(f"[red]error:[/] {tracking_unreachable(uri, why)}", soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 class _StageFailureFilter(logging.Filter):
-    """Off the console: Prefect's copies of a stage failure (its traceback, "Finished in state
-    Failed(...StageFailed...)"). The stage printed its own lines and the CLI prints one summary;
+    """Off the console: Prefect's copies of a stage failure or of a lost tracking server (its
+    traceback, "Finished in state Failed(...StageFailed...)"). The stage printed its own lines and the CLI prints one summary;
     the copies stay in the Prefect run log (the API handler has no such filter)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         from transferline.dvcrun import StageFailed
+        from transferline.errors import connection_failure
 
-        if record.exc_info and isinstance(record.exc_info[1], StageFailed):
+        if record.exc_info and (isinstance(exc := record.exc_info[1], StageFailed) or connection_failure(exc)):
             return False
-        return "StageFailed" not in (message := record.getMessage()) and "StageRefused" not in message
+        message = record.getMessage()
+        # "Max retries exceeded": requests' words for a tracking server that is gone (the CLI says it once)
+        return not any(word in message for word in ("StageFailed", "StageRefused", "Max retries exceeded"))
 
 
 def _quiet_user_errors() -> None:
@@ -122,6 +134,8 @@ def _quiet_user_errors() -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, PrefectConsoleHandler):
             handler.addFilter(_StageFailureFilter())
+    # a warning per retry of a refused connection; a lost tracking server is said once, at the end
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 def _print_summary(summary: dict) -> None:
@@ -196,7 +210,7 @@ def check(
     from transferline.runlock import run_lock
 
     runguard.start()
-    with _run_errors(), run_lock(cfg.orchestrate.lock_wait_seconds):
+    with _run_errors(cfg.tracking.uri), run_lock(cfg.orchestrate.lock_wait_seconds):
         from flows.check import check as check_flow
 
         _quiet_user_errors()
