@@ -15,7 +15,6 @@ import contextlib
 import os
 import time
 
-import yaml
 from prefect import flow, get_run_logger, task
 from prefect.context import get_run_context
 
@@ -27,7 +26,7 @@ from transferline.dvcrun import (FLOW_RUN_ENV, RUN_ID_ENV, STAGES, StageFailed, 
 from transferline.errors import connection_failure
 from transferline.project import prepare
 from transferline.runlock import run_lock
-from transferline.runlog import log_stage
+from transferline.runlog import log_stage, read_yaml
 from transferline.status import registry_gap
 
 
@@ -60,7 +59,7 @@ def run_stage(stage: str, parent_run_id: str, experiment_id: str, check: bool = 
                                  on_line=logger.info, force=force)
         else:  # DVC said up to date before the run and nothing upstream has run since
             result = StageResult(stage, False, 0.0)
-        raw = yaml.safe_load(PARAMS_FILE.read_text())  # the values the stage read
+        raw = read_yaml(PARAMS_FILE)  # the values the stage read
         log_stage(client, run_id, stage, raw, result.ran, result.seconds)
     except Exception:
         with contextlib.suppress(MlflowException):  # best effort: the failure may be the tracking server's

@@ -48,3 +48,18 @@ def test_logme_ranks_informative_features_first():
     assert scores[0] > scores[1] > scores[2], scores
     with pytest.raises(ValueError, match="pair up"):
         logme(noise, y[:10])
+
+
+def test_evaluate_scores_each_distinct_weights_file_once(tmp_path):
+    """models/finetune is a byte copy of the winner, scratch both baseline and candidate: evaluate
+    predicts once per distinct file (transferline.evaluation.once_per_file)."""
+    from transferline.evaluation import once_per_file
+
+    files = {name: tmp_path / name for name in ("winner", "finetune", "scratch")}
+    files["winner"].write_bytes(b"weights A")
+    files["finetune"].write_bytes(b"weights A")
+    files["scratch"].write_bytes(b"weights B")
+    calls = []
+    score = once_per_file(lambda path: calls.append(path.name) or path.read_bytes()[-1:])
+    assert [score(files[n]) for n in ("finetune", "scratch", "winner", "scratch")] == [b"A", b"B", b"A", b"B"]
+    assert calls == ["finetune", "scratch"]

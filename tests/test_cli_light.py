@@ -139,3 +139,42 @@ def test_registry_reads_import_mlflow_but_no_torch_or_prefect(registry_project, 
     prefect, torch = who_imported(chains, "prefect"), who_imported(chains, "torch")
     assert prefect is None, f"{command} imported prefect via {prefect}"
     assert torch is None, f"{command} imported torch via {torch}. {TORCH_FREE_CONFIG}"
+
+
+EXIT_FAST = """
+import atexit, sys
+from pathlib import Path
+from transferline.env import exit_fast
+
+def main():
+    import logging
+    atexit.register(lambda: Path(sys.argv[2]).write_text("handler ran"))  # a library's own exit handler
+    logging.getLogger("tl").warning("logged")
+    print("x" * 100_000, end="")  # buffered: must reach the pipe
+    if sys.argv[1] == "raise":
+        raise RuntimeError("boom")
+    sys.exit(int(sys.argv[1]))
+
+exit_fast(main)
+"""
+
+
+@pytest.mark.parametrize(("how", "code"), [("0", 0), ("3", 3), ("raise", 1)])
+def test_exit_fast_keeps_status_output_and_exit_handlers(tmp_path, how, code):
+    """transferline.env.exit_fast skips the interpreter's teardown, nothing else: the status
+    `main` ended with, everything printed or logged, and the libraries' exit handlers."""
+    marker = tmp_path / "marker"
+    done = subprocess.run([sys.executable, "-c", EXIT_FAST, how, str(marker)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == code, done.stderr[-2000:]
+    assert done.stdout == "x" * 100_000
+    assert "logged" in done.stderr
+    assert marker.read_text() == "handler ran"
+    assert ("RuntimeError: boom" in done.stderr) == (how == "raise")
+
+
+def test_cli_exit_status_through_exit_fast(tmp_path):
+    """The console command's status survives the quick exit: a usage error is 2, --help 0."""
+    assert cli(["--help"], tmp_path).returncode == 0
+    bad = cli(["no-such-command"], tmp_path)
+    assert bad.returncode == 2 and "No such command" in bad.stderr

@@ -4,8 +4,11 @@ the confusion matrix and the learning curves."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -16,6 +19,26 @@ from transferline.paths import Paths
 log = logging.getLogger(__name__)
 
 RUNS = ("finetune", "scratch")  # the fine-tuned model and its from-scratch baseline
+T = TypeVar("T")
+
+
+def once_per_file(predict: Callable[[Path], T]) -> Callable[[Path], T]:
+    """`predict(weights file)`, run once per distinct file content.
+
+    models/finetune is a byte copy of the winning candidate and scratch is both
+    the baseline and a candidate, so two candidates are two models to score,
+    not four. A weights file is the whole model (its architecture is in the
+    file's metadata), so equal bytes give equal predictions."""
+    done: dict[str, T] = {}
+
+    def cached(path: Path) -> T:
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        if digest not in done:
+            done[digest] = predict(path)
+        return done[digest]
+
+    return cached
 
 
 def save_confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str], path, title: str) -> None:

@@ -8,7 +8,9 @@ PNG plots become artifacts.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -51,9 +53,21 @@ def resolve(value: Any, params_raw: dict) -> Any:
     return value
 
 
+def read_yaml(path: str | Path) -> Any:
+    """`path` parsed (libyaml's loader), read again only when the file changes: a run records
+    nine stages from the same dvc.yaml and params.yaml. Shared: never modify what it returns."""
+    stat = Path(path).stat()
+    return _parsed(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(path: str, mtime_ns: int, size: int) -> Any:
+    return yaml.load(Path(path).read_text(), Loader=yaml.CSafeLoader)
+
+
 def stage_spec(stage: str, params_raw: dict, dvc_yaml: str | Path = "dvc.yaml") -> dict[str, Any]:
     """The stage as DVC runs it: templates filled in from params.yaml."""
-    return resolve(yaml.safe_load(Path(dvc_yaml).read_text())["stages"][stage], params_raw)
+    return resolve(read_yaml(dvc_yaml)["stages"][stage], params_raw)
 
 
 def _number(v: Any) -> bool:
@@ -62,7 +76,7 @@ def _number(v: Any) -> bool:
 
 def log_stage(client: Any, run_id: str, stage: str, params_raw: dict, ran: bool, seconds: float) -> None:
     """Log params, metrics, histories and plots of `stage` to run `run_id`."""
-    from mlflow.entities import Metric, Param  # here: `resolve` serves the light CLI (transferline.plan)
+    from mlflow.entities import Metric, Param, RunTag  # here: `resolve` serves the light CLI (transferline.plan)
 
     spec = stage_spec(stage, params_raw)
     now = int(time.time() * 1000)
@@ -86,10 +100,10 @@ def log_stage(client: Any, run_id: str, stage: str, params_raw: dict, ran: bool,
                 step = int(row["epoch"])
                 metrics += [Metric(f"{name}.{k}", float(v), now, step) for k, v in row.items() if k != "epoch" and _number(v)]
             client.log_artifact(run_id, str(path), "history")
-    # log_batch takes at most 1000 metrics and 100 params per call
-    for i in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[i : i + 1000])
     items = [Param(k, str(v)) for k, v in params.items()]
-    for i in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[i : i + 100])
-    client.set_tag(run_id, "stage.status", "ran" if ran else "skipped")
+    tags = [RunTag("stage.status", "ran" if ran else "skipped")]
+    # as few writes as the limits allow (a skipped stage: one): log_batch takes at most 100
+    # params, 100 tags and 1000 entries in all per call
+    for i in range(max(1, math.ceil(len(metrics) / 900), math.ceil(len(items) / 100))):
+        client.log_batch(run_id, metrics=metrics[i * 900 : (i + 1) * 900], params=items[i * 100 : (i + 1) * 100],
+                         tags=tags if i == 0 else [])

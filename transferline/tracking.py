@@ -142,7 +142,7 @@ def dvc_hashes(lock_path: str | Path = "dvc.lock") -> dict[str, str]:
     if not path.is_file():
         return {}
     try:
-        lock = yaml.safe_load(path.read_text()) or {}
+        lock = yaml.load(path.read_text(), Loader=yaml.CSafeLoader) or {}  # libyaml: ~1,000 lines
     except (OSError, yaml.YAMLError) as err:
         log.warning("cannot read %s (%s); registering without data hashes", path, err)
         return {}

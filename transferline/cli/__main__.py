@@ -1,5 +1,5 @@
 """`python -m transferline.cli`: the same as the `transferline` command."""
 
-from transferline.cli.main import app
+from transferline.cli.main import main
 
-app()
+main()

@@ -26,7 +26,7 @@ from transferline.cli.common import (
     console, log_levels, params_or_exit, preflight_or_exit, print_json, tracking_or_exit, use_local_server,
 )
 from transferline.dvcrun import STAGES
-from transferline.env import apply_env_defaults
+from transferline.env import apply_env_defaults, exit_fast
 
 app = typer.Typer(
     help="transferline: pretrain on a large source set, fine-tune on a small target task, "
@@ -293,3 +293,8 @@ app.command()(card.card)
 app.command()(card.ui)
 app.add_typer(experiment.app, name="experiment")
 app.add_typer(server.app, name="server")
+
+
+def main() -> None:
+    """The `transferline` command: the app, then a quick exit (transferline.env.exit_fast)."""
+    exit_fast(app)

@@ -10,7 +10,7 @@ import numpy as np
 
 from transferline.candidates import folder_name, metric_key, read_candidates
 from transferline.config import Params
-from transferline.evaluation import RUNS, write_evaluation
+from transferline.evaluation import RUNS, once_per_file, write_evaluation
 from transferline.image.data import load_set, processed_meta
 from transferline.image.models import load_classifier, predict
 from transferline.paths import Paths
@@ -27,9 +27,8 @@ def run(params: Params, paths: Paths) -> dict:
     classes = processed_meta(paths)["classes"]
     device = resolve_device(params.device)
     batch = params.image.evaluate.batch_size
-    predictions = {name: predict_classes(load_classifier(paths.weights(name)), data["x_test"], batch, device)
-                   for name in RUNS}
+    score = once_per_file(lambda path: predict_classes(load_classifier(path), data["x_test"], batch, device))
+    predictions = {name: score(paths.weights(name)) for name in RUNS}
     trained = [r["candidate"] for r in read_candidates(paths.report("candidates"))["candidates"] if not r.get("skipped")]
-    candidates = {metric_key(c): predict_classes(load_classifier(paths.weights(folder_name(c))), data["x_test"], batch, device)
-                  for c in trained}
+    candidates = {metric_key(c): score(paths.weights(folder_name(c))) for c in trained}
     return write_evaluation(data["y_test"].numpy(), predictions, classes, paths, candidates)

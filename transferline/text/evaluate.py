@@ -13,7 +13,7 @@ import torch
 
 from transferline.candidates import folder_name, metric_key, read_candidates
 from transferline.config import Params
-from transferline.evaluation import RUNS, write_evaluation
+from transferline.evaluation import RUNS, once_per_file, write_evaluation
 from transferline.paths import Paths
 from transferline.runtime import resolve_device, set_threads
 from transferline.text import data as td
@@ -34,12 +34,12 @@ def run(params: Params, paths: Paths) -> dict:
     """Score both models on the test split; the metrics (as written to metrics.json)."""
     meta = td.processed_meta(paths)
     set_threads(params.text.finetune.threads)
+    score = once_per_file(lambda path: test_predictions(load_classifier(path), params, paths, meta))
     predictions = {}
     for name in RUNS:
-        y_true, predictions[name] = test_predictions(load_classifier(paths.weights(name)), params, paths, meta)
+        y_true, predictions[name] = score(paths.weights(name))
     candidates = {}
     for row in read_candidates(paths.report("candidates"))["candidates"]:
         if not row.get("skipped"):
-            model = load_classifier(paths.weights(folder_name(row["candidate"])))
-            candidates[metric_key(row["candidate"])] = test_predictions(model, params, paths, meta)[1]
+            candidates[metric_key(row["candidate"])] = score(paths.weights(folder_name(row["candidate"])))[1]
     return write_evaluation(y_true, predictions, meta["classes"], paths, candidates)
