@@ -117,7 +117,8 @@ def pipeline(until: str | None = None, push_remote: bool = True) -> dict:
                     if gap:
                         get_run_logger().warning("re-registering: %s", gap)
                     results.append(task_(s, run.info.run_id, experiment_id, check, force=bool(gap)))
-                    report.advance(progress, len(results), len(stages))
+                    if results[-1].ran or len(results) == len(stages):  # a skip is instant: no update
+                        report.advance(progress, len(results), len(stages))
                 if push_remote and until is None:
                     push.with_options(**push_options(params.orchestrate))()
             except BaseException as err:  # leaving the block marks the MLflow run FAILED

@@ -138,6 +138,8 @@ def sync_data(root: str | Path = ".", update_imports: bool = False) -> list[str]
 
     root = Path(root)
     files = data_files(root) if is_init_project(root) else []
+    if not files:
+        return []  # opening the repository costs a few tenths of a second: every run asks
     changed = []
     with Repo(str(root)) as repo:
         for file in files:
