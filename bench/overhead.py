@@ -1,15 +1,17 @@
 """Benchmark: what transferline costs over the tools underneath it, side by side in one run.
 
-In a throw-away copy of the project (the "small" image size below, the
-downloaded artifacts shared) it times, on the same machine in the same run:
+In a throw-away copy of the project (the default params.yaml, or the "small"
+size with --small; the downloaded artifacts shared) it times, on the same
+machine in the same run:
 
 1. a no-op `transferline run` vs a no-op `dvc repro` vs `dvc status`, both
    with Prefect's ephemeral API and with the local server (`transferline
    server start`) up;
 2. a nothing-to-do `transferline check` vs the same two;
-3. the full image run (`transferline run --no-push`) vs one plain Python
-   process that calls the same stage functions (ingest .. evaluate) with no
-   orchestration, tracking, registry or versioning: the overhead in %;
+3. the full default image run (`transferline run --no-push`, Prefect's
+   ephemeral API) vs one plain Python process that calls the same stage
+   functions (ingest .. evaluate) with no orchestration, tracking, registry or
+   versioning: the overhead in %, and stage by stage where it goes;
 4. `fit` (the shared training loop) vs a bare PyTorch loop: same model,
    batch size and optimizer, images/s each;
 5. `transferline --help` vs `python -c pass`.
@@ -18,7 +20,7 @@ Each small timing is the median of --repeat runs; ratios sit beside the
 times because these machines are noisy. Writes bench/results/overhead.json
 and the table in README.md between the overhead-bench markers.
 
-    uv run python bench/overhead.py [--workdir DIR] [--repeat 3]
+    uv run python bench/overhead.py [--workdir DIR] [--repeat 3] [--small]
 """
 
 from __future__ import annotations
@@ -48,19 +50,24 @@ MARKERS = ("<!-- overhead-bench:start -->", "<!-- overhead-bench:end -->")
 # one pretraining epoch and 10 fine-tuning epochs (the default run: 20k, 2, 30).
 SMALL = {"split": {"source_max_samples": 5000}, "pretrain": {"epochs": 1}, "finetune": {"epochs": 10}}
 PLAIN_STAGES = ("ingest", "validate", "split", "preprocess", "pretrain", "finetune", "evaluate")
-# One process, the same stage functions, nothing around them.
+# One process, the same stage functions, nothing around them; each stage's seconds on the last line.
 PLAIN_SCRIPT = f"""
+import json, time
 from transferline.config import load_params
 from transferline.image import {", ".join(PLAIN_STAGES)}
 params = load_params()
+seconds = {{}}
 for stage in ({", ".join(PLAIN_STAGES)}):
+    t0 = time.perf_counter()
     stage.run(params, params.paths)
+    seconds[stage.__name__.rsplit(".", 1)[-1]] = round(time.perf_counter() - t0, 2)
+print(json.dumps(seconds))
 """
 
 
-def small_params() -> dict:
+def bench_params(small: bool) -> dict:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, values in SMALL.items():
+    for section, values in SMALL.items() if small else ():
         raw[section]["image"].update(values)
     return raw
 
@@ -73,13 +80,13 @@ def env_for(project: Path) -> dict[str, str]:
     return env
 
 
-def timed(cmd: list[str], cwd: Path, check: bool = True) -> tuple[float, str]:
+def timed(cmd: list[str], cwd: Path, check: bool = True, stdout_only: bool = False) -> tuple[float, str]:
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=cwd, env=env_for(cwd), capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if check and done.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed in {cwd}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
-    return seconds, done.stdout + done.stderr
+    return seconds, done.stdout if stdout_only else done.stdout + done.stderr
 
 
 def median(cmd: list[str], cwd: Path, repeat: int, expect: str | None = None) -> float:
@@ -117,14 +124,20 @@ def noop_block(project: Path, repeat: int) -> dict:
 
 
 def full_block(project: Path, plain: Path) -> dict:
-    """Line 3: the full run vs one plain process doing the same stages."""
-    full_s, out = timed([*TL, "run", "--no-push"], project)
-    assert "skipped: -" in " ".join(out.split()), out[-2000:]
-    plain_s, _ = timed([PY, "-c", PLAIN_SCRIPT], plain)
+    """Line 3: the full run vs one plain process doing the same stages, and where the difference goes."""
+    full_s, out = timed([*TL, "run", "--no-push", "--json"], project, stdout_only=True)
+    summary = json.loads(out)
+    assert not summary["skipped"], summary
+    plain_s, plain_out = timed([PY, "-c", PLAIN_SCRIPT], plain, stdout_only=True)
+    plain_stages = json.loads(plain_out.strip().splitlines()[-1])
     ft = json.loads((project / "reports/metrics.json").read_text())["finetune"]["accuracy"]
     ft_plain = json.loads((plain / "reports/metrics.json").read_text())["finetune"]["accuracy"]
+    stages = {r["stage"]: {"pipeline_s": r["seconds"], "plain_s": plain_stages.get(r["stage"], 0.0)}
+              for r in summary["stages"]}
+    around = full_s - sum(r["seconds"] for r in summary["stages"])
     return {"full_run_s": round(full_s, 1), "plain_script_s": round(plain_s, 1),
             "overhead_pct": round(100 * (full_s - plain_s) / full_s, 1),
+            "stages": stages, "around_stages_s": round(around, 1),
             "finetune_accuracy": ft, "finetune_accuracy_plain": ft_plain}
 
 
@@ -186,6 +199,15 @@ def start_block(repeat: int, cwd: Path) -> dict:
     return {"help_s": help_s, "python_pass_s": pass_s, "help_over_python": round(help_s / pass_s, 1)}
 
 
+def stage_overhead(full: dict, part: str) -> float:
+    """Seconds the pipeline's stages took over the plain script's: the stages both run ("work"),
+    or register and promote, which only the pipeline has ("registry")."""
+    rows = full["stages"].items()
+    if part == "registry":
+        return sum(r["pipeline_s"] for s, r in rows if s in ("register", "promote"))
+    return sum(r["pipeline_s"] - r["plain_s"] for s, r in rows if s not in ("register", "promote"))
+
+
 def table(r: dict) -> str:
     n, f, t, s = r["noop"], r["full"], r["train"], r["start"]
     rows = [
@@ -200,6 +222,9 @@ def table(r: dict) -> str:
          f"{n['check_server_over_dvc_repro']}x `dvc repro`, {n['check_server_over_dvc_status']}x `dvc status`"),
         (f"full image run ({r['size']}) vs one plain Python process, same stages",
          f"{f['full_run_s']:.1f} s vs {f['plain_script_s']:.1f} s", f"overhead {f['overhead_pct']:.1f} %"),
+        ("... of which: the CLI and Prefect around the stages; each stage's process and DVC; register + promote",
+         f"{f['around_stages_s']:.1f} s; {stage_overhead(f, 'work'):.1f} s; {stage_overhead(f, 'registry'):.1f} s",
+         "(no plain counterpart for register and promote)"),
         (f"`fit` vs a bare PyTorch loop (small_cnn, batch {t['batch_size']}, AdamW, {t['threads']} threads)",
          f"{t['fit_images_per_s']} vs {t['bare_images_per_s']} images/s", f"{t['fit_over_bare_speed']}x the bare speed"),
         ("`transferline --help` vs `python -c pass`", f"{s['help_s']:.2f} s vs {s['python_pass_s']:.3f} s",
@@ -215,18 +240,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=None, help="where to build the throw-away projects")
     parser.add_argument("--repeat", type=int, default=3, help="runs per small timing (median)")
+    parser.add_argument("--small", action="store_true", help="a quarter of the source set, 1 pretraining and "
+                        "10 fine-tuning epochs, for a quick look (the issue's figure is the default run)")
     args = parser.parse_args()
     import torch
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="transferline-overhead-"))
-    project = make_project(work / "project", small_params())
-    plain = make_project(work / "plain", small_params())
+    project = make_project(work / "project", bench_params(args.small))
+    plain = make_project(work / "plain", bench_params(args.small))
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                    f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
-        "size": "small: default params, split.source_max_samples 5000, pretrain 1 epoch, finetune 10 epochs",
+        "size": ("small: default params, split.source_max_samples 5000, pretrain 1 epoch, finetune 10 epochs"
+                 if args.small else "the default params.yaml"),
         "repeat": args.repeat,
-        "command": "flock /work/cpu.lock uv run python bench/overhead.py " + " ".join(sys.argv[1:]),
+        "command": f"uv run python bench/overhead.py --repeat {args.repeat}" + " --small" * args.small,
     }
     result["full"] = full_block(project, plain)
     result["noop"] = noop_block(project, args.repeat)
