@@ -14,6 +14,7 @@ machine in the same run:
    versioning: the overhead in %, and stage by stage where it goes;
 4. `fit` (the shared training loop) vs a bare PyTorch loop: same model,
    batch size, optimizer and validation pass per epoch, images/s each;
+   the same for text (`fit_classifier` vs a bare loop over the same batches);
 5. `transferline --help` vs `python -c pass`.
 
 Each small timing is the median of --repeat runs; ratios sit beside the
@@ -196,6 +197,68 @@ def train_block(repeat: int) -> dict:
             "fit_over_bare_speed": round(best["bare"] / best["fit"], 3)}
 
 
+def text_train_block(repeat: int) -> dict:
+    """Line 4, text: `fit_classifier` vs a bare loop over the same length-grouped, trimmed batches
+    (a small BERT encoder, AdamW, gradient clipping, a validation pass per epoch), in this process."""
+    import torch
+    from transformers import BertConfig
+
+    from transferline.text.models import EncoderClassifier, predict_logits, trim
+    from transferline.text.train import fit_classifier, length_grouped
+
+    n, length, vocab, batch, epochs, pad = 2048, 64, 2000, 32, 2, 0
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, vocab, (n, length), generator=g)
+    ids[torch.arange(length) >= torch.randint(8, length, (n, 1), generator=g)] = pad  # real lengths 8..63
+    y = torch.randint(0, 2, (n,), generator=g)
+    val = (ids[:256], y[:256])
+    config = BertConfig(vocab_size=vocab, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=256, max_position_embeddings=length, pad_token_id=pad)
+    cpu = torch.device("cpu")
+
+    def model_and_groups() -> tuple[torch.nn.Module, list[dict]]:
+        torch.manual_seed(0)
+        model = EncoderClassifier(config, 2)
+        return model, [{"params": list(model.parameters()), "lr": 1e-4, "weight_decay": 0.01}]
+
+    def ours() -> float:
+        model, groups = model_and_groups()
+        t0 = time.perf_counter()
+        fit_classifier(model, (ids, y), val, groups, epochs, batch, 0.1, pad, cpu, torch.Generator().manual_seed(0),
+                       desc="bench")
+        return time.perf_counter() - t0
+
+    def bare() -> float:
+        model, groups = model_and_groups()
+        opt = torch.optim.AdamW(groups)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        lengths, gen = (ids != pad).sum(1), torch.Generator().manual_seed(0)
+        t0 = time.perf_counter()
+        for _ in range(epochs):
+            model.train()
+            for idx in length_grouped(torch.randperm(n, generator=gen), lengths, batch, gen):  # fit's batches
+                x, attn = trim(ids[idx], pad)
+                loss = loss_fn(model(input_ids=x, attention_mask=attn), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+            model.eval()
+            (predict_logits(model, val[0], pad, batch * 4, cpu).argmax(1) == val[1]).float().mean().item()
+        return time.perf_counter() - t0
+
+    bare(), ours()  # warm-up
+    times = {"fit": [], "bare": []}
+    for _ in range(repeat):
+        times["bare"].append(bare())
+        times["fit"].append(ours())
+    best = {k: min(v) for k, v in times.items()}
+    return {"text_train_texts": n * epochs, "text_batch_size": batch,
+            "text_fit_texts_per_s": round(n * epochs / best["fit"]),
+            "text_bare_texts_per_s": round(n * epochs / best["bare"]),
+            "text_fit_over_bare_speed": round(best["bare"] / best["fit"], 3)}
+
+
 def start_block(repeat: int, cwd: Path) -> dict:
     """Line 5: `transferline --help` vs `python -c pass`."""
     help_s = median([*TL, "--help"], cwd, repeat)
@@ -231,6 +294,8 @@ def table(r: dict) -> str:
          "(no plain counterpart for register and promote)"),
         (f"`fit` vs a bare PyTorch loop (small_cnn, batch {t['batch_size']}, AdamW, {t['threads']} threads)",
          f"{t['fit_images_per_s']} vs {t['bare_images_per_s']} images/s", f"{t['fit_over_bare_speed']}x the bare speed"),
+        (f"text `fit_classifier` vs a bare loop (2-layer BERT, batch {t['text_batch_size']}, same trimmed batches)",
+         f"{t['text_fit_texts_per_s']} vs {t['text_bare_texts_per_s']} texts/s", f"{t['text_fit_over_bare_speed']}x the bare speed"),
         ("`transferline --help` vs `python -c pass`", f"{s['help_s']:.2f} s vs {s['python_pass_s']:.3f} s",
          f"{s['help_over_python']}x"),
     ]
@@ -266,7 +331,7 @@ def main() -> None:
                    + (f" --blocks {','.join(args.blocks)}" if len(args.blocks) < 4 else ""),
     }
     blocks = {"full": lambda: full_block(project, plain), "noop": lambda: noop_block(project, args.repeat),
-              "train": lambda: train_block(args.repeat), "start": lambda: start_block(args.repeat, project)}
+              "train": lambda: {**train_block(args.repeat), **text_train_block(args.repeat)}, "start": lambda: start_block(args.repeat, project)}
     kept = json.loads(RESULTS.read_text()) if RESULTS.is_file() and args.blocks != list(blocks) else {}
     for name, measure in blocks.items():
         if name in args.blocks:

@@ -202,35 +202,39 @@ def test_sigkill_in_pretrain_finetune_and_register_then_a_rerun_completes(projec
     rc, err = finish(project, start(project))
     assert rc == 0, err[-4000:]
     ran = " ".join(err.split()).split("ran: ")[-1].split(" skipped:")[0]
-    assert ran == "register, promote", ran  # nothing retrained
-    assert registry(db(project)) == (["1", "2"], "2")
+    # nothing retrained. The kill lands within 50 ms of the version's creation: register reruns
+    # (a second version) when DVC had not yet recorded it, else only promote runs
+    assert ran in ("register, promote", "promote"), ran
+    expected = ["1", "2"] if ran.startswith("register") else ["1"]
+    assert registry(db(project)) == (expected, expected[-1])
     FAULTS.append(dict(case="rerun after the three kills", rc=rc, seconds=time.perf_counter() - t0,
-                       message="done", state="version 2 registered and champion; every version whole"))
+                       message=f"done (ran: {ran})", state=f"version {expected[-1]} champion; every version whole"))
 
 
 def test_status_names_the_version_a_lost_database_lacks_and_a_run_registers_it(project):
+    version = json.loads((project / "reports/register.json").read_text())["version"]  # 1 or 2: see above
     before = cli(project, "status")
     assert before.returncode == 0, before.stderr[-3000:]
-    assert "champion: transferline-image version 2" in before.stdout and "out of step" not in before.stdout
+    assert f"champion: transferline-image version {version}" in before.stdout and "out of step" not in before.stdout
     db(project).unlink()  # the tracking database is lost; DVC's outputs and dvc.lock are not
     after = cli(project, "status")
     assert after.returncode == 0, after.stderr[-3000:]
     text = " ".join(after.stdout.split())
     assert "champion: none yet" in text
-    assert ("registry out of step with DVC: reports/register.json says transferline-image version 2, which the "
-            f"registry (sqlite:///.transferline/mlflow.db) lacks; the next `transferline run` registers it again") in text
+    assert (f"registry out of step with DVC: reports/register.json says transferline-image version {version}, which "
+            "the registry (sqlite:///.transferline/mlflow.db) lacks; the next `transferline run` registers it again") in text
     SHOWN.extend([f"$ transferline status   # before rm .transferline/mlflow.db\n{before.stdout.strip()}",
                   f"$ transferline status   # after\n{after.stdout.strip()}"])
 
     t0 = time.perf_counter()
     rerun = cli(project, "run", "--no-push")
     assert rerun.returncode == 0, rerun.stderr[-4000:]
-    assert "re-registering: reports/register.json says transferline-image version 2" in rerun.stderr
+    assert f"re-registering: reports/register.json says transferline-image version {version}" in rerun.stderr
     ran = " ".join(rerun.stderr.split()).split("ran: ")[-1].split(" skipped:")[0]
     assert ran == "register, promote", ran  # nothing retrained: the weights come from DVC
     assert registry(db(project)) == (["1"], "1")
     FAULTS.append(dict(case="rm .transferline/mlflow.db, then run", rc=rerun.returncode,
-                       seconds=time.perf_counter() - t0, message="re-registering: ... lacks version 2",
+                       seconds=time.perf_counter() - t0, message=f"re-registering: ... lacks version {version}",
                        state="version 1 re-registered from DVC; champion 1"))
     again = cli(project, "status")
     assert "champion: transferline-image version 1" in again.stdout and "out of step" not in again.stdout
