@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from pathlib import Path
 import pytest
 
 from conftest import MLFLOW_ENV, make_project, tiny_raw_params
+from kit.prefectserver import stop_group as stop
+from kit.prefectserver import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -241,12 +242,6 @@ def test_status_names_the_version_a_lost_database_lacks_and_a_run_registers_it(p
     SHOWN.append(f"$ transferline status   # after the run\n{again.stdout.strip()}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serve(where: Path, port: int) -> subprocess.Popen:
     """A real `mlflow server` on 127.0.0.1:port (SQLite and artifacts in `where`), once it answers."""
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -263,17 +258,6 @@ def serve(where: Path, port: int) -> subprocess.Popen:
         except OSError:
             assert server.poll() is None and time.perf_counter() - t0 < 120, (where / "server.log").read_text()[-3000:]
             time.sleep(0.5)
-
-
-def stop(server: subprocess.Popen) -> None:
-    try:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
-    except ProcessLookupError:
-        pass
 
 
 def test_tracking_server_gone_mid_run_fails_clearly_and_a_rerun_completes(project, tmp_path):

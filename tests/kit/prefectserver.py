@@ -47,7 +47,8 @@ def server_env(home: Path, api_url: str | None = None) -> dict[str, str]:
     return env
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM a server started in a session of its own (its whole group); SIGKILL after 20 s."""
     if proc.poll() is not None:
         return
     try:
@@ -84,7 +85,7 @@ def prefect_server(home: Path, startup_timeout: float = 180) -> Iterator[str]:
             time.sleep(0.5)
         yield api
     finally:
-        _stop(proc)
+        stop_group(proc)
         log.close()
 
 
@@ -99,7 +100,7 @@ def process_worker(home: Path, api: str, pool: str, cwd: Path | None = None,
     try:
         yield proc
     finally:
-        _stop(proc)
+        stop_group(proc)
         log.close()
 
 
