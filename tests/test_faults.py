@@ -4,6 +4,10 @@ loss, a gate asked to compare what it cannot, a registry that lost DVC's version
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +132,27 @@ def test_a_refused_tracking_server_is_named_once_without_its_password(monkeypatc
     line = tracking_unreachable(f"http://ops:s3cret@127.0.0.1:{port}", why)
     assert line.startswith(f"the tracking server http://ops:***@127.0.0.1:{port} is unreachable ([Errno 111]")
     assert "s3cret" not in line and "fix tracking.uri" in line
+
+
+@pytest.mark.slow
+def test_a_refused_input_is_not_retried(tmp_path):
+    """The flow itself (no CLI, so no pre-flight) on a folder that is not there: ingest, a stage
+    that retries network faults, refuses the input and is not tried again (flows/policy.py).
+    (Prefect's own log repeats the error here; the CLI keeps those copies off the console.)"""
+    from conftest import MLFLOW_ENV, make_project, tiny_raw_params
+
+    raw = tiny_raw_params(ingest={"target": "folder", "folder": "data/nowhere"},
+                          orchestrate={"retries": 2, "retry_delay_seconds": 5})
+    project = make_project(tmp_path / "refused", raw)
+    env = {k: v for k, v in os.environ.items() if k not in MLFLOW_ENV and not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(project / ".transferline/prefect"), PREFECT_LOGGING_LEVEL="WARNING")
+    t0 = time.perf_counter()
+    flow = ("from transferline.env import apply_env_defaults; apply_env_defaults(); "
+            "from flows.pipeline import pipeline; pipeline(until='ingest')")
+    done = subprocess.run([sys.executable, "-c", flow],
+                          cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0, out[-3000:]
+    assert out.count("Running stage 'ingest'") == 1, out[-3000:]  # one try: no retry after 5 s, 10 s
+    assert "StageRefused" in out and "[ingest] error: ingest.image.folder: data/nowhere is not a folder" in out
+    assert time.perf_counter() - t0 < 120
