@@ -156,3 +156,46 @@ def test_a_refused_input_is_not_retried(tmp_path):
     assert out.count("Running stage 'ingest'") == 1, out[-3000:]  # one try: no retry after 5 s, 10 s
     assert "StageRefused" in out and "[ingest] error: ingest.image.folder: data/nowhere is not a folder" in out
     assert time.perf_counter() - t0 < 120
+
+
+@pytest.mark.parametrize("modality", ["image", "text"])
+def test_a_source_that_changes_while_ingest_reads_it_is_refused(tmp_path, monkeypatch, modality):
+    """Another program writes into the image folder / the text file while ingest reads it: the
+    stage fails naming the path and writes nothing (transferline/sources.py)."""
+    import importlib
+
+    from conftest import tiny_raw_params
+    from transferline.config import parse_params
+
+    raw = tiny_raw_params(paths={"raw": str(tmp_path / "raw")})
+    folder = tmp_path / "external"
+    if modality == "image":
+        for name in ("cat", "dog"):
+            (folder / name).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(folder / name / f"{i}.png")
+        raw["ingest"]["image"].update(target="folder", folder=str(folder))
+        source, reader = folder, "load_folder"
+    else:
+        folder.mkdir()
+        source, reader = folder / "r.csv", "read_user_file"
+        source.write_text("text,label\n" + "".join(f"text {i},{'pos' if i % 2 else 'neg'}\n" for i in range(20)))
+        raw["modality"] = "text"
+        raw["ingest"]["text"].update(source="file", file=str(source))
+    data = importlib.import_module(f"transferline.{modality}.data")
+    read = getattr(data, reader)
+
+    def read_while_another_program_writes(*args, **kwargs):
+        out = read(*args, **kwargs)
+        if modality == "image":
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "cat" / "late.png")
+        else:
+            with open(source, "a") as f:
+                f.write("a late row,pos\n")
+        return out
+
+    monkeypatch.setattr(data, reader, read_while_another_program_writes)
+    params = parse_params(raw)
+    with pytest.raises(StageError, match=f"{source} changed while ingest was reading it"):
+        importlib.import_module(f"transferline.{modality}.ingest").run(params, params.paths)
+    assert not (tmp_path / "raw").exists()

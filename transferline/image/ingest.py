@@ -19,6 +19,7 @@ from transferline.config.image import ANIMAL_MNIST, MNIST
 from transferline.image import data
 from transferline.io import save_arrays, write_json
 from transferline.paths import Paths
+from transferline.sources import unchanged_while_read
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,9 @@ def run(params: Params, paths: Paths) -> dict:
             xt = np.repeat(xt, 3, axis=1)
         classes, bad, origin = list(ANIMAL_MNIST.classes), [], ANIMAL_MNIST.artifact.requirement
     else:
-        xt, yt, classes, bad = data.load_folder(Path(cfg.folder), cfg.image_size, cfg.channels,
-                                                      cfg.max_pixels)
+        with unchanged_while_read(Path(cfg.folder)):
+            xt, yt, classes, bad = data.load_folder(Path(cfg.folder), cfg.image_size, cfg.channels,
+                                                    cfg.max_pixels)
         origin = f"folder:{cfg.folder}"
     save_arrays(paths.raw / "source.npz", x=xs, y=ys)
     save_arrays(paths.raw / "target.npz", x=xt, y=yt)

