@@ -57,7 +57,7 @@ def read_yaml(path: str | Path) -> Any:
     """`path` parsed (libyaml's loader), read again only when the file changes: a run records
     nine stages from the same dvc.yaml and params.yaml. Shared: never modify what it returns."""
     stat = Path(path).stat()
-    return _parsed(str(path), stat.st_mtime_ns, stat.st_size)
+    return _parsed(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)  # one cache for every project
 
 
 @functools.lru_cache(maxsize=8)
