@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -142,6 +143,17 @@ def full_block(project: Path, plain: Path) -> dict:
             "finetune_accuracy": ft, "finetune_accuracy_plain": ft_plain}
 
 
+def best_of(bare: Callable[[], float], ours: Callable[[], float], repeat: int) -> dict[str, float]:
+    """{"bare", "fit"}: each loop's least disturbed time of `repeat`, after a warm-up call of each
+    (first calls pay for lazy initialisation); interleaved, so a load spike hits both."""
+    bare(), ours()
+    times: dict[str, list[float]] = {"fit": [], "bare": []}
+    for _ in range(repeat):
+        times["bare"].append(bare())
+        times["fit"].append(ours())
+    return {k: min(v) for k, v in times.items()}
+
+
 def train_block(repeat: int) -> dict:
     """Line 4: `fit` vs a bare loop on the same model, batch size and optimizer (in this process)."""
     import torch
@@ -185,12 +197,7 @@ def train_block(repeat: int) -> dict:
                 (model(val[0]).argmax(1) == val[1]).float().mean().item()
         return time.perf_counter() - t0
 
-    bare(), ours()  # warm-up: first calls pay for lazy initialisation
-    times = {"fit": [], "bare": []}
-    for _ in range(repeat):  # interleaved, so a load spike hits both
-        times["bare"].append(bare())
-        times["fit"].append(ours())
-    best = {k: min(v) for k, v in times.items()}  # the least disturbed run of each
+    best = best_of(bare, ours, repeat)
     images = n * epochs
     return {"train_images": images, "batch_size": batch, "threads": torch.get_num_threads(),
             "fit_images_per_s": round(images / best["fit"]), "bare_images_per_s": round(images / best["bare"]),
@@ -247,12 +254,7 @@ def text_train_block(repeat: int) -> dict:
             (predict_logits(model, val[0], pad, batch * 4, cpu).argmax(1) == val[1]).float().mean().item()
         return time.perf_counter() - t0
 
-    bare(), ours()  # warm-up
-    times = {"fit": [], "bare": []}
-    for _ in range(repeat):
-        times["bare"].append(bare())
-        times["fit"].append(ours())
-    best = {k: min(v) for k, v in times.items()}
+    best = best_of(bare, ours, repeat)
     return {"text_train_texts": n * epochs, "text_batch_size": batch,
             "text_fit_texts_per_s": round(n * epochs / best["fit"]),
             "text_bare_texts_per_s": round(n * epochs / best["bare"]),

@@ -13,13 +13,18 @@ the decision.
 
 from __future__ import annotations
 
+import logging
+import math
 import re
 import shutil
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from transferline.io import read_json, write_json
 from transferline.paths import Paths
+
+log = logging.getLogger(__name__)
 
 SCRATCH = "scratch"
 NO_GAIN = "no transfer gain: the source does not help this target"
@@ -36,10 +41,13 @@ def metric_key(candidate: str) -> str:
     return re.sub(r"[^\w./: -]+", "_", candidate)
 
 
-def shortlist(estimates: Mapping[str, float], keep: int) -> list[str]:
+def shortlist(estimates: Mapping[str, float | None], keep: int) -> list[str]:
     """The candidates worth fine-tuning: all when `keep` is 0, else scratch (the baseline is
-    always trained) and the `keep` best transferred starts by their estimate."""
-    transferred = sorted((n for n in estimates if n != SCRATCH), key=lambda n: estimates[n], reverse=True)
+    always trained) and the `keep` best transferred starts by their estimate (none: last)."""
+    def rank(n: str) -> float:
+        return -math.inf if estimates[n] is None else estimates[n]
+
+    transferred = sorted((n for n in estimates if n != SCRATCH), key=rank, reverse=True)
     chosen = transferred if keep == 0 else transferred[:keep]
     return [n for n in estimates if n == SCRATCH or n in chosen]  # in the params' order
 
@@ -68,6 +76,28 @@ def choose(rows: Sequence[Mapping], min_gain: float = 0.0) -> dict:
         decision["verdict"] = (f"{best['candidate']} won on validation: {best['val_acc']:.4f} vs scratch "
                                f"{base['val_acc']:.4f} ({gain:+.4f})")
     return decision
+
+
+def compare(paths: Paths, estimates: Mapping[str, float | None], keep: int, min_gain: float,
+            fine_tune: Callable[[str], Mapping], write: bool = True) -> dict:
+    """The finetune stage's choice, for either modality: fine-tune the shortlist (`estimates` in
+    the params' order), score each on validation, keep the winner. `fine_tune(candidate)` trains
+    one and returns its {val_acc, val_loss, epochs}; `write`: this process writes the winner's
+    copies and reports/candidates.json (under torchrun, rank 0 alone)."""
+    chosen = shortlist(estimates, keep)
+    rows = []
+    for candidate, estimate in estimates.items():
+        row = {"candidate": candidate, "estimate": estimate}
+        if candidate not in chosen:
+            rows.append({**row, "skipped": f"LogME below the best {keep}"})
+            continue
+        t0 = time.perf_counter()
+        rows.append({**row, **fine_tune(candidate), "seconds": round(time.perf_counter() - t0, 1)})
+    decision = choose(rows, min_gain)
+    if write:
+        keep_winner(paths, rows, decision)
+    log.info("%s", decision["verdict"])
+    return {"candidates": rows, **decision}
 
 
 def write_candidates(path: str | Path, rows: Sequence[Mapping], decision: Mapping, estimator: str) -> Path:

@@ -22,8 +22,8 @@ def fingerprint(path: Path) -> tuple:
     if not path.exists():
         return ()
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-        return tuple((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+        stats = sorted((str(p.relative_to(path)), p.stat()) for p in path.rglob("*") if p.is_file())
+        return tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats)
     stat = path.stat()
     return ((path.name, stat.st_size, stat.st_mtime_ns),)
 

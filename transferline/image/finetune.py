@@ -16,13 +16,12 @@ model's reports/*_history.json (rank 0 only, under torchrun).
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import torch
 
 from transferline import distributed as dist
-from transferline.candidates import SCRATCH, choose, folder_name, keep_winner, shortlist
+from transferline.candidates import SCRATCH, compare, folder_name
 from transferline.checkpoint import save_weights
 from transferline.config import Params
 from transferline.errors import StageError
@@ -99,23 +98,13 @@ def run(params: Params, paths: Paths) -> dict:
     classes = processed_meta(paths)["classes"]
     device = resolve_device(params.device)
     estimates = {c: estimate(params, c, paths, data, len(classes)) for c in cfg.candidates}
-    keep = shortlist(estimates, cfg.candidates_max)
-    rows = []
-    for candidate in cfg.candidates:
-        row = {"candidate": candidate, "estimate": estimates[candidate]}
-        if candidate not in keep:
-            rows.append({**row, "skipped": f"LogME below the best {cfg.candidates_max}"})
-            continue
-        t0 = time.perf_counter()
+
+    def fine_tune(candidate: str) -> dict:
         model, history = train_target(params, paths, candidate, folder_name(candidate))
         # the saved (final or, with patience, best) weights, not the history's best epoch
         val_loss, val_acc = loss_and_accuracy(model, data["x_val"], data["y_val"], params.image.evaluate.batch_size,
                                               device)
-        rows.append({**row, "val_acc": round(val_acc, 5), "val_loss": round(val_loss, 5), "epochs": len(history),
-                     "seconds": round(time.perf_counter() - t0, 1)})
         log.info("candidate %s: LogME %.3f, val accuracy %.4f", candidate, estimates[candidate], val_acc)
-    decision = choose(rows, cfg.min_val_gain)
-    if dist.is_main():  # under torchrun every rank decided alike; one writes
-        keep_winner(paths, rows, decision)
-    log.info("%s", decision["verdict"])
-    return {"candidates": rows, **decision}
+        return {"val_acc": round(val_acc, 5), "val_loss": round(val_loss, 5), "epochs": len(history)}
+
+    return compare(paths, estimates, cfg.candidates_max, cfg.min_val_gain, fine_tune, write=dist.is_main())

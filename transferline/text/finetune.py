@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import time
 
 import torch
 from transformers import BertConfig
 
 from transferline import distributed as dist
-from transferline.candidates import SCRATCH, choose, folder_name, keep_winner, shortlist
+from transferline.candidates import SCRATCH, compare, folder_name
 from transferline.checkpoint import load_weights, read_meta, save_weights
 from transferline.config import Params
 from transferline.errors import StageError
@@ -153,22 +151,12 @@ def run(params: Params, paths: Paths) -> dict:
     set_threads(cfg.threads)
     data = td.load_set(paths, "target")
     estimates = {c: estimate(params, paths, c, meta, data) for c in cfg.candidates}
-    keep = shortlist({c: -math.inf if e is None else e for c, e in estimates.items()}, cfg.candidates_max)
-    rows = []
-    for candidate in cfg.candidates:
-        row = {"candidate": candidate, "estimate": estimates[candidate]}
-        if candidate not in keep:
-            rows.append({**row, "skipped": f"LogME below the best {cfg.candidates_max}"})
-            continue
-        t0 = time.perf_counter()
+
+    def fine_tune(candidate: str) -> dict:
         kind = baseline_kind(params) if candidate == SCRATCH else "encoder"
         history = train_one(params, paths, folder_name(candidate), candidate, kind,
                             "full" if candidate == SCRATCH else cfg.strategy)
         best = max(history, key=lambda r: r["val_acc"])  # fit_classifier keeps the best epoch's weights
-        rows.append({**row, "val_acc": best["val_acc"], "val_loss": best["val_loss"], "epochs": len(history),
-                     "seconds": round(time.perf_counter() - t0, 1)})
-    decision = choose(rows, cfg.min_val_gain)
-    if dist.is_main():  # under torchrun every rank decided alike; one writes
-        keep_winner(paths, rows, decision)
-    log.info("%s", decision["verdict"])
-    return {"candidates": rows, **decision}
+        return {"val_acc": best["val_acc"], "val_loss": best["val_loss"], "epochs": len(history)}
+
+    return compare(paths, estimates, cfg.candidates_max, cfg.min_val_gain, fine_tune, write=dist.is_main())
