@@ -51,6 +51,9 @@ TINY = {
     # a tiny run reaches ~0.3-0.5 test accuracy: floors it can pass, the margins as shipped
     "promote": {"metrics": {"accuracy": {"min": 0.2, "margin_abs": 0.005}, "macro_f1": {"min": 0.1}},
                 "min_test_size": 5},  # tiny splits (tests/test_faults.py checks the real floor)
+    # Prefect's ephemeral API per command, so no test leaves a server behind; the default (a local
+    # server started once) is tested in test_init.py and test_localserver.py.
+    "orchestrate": {"local_server": False},
 }
 
 

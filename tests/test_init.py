@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import yaml
@@ -96,8 +97,22 @@ def test_a_newcomer_inits_a_project_on_their_folder_runs_it_and_steers_it(tmp_pa
     assert all(spec["deps"][0] == f"code/${{modality}}/{name}.txt" for name, spec in stages.items())
     assert "transferline/image/finetune.py" in (project / "code/image/finetune.txt").read_text()
 
+    try:
+        _runs_steers_and_checks(project, tmp_path)
+    finally:
+        transferline(project, "server", "stop")
+    print(f"init + two runs: {time.perf_counter() - t0:.1f} s")
+
+
+def _runs_steers_and_checks(project: Path, tmp_path: Path) -> None:
+    from transferline import localserver
+
+    home = project / ".transferline/prefect"
     first = transferline(project, "run", "--json", *[a for s in TINY_SETS for a in ("--set", s)])
     assert first.returncode == 0, first.stderr[-3000:]
+    # the default: the first run started the project's Prefect server, and later commands reuse it
+    server = localserver.running(home)
+    assert server is not None and "started this project's Prefect server" in first.stderr
     summary = json.loads(first.stdout)
     assert summary["ran"] == list(STAGES)
     assert json.loads((project / "data/raw/meta.json").read_text())["target"]["classes"] == sorted(CLASSES.values())
@@ -114,7 +129,9 @@ def test_a_newcomer_inits_a_project_on_their_folder_runs_it_and_steers_it(tmp_pa
     check = transferline(project, "check", "--json", "--no-push")
     assert check.returncode == 0, check.stderr[-3000:]
     assert json.loads(check.stdout)["action"] == "nothing to do"
-    print(f"init + two runs: {time.perf_counter() - t0:.1f} s")
+    assert localserver.running(home) == server and "started this project's" not in second.stderr + check.stderr
+    runs = httpx.post(f"{server.api_url}/flow_runs/filter", json={}, timeout=10).json()
+    assert len(runs) >= 3 and {r["state"]["type"] for r in runs} == {"COMPLETED"}  # each command's flow run
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):

@@ -38,7 +38,7 @@ def test_server_start_status_stop_and_the_cli_uses_it(tmp_path, monkeypatch):
         # run and check point Prefect at it (a user's own PREFECT_API_URL would win)
         monkeypatch.delenv("PREFECT_API_URL", raising=False)
         monkeypatch.setenv("PREFECT_HOME", str(home))
-        assert use_local_server() == info["api_url"] == os.environ["PREFECT_API_URL"]
+        assert use_local_server(start=False) == info["api_url"] == os.environ["PREFECT_API_URL"]
 
         # a flow run made through it is recorded in the server's database
         flow = "from prefect import flow\n@flow(name='tl-server-test')\ndef f():\n    return 1\nprint(f())\n"
@@ -53,3 +53,27 @@ def test_server_start_status_stop_and_the_cli_uses_it(tmp_path, monkeypatch):
     assert "stopped the Prefect server" in stopped.stderr
     assert json.loads(cli(tmp_path, "server", "status", "--json").stdout) == {"running": False}
     assert not (home / "transferline-server.json").exists()
+
+
+def test_run_and_check_start_one_server_and_reuse_it(tmp_path, monkeypatch):
+    """`orchestrate.local_server: true`: the first command starts the server, two at once start one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from transferline import localserver
+    from transferline.cli.common import use_local_server
+
+    home = tmp_path / ".transferline/prefect"
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(home))
+    assert use_local_server(start=False) is None and localserver.running(home) is None
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            urls = list(pool.map(lambda _: localserver.start(home, timeout=120).api_url, range(2)))
+        assert urls[0] == urls[1]
+        server = localserver.running(home)
+        assert server is not None and use_local_server(start=True) == server.api_url == urls[0]
+        monkeypatch.delenv("PREFECT_API_URL")
+        assert use_local_server(start=True) == server.api_url and localserver.running(home) == server
+    finally:
+        localserver.stop(home)
+    assert localserver.running(home) is None

@@ -1,18 +1,21 @@
 """A long-lived local Prefect server that the CLI starts once and reuses.
 
 Without PREFECT_API_URL, every `transferline run` or `check` would start
-Prefect's ephemeral API (a uvicorn process, 10-25 s on a loaded 2-core
-machine) and stop it again. `transferline server start` starts the same
-server once, on 127.0.0.1, with its database in PREFECT_HOME (the project's
+Prefect's ephemeral API (a uvicorn process, 7-25 s on a 2-core machine) and
+stop it again. The first run or check (`orchestrate.local_server: true`, the
+default) or `transferline server start` starts the same server once, on
+127.0.0.1, with its database in PREFECT_HOME (the project's
 .transferline/prefect, the database the ephemeral API uses too, so the flow
-run history stays one); while it is up, `apply_env_defaults` points
-PREFECT_API_URL at it. Its UI shows every flow run. Stdlib only: importing
+run history stays one); while it is up, run and check point PREFECT_API_URL
+at it (`transferline.cli.common.use_local_server`). Its UI shows every flow
+run; `transferline server stop` stops it. Stdlib only: importing
 this costs nothing, and the CLI checks for the server before Prefect loads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -25,6 +28,7 @@ from pathlib import Path
 
 STATE_NAME = "transferline-server.json"  # in PREFECT_HOME: pid, port, api url of the running server
 LOG_NAME = "transferline-server.log"
+LOCK_NAME = "transferline-server.lock"
 
 
 @dataclass(frozen=True)
@@ -87,11 +91,18 @@ def _free_port() -> int:
 
 
 def start(home: Path, port: int | None = None, timeout: float = 180.0) -> Server:
-    """Start the server in the background (or return the one already up); wait until it answers."""
+    """Start the server in the background (or return the one already up); wait until it answers.
+
+    Two commands starting it at once (a run and a check) get one server: the
+    second waits on the lock, then finds the first one's server up."""
     home = Path(home)
-    if (server := running(home)) is not None:
-        return server
     home.mkdir(parents=True, exist_ok=True)
+    with open(home / LOCK_NAME, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return running(home) or _spawn(home, port, timeout)
+
+
+def _spawn(home: Path, port: int | None, timeout: float) -> Server:
     port = port or _free_port()
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(PREFECT_HOME=str(home.resolve()), PREFECT_SERVER_ANALYTICS_ENABLED="false")

@@ -83,14 +83,26 @@ def tracking_or_exit(params: Params) -> None:
         raise typer.Exit(2)
 
 
-def use_local_server() -> str | None:
-    """Point PREFECT_API_URL at the project's local Prefect server when `transferline server start`
-    left one up (a user's own PREFECT_API_URL wins); the URL, or None for Prefect's ephemeral API."""
-    from transferline.localserver import running
+def use_local_server(start: bool) -> str | None:
+    """Point PREFECT_API_URL at the project's local Prefect server (a user's own PREFECT_API_URL
+    wins): the one already up, else, with `start` (params.yaml `orchestrate.local_server`), one
+    started now in the background and kept for later commands. The URL, or None for Prefect's
+    ephemeral API (also when the server will not start: the run goes on without it)."""
+    from transferline import localserver
 
     if os.environ.get("PREFECT_API_URL"):
         return os.environ["PREFECT_API_URL"]
-    server = running(Path(os.environ["PREFECT_HOME"]))
+    home = Path(os.environ["PREFECT_HOME"])
+    server = localserver.running(home)
+    if server is None and start:
+        try:
+            server = localserver.start(home, timeout=60)
+        except RuntimeError as err:
+            console.print(f"[yellow]warning:[/] {str(err).splitlines()[0]}; using Prefect's ephemeral API",
+                          highlight=False, soft_wrap=True)
+            return None
+        console.print(f"started this project's Prefect server at {server.url} (UI and flow runs there; "
+                      "later runs reuse it; `transferline server stop` stops it)", highlight=False, soft_wrap=True)
     if server is None:
         return None
     os.environ["PREFECT_API_URL"] = server.api_url

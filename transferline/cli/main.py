@@ -68,7 +68,7 @@ def run(
     apply_env_defaults()
     from transferline import runguard
 
-    use_local_server()
+    use_local_server(start=cfg.orchestrate.local_server)
     from transferline.runlock import run_lock
 
     runguard.start()  # a killed run takes DVC, its stage and the local Prefect API with it
@@ -206,7 +206,7 @@ def check(
     apply_env_defaults()
     from transferline import runguard
 
-    use_local_server()
+    use_local_server(start=cfg.orchestrate.local_server)
     from transferline.runlock import run_lock
 
     runguard.start()

@@ -65,6 +65,9 @@ class OrchestrateParams(Section):
     registry_timeout_seconds: float = Field(600, gt=0)
     push_timeout_seconds: float = Field(1800, gt=0)
     lock_wait_seconds: float = Field(0, ge=0)
+    # run and check start the project's local Prefect server once and reuse it (transferline.localserver):
+    # Prefect's ephemeral API costs 7-25 s per command on 2 cores. False: the ephemeral API every time.
+    local_server: bool = True
     # Where experiment trials run: a local pool of processes, or a Ray cluster through prefect-ray.
     trial_runner: Literal["process", "ray"] = "process"
     ray_address: str = ""  # "" = a Ray instance started for the run; host:6379 or ray://host:10001 = a cluster
