@@ -14,7 +14,9 @@ machine in the same run:
    versioning: the overhead in %, and stage by stage where it goes;
 4. `fit` (the shared training loop) vs a bare PyTorch loop: same model,
    batch size, optimizer and validation pass per epoch, images/s each;
-   the same for text (`fit_classifier` vs a bare loop over the same batches);
+   the same set streamed from its cache file by DataLoader workers vs in
+   memory, and that loader alone; the same for text (`fit_classifier` vs a
+   bare loop over the same batches);
 5. `transferline --help` vs `python -c pass`.
 
 Each small timing is the median of --repeat runs; ratios sit beside the
@@ -223,6 +225,61 @@ def train_block(repeat: int) -> dict:
             "fit_over_bare_speed": round(best["bare"] / best["fit"], 3)}
 
 
+def stream_block(repeat: int, workers: int = 2) -> dict:
+    """Line 4, streamed: `fit` on a training set read from its cache file by `workers` DataLoader
+    processes (pretrain.image.loader_workers) vs the same set in memory, and the loader alone
+    (reading and collating batches, no model): it keeps up when it delivers more images/s than
+    the model consumes. The file sits in the OS page cache after the first epoch (on a set larger
+    than memory the disk's read speed bounds the loader instead)."""
+    import torch
+    from safetensors.torch import save_file
+    from torch.utils.data import DataLoader
+
+    from transferline import distributed as dist
+    from transferline.config.image import PretrainParams
+    from transferline.image.data import CachedRows
+    from transferline.image.models import build_model
+    from transferline.image.train import StreamedSet, fit
+
+    n, epochs, batch = 4096, 2, 128
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+    val = (x[:512], y[:512])
+    cfg = PretrainParams(epochs=epochs, batch_size=batch, lr=1e-3, loader_workers=workers)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "source.safetensors"
+        save_file({"x_train": x, "y_train": y}, str(path))
+        rows = CachedRows(path, "x_train")
+
+        def run(train: tuple) -> Callable[[], float]:
+            def timed_fit() -> float:
+                torch.manual_seed(0)
+                model = build_model("small_cnn", 10, 1)
+                t0 = time.perf_counter()
+                fit(model, train, val, cfg, torch.device("cpu"), torch.Generator().manual_seed(0), desc="bench")
+                return time.perf_counter() - t0
+            return timed_fit
+
+        best = best_of(run((x, y)), run((rows, y)), repeat)  # "bare": in memory, "fit": streamed
+
+        def loader_alone() -> float:
+            loader = DataLoader(StreamedSet(rows, y), sampler=dist.global_batches(n, batch, torch.Generator().manual_seed(0)),
+                                batch_size=None, num_workers=workers)
+            t0 = time.perf_counter()
+            for _ in range(epochs):
+                for _batch in loader:
+                    pass
+            return time.perf_counter() - t0
+
+        loader_s = min(loader_alone() for _ in range(repeat))
+    images = n * epochs
+    return {"stream_workers": workers, "memory_images_per_s": round(images / best["bare"]),
+            "streamed_images_per_s": round(images / best["fit"]),
+            "streamed_over_memory_speed": round(best["bare"] / best["fit"], 3),
+            "loader_alone_images_per_s": round(images / loader_s),
+            "loader_over_model_speed": round(best["fit"] / loader_s, 2)}
+
+
 def text_train_block(repeat: int) -> dict:
     """Line 4, text: `fit_classifier` vs a bare loop over the same length-grouped, trimmed batches
     (a small BERT encoder, AdamW, gradient clipping, a validation pass per epoch), in this process."""
@@ -317,6 +374,10 @@ def table(r: dict) -> str:
          "(no plain counterpart for register and promote)"),
         (f"`fit` vs a bare PyTorch loop (small_cnn, batch {t['batch_size']}, AdamW, {t['threads']} threads)",
          f"{t['fit_images_per_s']} vs {t['bare_images_per_s']} images/s", f"{t['fit_over_bare_speed']}x the bare speed"),
+        (f"`fit` streaming the set from its cache file ({t['stream_workers']} DataLoader workers) vs in memory",
+         f"{t['streamed_images_per_s']} vs {t['memory_images_per_s']} images/s",
+         f"{t['streamed_over_memory_speed']}x; the loader alone: {t['loader_alone_images_per_s']} images/s, "
+         f"{t['loader_over_model_speed']}x what the model consumes"),
         (f"text `fit_classifier` vs a bare loop (2-layer BERT, batch {t['text_batch_size']}, same trimmed batches)",
          f"{t['text_fit_texts_per_s']} vs {t['text_bare_texts_per_s']} texts/s", f"{t['text_fit_over_bare_speed']}x the bare speed"),
         ("`transferline --help` vs `python -c pass`", f"{s['help_s']:.2f} s vs {s['python_pass_s']:.3f} s",
@@ -354,7 +415,8 @@ def main() -> None:
                    + (f" --blocks {','.join(args.blocks)}" if len(args.blocks) < 4 else ""),
     }
     blocks = {"full": lambda: full_block(project, plain), "noop": lambda: noop_block(project, args.repeat),
-              "train": lambda: {**train_block(args.repeat), **text_train_block(args.repeat)}, "start": lambda: start_block(args.repeat, project)}
+              "train": lambda: {**train_block(args.repeat), **stream_block(args.repeat),
+                               **text_train_block(args.repeat)}, "start": lambda: start_block(args.repeat, project)}
     kept = json.loads(RESULTS.read_text()) if RESULTS.is_file() and args.blocks != list(blocks) else {}
     try:
         for name, measure in blocks.items():

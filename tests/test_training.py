@@ -105,3 +105,52 @@ def test_early_stopping_keeps_the_best_epoch(tiny_raw):
     assert len(history) < 40
     best = max(r["val_acc"] for r in history)
     assert loss_and_accuracy(model, data["x_val"], data["y_val"], 512, torch.device("cpu"))[1] == pytest.approx(best, abs=1e-6)
+
+
+def test_a_streamed_source_set_trains_exactly_as_the_set_in_memory(tiny_raw):
+    """pretrain.image.loader_workers: the same batches in the same order, read from the cache file
+    by worker processes, give the same weights and history as the tensors in memory."""
+    from transferline.config.image import PretrainParams
+    from transferline.image.data import CachedRows, load_set
+    from transferline.image.models import predict
+    from transferline.image.train import fit
+
+    _target_tensors(tiny_raw)
+    whole = load_set(Paths(), "source")
+    streamed = load_set(Paths(), "source", streamed=("x_train",))
+    assert isinstance(streamed["x_train"], CachedRows) and torch.equal(streamed["x_val"], whole["x_val"])
+    assert torch.equal(streamed["x_train"][[5, 0, 3]], whole["x_train"][[5, 0, 3]])
+    probe, cpu = SmallCNN(10), torch.device("cpu")  # finetune's LogME features read the rows in ranges
+    assert torch.equal(predict(probe, streamed["x_train"], 7, cpu), predict(probe, whole["x_train"], 7, cpu))
+    runs = {}
+    for name, data in (("memory", whole), ("streamed", streamed)):
+        torch.manual_seed(0)
+        model = SmallCNN(10)
+        cfg = PretrainParams(epochs=2, batch_size=32, lr=0.003, loader_workers=2)
+        history = fit(model, (data["x_train"], data["y_train"]), (data["x_val"], data["y_val"]), cfg,
+                      cpu, torch.Generator().manual_seed(0))
+        runs[name] = ([{k: v for k, v in r.items() if k != "seconds"} for r in history], model.state_dict())
+    assert runs["memory"][0] == runs["streamed"][0]
+    assert all(torch.equal(v, runs["streamed"][1][k]) for k, v in runs["memory"][1].items())
+
+
+def test_streaming_is_for_supervised_pretraining():
+    from transferline.config.image import PretrainParams
+
+    with pytest.raises(ValueError, match="loader_workers streams supervised pretraining only"):
+        PretrainParams(epochs=1, batch_size=8, lr=0.1, loader_workers=2, objective="denoising")
+
+
+def test_finetune_streams_the_target_train_split_to_the_same_choice(tiny_raw):
+    """finetune.image.loader_workers: every candidate trained from the cache file, the same figures."""
+    from transferline.image import finetune, pretrain
+
+    _target_tensors(tiny_raw)
+    results = {}
+    for workers in (0, 2):
+        params = parse_params(tiny_raw_params(finetune={"epochs": 2, "loader_workers": workers}))
+        if workers == 0:
+            pretrain.run(params, params.paths)
+        done = finetune.run(params, params.paths)
+        results[workers] = [{k: v for k, v in r.items() if k != "seconds"} for r in done["candidates"]], done["winner"]
+    assert results[0] == results[2] and len(results[0][0]) == 2

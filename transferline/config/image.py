@@ -121,6 +121,16 @@ class PretrainParams(TrainParams):
     noise_std: float = Field(0.3, ge=0)  # denoising: gaussian noise added to the input
     temperature: float = Field(0.2, gt=0)  # contrastive: NT-Xent temperature
     adapt: AdaptParams = AdaptParams()
+    # 0: the training images in memory (fastest while they fit); N: streamed from the preprocess
+    # cache by N DataLoader worker processes, for a set larger than memory (transferline.image.train).
+    loader_workers: int = Field(0, ge=0, le=64)
+
+    @model_validator(mode="after")
+    def _streams_supervised_only(self) -> PretrainParams:
+        if self.loader_workers and (self.objective != "supervised" or self.adapt.starts):
+            raise ValueError("pretrain.image.loader_workers streams supervised pretraining only: set it to 0, "
+                             "or objective: supervised with adapt.starts: []")
+        return self
 
 
 # candidate starting points the pipeline builds; anything else in finetune.image.candidates is a weights file
@@ -139,6 +149,7 @@ class FinetuneParams(TrainParams):
     unfreeze_every: int = Field(3, ge=1)  # strategy gradual: epochs between unfreezing blocks
     lr_decay: float = Field(0.5, gt=0, le=1)  # strategy discriminative: per-block factor
     train_bn: bool = True  # update batch-norm statistics of frozen blocks
+    loader_workers: int = Field(0, ge=0, le=64)  # as pretrain's: N = the target's train split streamed by N workers
 
     @model_validator(mode="after")
     def _candidates_exist(self) -> FinetuneParams:

@@ -3,7 +3,8 @@ seeded split assignment, and the preprocessed tensor cache.
 
 Raw sets are uint8 (N, C, H, W) with int64 labels; the cache is
 `${paths.processed}/{source,target,pool}.safetensors` (x_* float16 or float32,
-y_* int64), written by preprocess and read by every training stage.
+y_* int64), written by preprocess and read by every training stage, whole
+or (CachedRows) a batch at a time.
 """
 
 from __future__ import annotations
@@ -207,11 +208,47 @@ def assign_source(y: np.ndarray, cfg: SplitParams, seed: int) -> tuple[np.ndarra
 
 # --- the preprocessed cache ----------------------------------------------------
 
-def load_set(paths: Paths, name: str) -> dict:
-    """The cached tensors of one set ('source', 'target' or 'pool')."""
-    from safetensors.torch import load_file
+def load_set(paths: Paths, name: str, streamed: tuple[str, ...] = ()) -> dict:
+    """The cached tensors of one set ('source', 'target' or 'pool'); the keys in `streamed`
+    stay in the file, as CachedRows."""
+    from safetensors import safe_open
 
-    return load_file(str(paths.cache(name)))
+    path = str(paths.cache(name))
+    with safe_open(path, framework="pt") as f:
+        return {k: CachedRows(path, k) if k in streamed else f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+
+
+class CachedRows:
+    """One tensor of a cache file, read a few rows at a time (`rows[[3, 17, 5]]`) instead
+    of whole: a set larger than memory streams from disk. safetensors reads each row from
+    the file (the OS caches what fits); a process opens the file on its first read, so
+    DataLoader workers each hold their own handle."""
+
+    def __init__(self, path: str | Path, key: str) -> None:
+        from safetensors import safe_open
+
+        self.path, self.key, self._rows = str(path), key, None
+        with safe_open(self.path, framework="pt") as f:
+            self.shape = tuple(f.get_slice(key).get_shape())
+        stat = os.stat(self.path)
+        self.identity = f"{self.path}:{self.key}:{stat.st_size}:{stat.st_mtime_ns}"  # for resume fingerprints
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: list[int] | slice) -> Any:
+        """The rows listed (a training batch), or a range of rows (`predict`'s batches) in one read."""
+        import torch
+        from safetensors import safe_open
+
+        if self._rows is None:
+            self._rows = safe_open(self.path, framework="pt").get_slice(self.key)
+        if isinstance(rows, slice):
+            return self._rows[rows]
+        return torch.cat([self._rows[i : i + 1] for i in rows])
+
+    def __getstate__(self) -> dict:  # a worker started by spawn gets the path, not this process's handle
+        return {**self.__dict__, "_rows": None}
 
 
 def save_set(paths: Paths, name: str, tensors: dict, meta: dict | None = None) -> None:

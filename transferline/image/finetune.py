@@ -76,7 +76,7 @@ def train_target(params: Params, paths: Paths, candidate: str, name: str) -> tup
     """Train on the target labels from `candidate` into models/<name>; (model, history)."""
     v = params.image
     generator = seed_everything(params.seed)  # same seed, same batches for every candidate
-    data = load_set(paths, "target")
+    data = load_set(paths, "target", streamed=("x_train",) if v.finetune.loader_workers else ())
     classes = processed_meta(paths)["classes"]
     model, report = initialised_model(params, candidate, paths, len(classes))
     # The baseline trains everything: a frozen random backbone measures nothing.
@@ -94,7 +94,7 @@ def train_target(params: Params, paths: Paths, candidate: str, name: str) -> tup
 def run(params: Params, paths: Paths) -> dict:
     """Every candidate estimated, the shortlist fine-tuned and scored on validation, the winner kept."""
     cfg = params.image.finetune
-    data = load_set(paths, "target")
+    data = load_set(paths, "target", streamed=("x_train",) if cfg.loader_workers else ())
     classes = processed_meta(paths)["classes"]
     device = resolve_device(params.device)
     estimates = {c: estimate(params, c, paths, data, len(classes)) for c in cfg.candidates}

@@ -78,7 +78,7 @@ def adapt(params: Params, paths: Paths, start: str, source: dict, pool: dict) ->
 
 def run(params: Params, paths: Paths) -> list[dict]:
     cfg = params.image.pretrain
-    source = load_set(paths, "source")
+    source = load_set(paths, "source", streamed=("x_train",) if cfg.loader_workers else ())
     pool = load_set(paths, "pool") if cfg.objective != "supervised" or cfg.adapt.starts else None
     try:
         history = supervised(params, paths, source) if pool is None or cfg.objective == "supervised" \

@@ -4,7 +4,9 @@
 Under torchrun every rank runs `fit` on its slice of each global batch
 (transferline.distributed); only rank 0 writes the checkpoint. On a GPU the
 batches run under bf16 autocast, channels_last, with the data kept on the
-device when it fits (transferline.runtime); on a CPU none of that applies."""
+device when it fits (transferline.runtime); on a CPU none of that applies.
+A training set passed as CachedRows (pretrain.image.loader_workers) is read
+from its cache file a batch at a time by DataLoader worker processes."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from transferline import distributed as dist
 from transferline.checkpoint import load_checkpoint, load_weights, resume_state, save_epoch
 from transferline.config.image import TrainParams
 from transferline.errors import check_finite_loss
+from transferline.image.data import CachedRows
 from transferline.image.models import predict
 from transferline.image.strategies import param_groups, set_batchnorm_training, unfreeze_for_epoch, warmup_cosine
 from transferline.runtime import autocast, memory_format, place
@@ -83,6 +86,19 @@ def train_one_epoch(
     return loss_sum / total, correct / total
 
 
+class StreamedSet(torch.utils.data.Dataset):
+    """(images, labels) of a list of indices: the images read from the cache file, the labels in memory."""
+
+    def __init__(self, x: CachedRows, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[rows], self.y[rows]
+
+
 def loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device) -> tuple[float, float]:
     """(loss, accuracy) of model on x, y."""
     logits = predict(model, x, batch_size, device)
@@ -115,15 +131,21 @@ def fit(
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=memory_format(device))
-    x_train, y_train = place({"x": train[0], "y": train[1]}, device).values()
+    streamed = isinstance(train[0], CachedRows)
+    workers = getattr(cfg, "loader_workers", 0) if streamed else 0
+    # In memory: one TensorDataset (on the GPU when it fits). Streamed: workers read each batch's
+    # rows from the cache file while the model trains on the previous ones; they start anew each
+    # epoch (not persistent_workers), so every epoch draws from `generator` as in memory: same shuffle.
+    dataset = StreamedSet(*train) if streamed else TensorDataset(*place({"x": train[0], "y": train[1]}, device).values())
     # this rank's slice of each global batch of cfg.batch_size (one rank: DataLoader's own shuffle)
-    loader = DataLoader(TensorDataset(x_train, y_train), sampler=dist.global_batches(len(y_train), cfg.batch_size,
-                        generator), batch_size=None, generator=generator)
+    loader = DataLoader(dataset, sampler=dist.global_batches(len(train[1]), cfg.batch_size, generator),
+                        batch_size=None, generator=generator, num_workers=workers,
+                        pin_memory=streamed and device.type == "cuda")
     groups = param_groups(model, strategy, cfg.lr, getattr(cfg, "last_n_blocks", 1), getattr(cfg, "lr_decay", 0.5))
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     # Same config and same data (shape and a checksum) or no resume.
-    key = fingerprint(cfg=cfg.model_dump(), shape=list(train[0].shape), data=float(train[0].float().sum()),
-                      labels=int(train[1].sum()), desc=desc)
+    key = fingerprint(cfg=cfg.model_dump(), shape=list(train[0].shape), labels=int(train[1].sum()), desc=desc,
+                      data=train[0].identity if streamed else float(train[0].float().sum()))
     history: list[dict[str, float]] = []
     start, best_acc, best_state = 0, -1.0, None
     saved = resume_state(checkpoint, key)
