@@ -1,7 +1,7 @@
 """`transferline server start|stop|status`: the project's long-lived local Prefect server.
 
-While it is up, `transferline run` and `check` use it instead of starting
-Prefect's ephemeral API for each command (see transferline/localserver.py).
+`transferline run` and `check` start it when it is down (orchestrate.local_server)
+and use it instead of Prefect's ephemeral API (see transferline/localserver.py).
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import typer
 from transferline.cli.common import console
 from transferline.env import apply_env_defaults
 
-app = typer.Typer(help="A local Prefect server on 127.0.0.1 that run and check reuse (state in "
-                  ".transferline/prefect): start it once, and no run waits for Prefect's ephemeral API.",
+app = typer.Typer(help="The project's local Prefect server on 127.0.0.1 (state in .transferline/prefect): "
+                  "the first run or check starts it (orchestrate.local_server), later ones reuse it, so no "
+                  "run waits for Prefect's ephemeral API; its UI shows every flow run.",
                   no_args_is_help=True)
 
 
@@ -45,7 +46,7 @@ def start(
 
 @app.command()
 def stop() -> None:
-    """Stop the server; run and check go back to Prefect's ephemeral API."""
+    """Stop the server (the next run or check starts it again, unless orchestrate.local_server is false)."""
     from transferline.localserver import stop as stop_server
 
     server = stop_server(_home())
@@ -64,5 +65,5 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print one JSON ob
     elif server:
         console.print(f"up at {server.url} (pid {server.pid}); API {server.api_url}")
     else:
-        console.print("not running (run and check start Prefect's ephemeral API; "
-                      "`transferline server start` to keep one up)")
+        console.print("not running (the next run or check starts it, unless params.yaml sets "
+                      "orchestrate.local_server: false; `transferline server start` starts it now)")
