@@ -5,8 +5,8 @@ Under torchrun every rank runs `fit` on its slice of each global batch
 (transferline.distributed); only rank 0 writes the checkpoint. On a GPU the
 batches run under bf16 autocast, channels_last, with the data kept on the
 device when it fits (transferline.runtime); on a CPU none of that applies.
-A training set passed as CachedRows (pretrain.image.loader_workers) is read
-from its cache file a batch at a time by DataLoader worker processes."""
+A training set passed as CachedRows ({pretrain,finetune}.image.loader_workers)
+is read from its cache file a batch at a time by DataLoader worker processes."""
 
 from __future__ import annotations
 
