@@ -19,7 +19,7 @@ machine in the same run:
    bare loop over the same batches);
 5. `transferline --help` vs `python -c pass`.
 
-Each small timing is the median of --repeat runs; ratios sit beside the
+Each small timing is the median of --repeat runs after a warm-up run; ratios sit beside the
 times because these machines are noisy. Writes bench/results/overhead.json
 and the table in README.md between the overhead-bench markers.
 
@@ -94,12 +94,15 @@ def timed(cmd: list[str], cwd: Path, check: bool = True, stdout_only: bool = Fal
 
 
 def median(cmd: list[str], cwd: Path, repeat: int, expect: str | None = None) -> float:
+    """The median of `repeat` timed runs after one untimed warm-up run (the file cache, the
+    server's first requests), the same for every command compared."""
     times = []
-    for _ in range(repeat):
+    for i in range(repeat + 1):
         seconds, out = timed(cmd, cwd)
         if expect is not None and expect not in out:
             sys.exit(f"{' '.join(cmd)}: expected {expect!r} in its output:\n{out[-3000:]}")
-        times.append(seconds)
+        if i:
+            times.append(seconds)
     return round(statistics.median(times), 3)
 
 
@@ -383,7 +386,7 @@ def table(r: dict) -> str:
         ("`transferline --help` vs `python -c pass`", f"{s['help_s']:.2f} s vs {s['python_pass_s']:.3f} s",
          f"{s['help_over_python']}x"),
     ]
-    lines = [f"Machine: {r['machine']}. Medians of {r['repeat']} runs (the training loop: best of "
+    lines = [f"Machine: {r['machine']}. Medians of {r['repeat']} runs after a warm-up run (the training loop: best of "
              f"{r['repeat']}). Command: `{r['command']}`.", "", "| what | time | ratio |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines) + "\n"
