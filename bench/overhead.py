@@ -242,7 +242,7 @@ def stream_block(repeat: int, workers: int = 2) -> dict:
     from transferline.config.image import PretrainParams
     from transferline.image.data import CachedRows
     from transferline.image.models import build_model
-    from transferline.image.train import StreamedSet, fit
+    from transferline.image.train import StreamedSet, fit, worker_context
 
     n, epochs, batch = 4096, 2, 128
     g = torch.Generator().manual_seed(0)
@@ -267,7 +267,7 @@ def stream_block(repeat: int, workers: int = 2) -> dict:
 
         def loader_alone() -> float:
             loader = DataLoader(StreamedSet(rows, y), sampler=dist.global_batches(n, batch, torch.Generator().manual_seed(0)),
-                                batch_size=None, num_workers=workers)
+                                batch_size=None, num_workers=workers, multiprocessing_context=worker_context())
             t0 = time.perf_counter()
             for _ in range(epochs):
                 for _batch in loader:

@@ -86,6 +86,17 @@ def train_one_epoch(
     return loss_sum / total, correct / total
 
 
+def worker_context() -> Any:
+    """Loader workers forked from a clean forkserver that has imported torch, not from this
+    process: a process that ran a Prefect flow holds exit hooks that fail in a forked copy (the
+    copy exits 1 once its work is done, and the DataLoader reports a dead worker)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "transferline.image.data"])
+    return context
+
+
 class StreamedSet(torch.utils.data.Dataset):
     """(images, labels) of a list of indices: the images read from the cache file, the labels in memory."""
 
@@ -140,6 +151,7 @@ def fit(
     # this rank's slice of each global batch of cfg.batch_size (one rank: DataLoader's own shuffle)
     loader = DataLoader(dataset, sampler=dist.global_batches(len(train[1]), cfg.batch_size, generator),
                         batch_size=None, generator=generator, num_workers=workers,
+                        multiprocessing_context=worker_context() if workers else None,
                         pin_memory=streamed and device.type == "cuda")
     groups = param_groups(model, strategy, cfg.lr, getattr(cfg, "last_n_blocks", 1), getattr(cfg, "lr_decay", 0.5))
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
