@@ -12,6 +12,7 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -87,38 +88,52 @@ def test_help_answers_within_two_seconds(tmp_path):
     assert min(seconds) < HELP_LIMIT_S
 
 
-@pytest.fixture(scope="module")
-def registry_project(tmp_path_factory) -> Path:
-    """A project folder whose SQLite registry holds one champion version with metrics,
-    lineage tags and one logged alias move."""
-    import mlflow
-
-    from transferline import tracking
-    from transferline.champion import move_alias
-    from transferline.config import parse_params
-
-    project = tmp_path_factory.mktemp("light")
-    shutil.copy(ROOT / "dvc.yaml", project / "dvc.yaml")
-    raw = tiny_raw_params(tracking={"uri": f"sqlite:///{project / 'mlflow.db'}",
-                                    "artifact_root": str(project / "mlartifacts"), "experiment": "light"},
-                          register={"model_name": NAME})
-    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    params = parse_params(raw)
+@contextmanager
+def mlflow_env_kept():
+    """mlflow.set_tracking_uri writes into os.environ; later tests must not see it."""
     saved = {k: os.environ.get(k) for k in MLFLOW_ENV}
     try:
-        tracking.configure(params.tracking)
-        client = mlflow.MlflowClient()
-        client.create_registered_model(NAME)
-        client.create_model_version(NAME, source=str(project / "model"),
-                                    tags={"accuracy": "0.91", "git.commit": "0123abc"})
-        move_alias(client, NAME, "1", "forced", "light-cli test setup", None)
-    finally:  # mlflow.set_tracking_uri wrote into os.environ; later tests must not see it
+        yield
+    finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def registry_client(project: Path):
+    import mlflow
+
+    from transferline import tracking
+    from transferline.config import parse_params
+
+    tracking.configure(parse_params(yaml.safe_load((project / "params.yaml").read_text())).tracking)
+    return mlflow.MlflowClient()
+
+
+def make_registry_project(project: Path) -> Path:
+    """A project folder whose SQLite registry holds one champion version with metrics,
+    lineage tags and one logged alias move."""
+    from transferline.champion import move_alias
+
+    shutil.copy(ROOT / "dvc.yaml", project / "dvc.yaml")
+    raw = tiny_raw_params(tracking={"uri": f"sqlite:///{project / 'mlflow.db'}",
+                                    "artifact_root": str(project / "mlartifacts"), "experiment": "light"},
+                          register={"model_name": NAME})
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    with mlflow_env_kept():
+        client = registry_client(project)
+        client.create_registered_model(NAME)
+        client.create_model_version(NAME, source=str(project / "model"),
+                                    tags={"accuracy": "0.91", "git.commit": "0123abc"})
+        move_alias(client, NAME, "1", "forced", "light-cli test setup", None)
     return project
+
+
+@pytest.fixture(scope="module")
+def registry_project(tmp_path_factory) -> Path:
+    return make_registry_project(tmp_path_factory.mktemp("light"))
 
 
 @pytest.mark.parametrize("command", ["status", "history", "lineage"])
@@ -139,6 +154,50 @@ def test_registry_reads_import_mlflow_but_no_torch_or_prefect(registry_project, 
     prefect, torch = who_imported(chains, "prefect"), who_imported(chains, "torch")
     assert prefect is None, f"{command} imported prefect via {prefect}"
     assert torch is None, f"{command} imported torch via {torch}. {TORCH_FREE_CONFIG}"
+
+
+READS = ("status", "history", "lineage")
+
+
+def reads(project: Path) -> dict[str, tuple[dict, str | None]]:
+    """{command: (its --json answer, who imported mlflow or None)} for the three read-only commands."""
+    answers = {}
+    for command in READS:
+        done = cli([command, "--json"], project, importtime=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        answers[command] = json.loads(done.stdout), who_imported(import_chains(done.stderr), "mlflow")
+    return answers
+
+
+def test_registry_reads_are_kept_until_the_store_changes(tmp_path):
+    """A repeated read-only command answers from .transferline/readcache without importing MLflow, the
+    same answer; a write to the store by another client, or a new register.json, and it asks again."""
+    from transferline.champion import move_alias
+
+    project = make_registry_project(tmp_path)
+    first = reads(project)
+    assert all(via is not None for _, via in first.values())  # the first read asked MLflow
+    again = reads(project)
+    assert {c: a for c, (a, _) in again.items()} == {c: a for c, (a, _) in first.items()}
+    served = {c: via for c, (_, via) in again.items() if via is not None}
+    assert served == {}, f"a repeated read imported MLflow: {served}"
+
+    with mlflow_env_kept():  # another client moves the champion
+        client = registry_client(project)
+        client.create_model_version(NAME, source=str(project / "model2"), tags={"accuracy": "0.95"})
+        move_alias(client, NAME, "2", "forced", "a newer model", "1")
+    moved = reads(project)
+    assert all(via is not None for _, via in moved.values())
+    assert moved["status"][0]["champion"]["version"] == "2"
+    assert moved["status"][0]["champion"]["metrics"] == {"accuracy": 0.95}
+    assert [m["to"] for m in moved["history"][0]["moves"]] == ["1", "2"]
+    assert moved["lineage"][0]["version"] == "2"
+
+    # status also reads reports/register.json (the registry gap): a new one is seen at once
+    (project / "reports").mkdir(exist_ok=True)
+    (project / "reports" / "register.json").write_text(json.dumps({"name": NAME, "version": "9", "run_id": "r"}))
+    done = cli(["status", "--json"], project)
+    assert "version 9" in (json.loads(done.stdout)["registry_gap"] or ""), done.stdout
 
 
 EXIT_FAST = """

@@ -39,13 +39,21 @@ def _reachable(host: str, port: int) -> str | None:
         return f"{host}:{port} does not answer ({err.strerror or err})"
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI (relative or absolute), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
 def tracking_problems(cfg: TrackingParams) -> list[str]:
     """The tracking store can be opened: an SQLite file that is a database, or a server that answers."""
     url = urlparse(cfg.uri)
     scheme = url.scheme.split("+")[0]
     if scheme == "sqlite":
-        db = Path(cfg.uri.split("sqlite:///", 1)[-1])
-        if not db.exists():
+        db = sqlite_file(cfg.uri)
+        if db is None or not db.exists():
             return []  # created on first use
         try:
             with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:

@@ -19,6 +19,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 
 from transferline.config import TrackingParams
+from transferline.preflight import sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +31,6 @@ _TAG_KEY_UNSAFE = re.compile(r"[^\w.\- /]")
 
 def _is_local(uri: str) -> bool:
     return urlparse(uri).scheme in ("sqlite", "file", "")
-
-
-def _sqlite_file(uri: str) -> Path | None:
-    """The database file of a sqlite:/// URI (relative or absolute), else None."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
-    return None if path in ("", ":memory:") else Path(path)
 
 
 # mlflow.set_tracking_uri() also writes MLFLOW_TRACKING_URI (for subprocesses),
@@ -60,7 +53,7 @@ def anchored(cfg: TrackingParams) -> TrackingParams:
     from transferline.dvcexp import project_root
 
     root = project_root()
-    db = _sqlite_file(cfg.uri)
+    db = sqlite_file(cfg.uri)
     uri = f"sqlite:///{root / db}" if db is not None and not db.is_absolute() else cfg.uri
     artifacts = cfg.artifact_root if Path(cfg.artifact_root).is_absolute() else str(root / cfg.artifact_root)
     return cfg.model_copy(update={"uri": uri, "artifact_root": artifacts})
@@ -77,7 +70,7 @@ def configure(cfg: TrackingParams) -> str:
     cfg = anchored(cfg)
     uri, from_cfg = _choose_uri(cfg)
     _last_set = (uri, from_cfg)
-    db = _sqlite_file(uri)
+    db = sqlite_file(uri)
     if db is not None:
         # SQLite creates the file but not its folder.
         db.parent.mkdir(parents=True, exist_ok=True)

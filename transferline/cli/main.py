@@ -166,10 +166,16 @@ def status(
     """Show the current champion, its metrics, and the last pipeline run."""
     cfg = params_or_exit(params)
     tracking_or_exit(cfg)
-    apply_env_defaults()
-    from transferline.status import status as read_status
+    from transferline.readcache import cached
 
-    info = read_status(cfg)
+    def read() -> dict:
+        apply_env_defaults()
+        from transferline.status import status as read_status
+
+        return read_status(cfg)
+
+    # register.json: the registry gap compares the store with what DVC recorded.
+    info = cached(cfg.tracking, f"status {cfg.model_name}", read, files=[cfg.paths.report("register")])
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
         return

@@ -124,10 +124,15 @@ def history(
     """Every move of the `champion` alias: when, why, by whom, with the figures."""
     cfg = params_or_exit(params)
     tracking_or_exit(cfg)
-    apply_env_defaults()
-    from transferline import champion
+    from transferline.readcache import cached
 
-    info = _registry_call(champion.history, cfg)
+    def read() -> dict:
+        apply_env_defaults()
+        from transferline import champion
+
+        return _registry_call(champion.history, cfg)
+
+    info = cached(cfg.tracking, f"history {cfg.model_name}", read)
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2) + "\n")
         return
@@ -151,18 +156,26 @@ def lineage(
     """Where a model version came from: git commit, DVC hashes, params, MLflow and Prefect runs."""
     cfg = params_or_exit(params)
     tracking_or_exit(cfg)
-    apply_env_defaults()
-    import mlflow
+    from transferline.readcache import cached
 
-    from transferline import lineage as lin
-    from transferline import tracking
-
-    tracking.configure(cfg.tracking)
-    client = mlflow.MlflowClient()
     ref = ref or f"{cfg.model_name}@champion"
-    info = _registry_call(lin.describe, client, ref)
-    if restore:
-        info["restore"] = _registry_call(lin.restore, client, ref, force)
+
+    def read(restore: bool = False) -> dict:
+        apply_env_defaults()
+        import mlflow
+
+        from transferline import lineage as lin
+        from transferline import tracking
+
+        tracking.configure(cfg.tracking)
+        client = mlflow.MlflowClient()
+        info = _registry_call(lin.describe, client, ref)
+        if restore:
+            info["restore"] = _registry_call(lin.restore, client, ref, force)
+        return info
+
+    # --restore checks files out: never from the cache.
+    info = read(restore=True) if restore else cached(cfg.tracking, f"lineage {ref}", read)
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
         return
