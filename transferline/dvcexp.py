@@ -24,8 +24,6 @@ from pathlib import Path
 
 import yaml
 
-from transferline.io import read_json, write_json
-
 log = logging.getLogger(__name__)
 
 EXP_NAME_ENV = "DVC_EXP_NAME"
@@ -57,6 +55,8 @@ def skip_in_experiment(stage: str, reports: Path) -> dict | None:
     report = {"skipped": SKIPPED, "decision": SKIPPED, "experiment": name,
               "baseline_rev": os.environ.get(BASELINE_ENV),
               "how_to_register": f"transferline promote --from-experiment {name}"}
+    from transferline.io import write_json  # here: io loads numpy, and the read-only CLI commands import this module
+
     write_json(reports / f"{stage}.json", report)
     if stage == "promote":
         (reports / "promote.md").write_text(
@@ -71,6 +71,8 @@ def skipped_in_experiment(stage: str, params_file: str | Path = "params.yaml") -
     """True if `stage`'s report says a DVC experiment skipped it (dvc.lock may still call it up to date)."""
     if stage not in GUARDED:
         return False
+    from transferline.io import read_json
+
     try:
         raw = yaml.safe_load(Path(params_file).read_text()) or {}
         reports = Path((raw.get("paths") or {}).get("reports", "reports"))
