@@ -175,7 +175,8 @@ def status(
         return read_status(cfg)
 
     # register.json: the registry gap compares the store with what DVC recorded.
-    info = cached(cfg.tracking, f"status {cfg.model_name}", read, files=[cfg.paths.report("register")])
+    info = cached(cfg.tracking, f"status {cfg.model_name} {cfg.tracking.experiment}", read,
+                  files=[cfg.paths.report("register")])
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
         return
