@@ -67,12 +67,11 @@ def cached(cfg: TrackingParams, name: str, read: Callable[[], Any], files: Itera
             return kept["answer"]
     except (OSError, ValueError, KeyError, TypeError):
         pass  # none yet, or unreadable: ask MLflow
-    answer = read()
+    # default=str: the same text `--json` prints, and the same value a kept answer returns.
+    answer = json.loads(json.dumps(read(), default=str))
     if _key(db, name, files) == before:
         entry.parent.mkdir(parents=True, exist_ok=True)
         partial = entry.with_suffix(f".{os.getpid()}.tmp")
-        # default=str: the same text `--json` prints; a reader sees the whole entry or the old one.
-        partial.write_text(json.dumps({"key": before, "name": name, "answer": answer}, default=str))
-        os.replace(partial, entry)
-        return json.loads(json.dumps(answer, default=str))  # the same value a cached read returns
+        partial.write_text(json.dumps({"key": before, "name": name, "answer": answer}))
+        os.replace(partial, entry)  # a reader sees the whole entry or the old one
     return answer

@@ -160,7 +160,7 @@ def lineage(
 
     ref = ref or f"{cfg.model_name}@champion"
 
-    def read(restore: bool = False) -> dict:
+    def read() -> dict:
         apply_env_defaults()
         import mlflow
 
@@ -175,7 +175,7 @@ def lineage(
         return info
 
     # --restore checks files out: never from the cache.
-    info = read(restore=True) if restore else cached(cfg.tracking, f"lineage {ref}", read)
+    info = read() if restore else cached(cfg.tracking, f"lineage {ref}", read)
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
         return
