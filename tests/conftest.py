@@ -4,6 +4,7 @@ built-in data sliced small, and throw-away project folders for DVC runs."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.pop("TRANSFERLINE_MLFLOW_RUN_ID", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+# The suite starts hundreds of Python processes (CLI, stages, servers): a shell that forbids
+# .pyc files would have each compile prefect, mlflow and dvc from source (seconds each).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 
 # MLflow writes these into os.environ (set_tracking_uri, set_experiment); one
 # test's values must not leak into the next test or its subprocesses.
