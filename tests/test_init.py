@@ -10,6 +10,7 @@ import functools
 import http.server
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -31,9 +32,9 @@ TINY_SETS = ("split.labels_per_class=6", "split.val_per_class=3", "split.test_fr
              "promote.min_test_size=5", "promote.metrics.accuracy.min=0.2", "promote.metrics.macro_f1.min=0.1")
 
 
-def transferline(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def transferline(cwd: Path, *args: str, timeout: float = 600, flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in MLFLOW_ENV and not k.startswith("PREFECT_")}
-    return subprocess.run([sys.executable, "-m", "transferline.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, *flags, "-m", "transferline.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -124,6 +125,11 @@ def _runs_steers_and_checks(project: Path, tmp_path: Path) -> None:
     assert second.returncode == 0, second.stderr[-3000:]
     assert json.loads(second.stdout)["ran"] == ["promote"]
     assert "margin_abs: 0.01" in (project / "params.yaml").read_text()
+    # the run kept status's answer (.transferline/readcache): the status after it imports no MLflow
+    shown = transferline(project, "status", "--json", flags=("-X", "importtime"))
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert json.loads(shown.stdout)["last_run"]["run_id"] == json.loads(second.stdout)["mlflow_run_id"]
+    assert not re.search(r"\|\s+mlflow$", shown.stderr, re.M), "status imported mlflow after a run"
 
     # the data-triggered check, for a script: nothing new since the run
     check = transferline(project, "check", "--json", "--no-push")

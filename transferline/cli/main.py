@@ -16,6 +16,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -27,6 +28,9 @@ from transferline.cli.common import (
 )
 from transferline.dvcrun import STAGES
 from transferline.env import apply_env_defaults, exit_fast
+
+if TYPE_CHECKING:
+    from transferline.config import Params
 
 app = typer.Typer(
     help="transferline: pretrain on a large source set, fine-tune on a small target task, "
@@ -79,6 +83,10 @@ def run(
         _quiet_user_errors()
 
         summary = pipeline(until=until.value if until else None, push_remote=push)
+        # The run wrote to the store: keep status's new answer while MLflow is loaded here, so
+        # the `transferline status` that follows a run answers without importing it.
+        with contextlib.suppress(Exception):  # only a head start: status asks MLflow itself if this fails
+            _status_answer(cfg)
     print_json(summary) if as_json else _print_summary(summary)
 
 
@@ -158,14 +166,8 @@ def _print_summary(summary: dict) -> None:
     console.print(f"done in {summary['seconds']:.1f} s; MLflow run {summary['mlflow_run_id']}")
 
 
-@app.command()
-def status(
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (keys: champion, last_run)."),
-    params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
-) -> None:
-    """Show the current champion, its metrics, and the last pipeline run."""
-    cfg = params_or_exit(params)
-    tracking_or_exit(cfg)
+def _status_answer(cfg: Params) -> dict:
+    """status's answer, kept in .transferline/readcache until the tracking store changes."""
     from transferline.readcache import cached
 
     def read() -> dict:
@@ -175,8 +177,19 @@ def status(
         return read_status(cfg)
 
     # register.json: the registry gap compares the store with what DVC recorded.
-    info = cached(cfg.tracking, f"status {cfg.model_name} {cfg.tracking.experiment}", read,
+    return cached(cfg.tracking, f"status {cfg.model_name} {cfg.tracking.experiment}", read,
                   files=[cfg.paths.report("register")])
+
+
+@app.command()
+def status(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (keys: champion, last_run)."),
+    params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
+) -> None:
+    """Show the current champion, its metrics, and the last pipeline run."""
+    cfg = params_or_exit(params)
+    tracking_or_exit(cfg)
+    info = _status_answer(cfg)
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
         return
