@@ -133,7 +133,8 @@ def pipeline(until: str | None = None, push_remote: bool = True) -> dict:
             summary = {
                 "mlflow_run_id": run.info.run_id,
                 "prefect_flow_run_id": flow_run_id,
-                "stages": [{"stage": r.stage, "ran": r.ran, "seconds": r.seconds} for r in results],
+                "stages": [{"stage": r.stage, "ran": r.ran, "seconds": r.seconds, "work_seconds": r.work_seconds}
+                           for r in results],
                 "ran": [r.stage for r in results if r.ran],
                 "skipped": [r.stage for r in results if not r.ran],
                 "seconds": round(time.perf_counter() - t0, 1),

@@ -15,6 +15,7 @@ import importlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -40,8 +41,12 @@ def _run(stage: str, around: Callable[[str, Any], AbstractContextManager] | None
     try:
         params = load_params()
         module = importlib.import_module(f"transferline.{params.modality}.{stage}")
+        t0 = time.perf_counter()
         with around(stage, params) if around else nullcontext():
             module.run(params, params.paths)
+        # The stage's own work, timed inside its process: the flow sets it beside the stage's wall
+        # time (transferline.dvcrun), so a run shows what the process, imports and DVC cost.
+        logging.getLogger(stage).info("done in %.2f s", time.perf_counter() - t0)
     except (StageError, ParamsError) as err:
         print(f"[{prefix}] error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -116,6 +116,8 @@ def _runs_steers_and_checks(project: Path, tmp_path: Path) -> None:
     assert server is not None and "started this project's Prefect server" in first.stderr
     summary = json.loads(first.stdout)
     assert summary["ran"] == list(STAGES)
+    # each stage timed its own work, inside its process: a part of the stage's wall time
+    assert all(0 < row["work_seconds"] < row["seconds"] for row in summary["stages"]), summary["stages"]
     assert json.loads((project / "data/raw/meta.json").read_text())["target"]["classes"] == sorted(CLASSES.values())
     assert _champion(project) == "1"
     assert list((tmp_path / "myproj-dvc-remote").rglob("*"))  # pushed to the sibling remote

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,6 +44,8 @@ STAGES = ("ingest", "validate", "split", "preprocess", "pretrain", "finetune", "
 RUN_ID_ENV = "TRANSFERLINE_MLFLOW_RUN_ID"  # tells a stage which MLflow run is its own
 FLOW_RUN_ENV = "TRANSFERLINE_PREFECT_FLOW_RUN_ID"  # the Prefect flow run a stage belongs to (lineage)
 
+# What a stage says when its work is done (tasks/_stage.py).
+WORK_DONE = re.compile(r"\[(\w+)\] done in ([\d.]+) s$")
 # DVC's hints about git staging; the flow handles pushing itself.
 NOISE = ("To track the changes with git", "git add ", "To enable auto staging", "dvc config core.autostage",
          "Use `dvc push`", "Data and pipelines are up to date.")
@@ -52,7 +55,8 @@ NOISE = ("To track the changes with git", "git add ", "To enable auto staging", 
 class StageResult:
     stage: str
     ran: bool
-    seconds: float
+    seconds: float  # wall time: DVC, the stage's process, its imports and its work
+    work_seconds: float | None = None  # the work alone, as the stage timed it (tasks/_stage.py)
 
 
 def dag_stages(dvc_yaml: str | Path = "dvc.yaml") -> list[str]:
@@ -122,7 +126,7 @@ def repro_stage(stage: str, env: dict[str, str] | None = None,
         # "skipped" in this stage's report with a matching dvc.lock, so nothing was registered or gated
         cmd.append("--force")
     tail: collections.deque[str] = collections.deque(maxlen=40)
-    ran = False
+    ran, work = False, None
     # Stage commands say `python`: make it this interpreter, venv or not.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     full_env = {**os.environ, "PATH": path, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -138,6 +142,8 @@ def repro_stage(stage: str, env: dict[str, str] | None = None,
                 if on_line is not None:
                     on_line(line.rstrip())
                 ran = ran or line.startswith(f"Running stage '{stage}'")
+                if done := WORK_DONE.match(line):
+                    work = float(done[2]) if done[1] == stage else work
         except BaseException:
             # A timeout or an interrupt: stop DVC and the stage it started, not only DVC.
             _kill_group(proc)
@@ -146,4 +152,4 @@ def repro_stage(stage: str, env: dict[str, str] | None = None,
         errors = [line for line in tail if "error:" in line.lower() or line.startswith(("  -", "("))] or list(tail)[-10:]
         refused = any(line.startswith(f"[{stage}] error:") for line in tail)
         raise (StageRefused if refused else StageFailed)(f"stage '{stage}' failed:\n" + "\n".join(errors))
-    return StageResult(stage, ran, round(time.perf_counter() - t0, 2))
+    return StageResult(stage, ran, round(time.perf_counter() - t0, 2), work)
