@@ -84,9 +84,13 @@ def run(
 
         summary = pipeline(until=until.value if until else None, push_remote=push)
         # The run wrote to the store: keep status's new answer while MLflow is loaded here, so
-        # the `transferline status` that follows a run answers without importing it.
-        with contextlib.suppress(Exception):  # only a head start: status asks MLflow itself if this fails
-            _status_answer(cfg)
+        # the `transferline status` that follows a run answers without importing it (a tracking
+        # server's answers are never kept: nothing to do there).
+        from transferline.readcache import store_file
+
+        if store_file(cfg.tracking) is not None:
+            with contextlib.suppress(Exception):  # only a head start: status asks MLflow itself if this fails
+                _status_answer(cfg)
     print_json(summary) if as_json else _print_summary(summary)
 
 
