@@ -14,15 +14,17 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 
 from flows import report
 from flows.policy import push_options, stage_options
 from transferline.config import PARAMS_FILE, load_params
 from transferline.dvcrun import (FLOW_RUN_ENV, RUN_ID_ENV, STAGES, StageFailed, StalePlan, StageResult, dag_stages,
-                                 repro_stage, stale_plan)
+                                 repro_stage, stale_plan, stale_plan_started)
 from transferline.errors import connection_failure
 from transferline.project import prepare
 from transferline.runlock import run_lock
@@ -31,10 +33,11 @@ from transferline.status import registry_gap
 
 
 
-@task(name="dvc-status")
-def plan() -> StalePlan:
-    """Ask DVC once which stages are stale (and how the stages depend on each other)."""
-    found = stale_plan()
+@task(name="dvc-status", cache_policy=NO_CACHE)
+def plan(started: Callable[[], StalePlan] = stale_plan) -> StalePlan:
+    """Ask DVC once which stages are stale (and how the stages depend on each other); `started`:
+    the answer of a status started earlier (transferline.dvcrun.stale_plan_started)."""
+    found = started()
     get_run_logger().info("dvc status: %s", ", ".join(found.stale) or "every stage up to date")
     return found
 
@@ -87,18 +90,21 @@ def pipeline(until: str | None = None, push_remote: bool = True) -> dict:
 
     Reads params.yaml, like every DVC stage it runs: there is no other params file to pass.
     """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from transferline import tracking
     from transferline.env import apply_env_defaults
 
     apply_env_defaults()  # a worker starts this flow without the CLI
     params = load_params()  # fail before any work
     stages = list(STAGES) if until is None else list(STAGES[: STAGES.index(until) + 1])
-    with run_lock(params.orchestrate.lock_wait_seconds):  # one run at a time per repository
+    with run_lock(params.orchestrate.lock_wait_seconds), contextlib.ExitStack() as stack:  # one run at a time
         for path in prepare():  # a project made by `transferline init`: the installed code's hashes, its data
             get_run_logger().info("changed: %s", path)
+        # the data is in place: DVC's status runs on the other core while MLflow loads here
+        dvc_status = stack.enter_context(stale_plan_started())
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        from transferline import tracking
+
         experiment_id = tracking.configure(params.tracking)
         flow_run_id = str(get_run_context().flow_run.id)
         t0 = time.perf_counter()
@@ -108,7 +114,7 @@ def pipeline(until: str | None = None, push_remote: bool = True) -> dict:
             link = report.mlflow_link(mlflow.get_tracking_uri(), experiment_id, run.info.run_id)
             try:
                 mlflow.log_param("until", until or STAGES[-1])
-                dvc = plan()
+                dvc = plan(dvc_status)
                 for s in stages:
                     check = dvc.must_check(s, {r.stage for r in results if r.ran})
                     task_ = run_stage.with_options(name=s, **stage_options(s, params.orchestrate))

@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
+from dvc.exceptions import NotDvcRepoError
 
-from transferline.dvcrun import repro_stage, stale_plan
+from transferline.dvcrun import repro_stage, stale_plan, stale_plan_started
 
 # a -> b (b reads a's out); c stands alone and reads a params value
 DVC_YAML = {"stages": {
@@ -52,3 +54,19 @@ def test_plan_names_stale_stages_and_what_lies_upstream(tmp_path, monkeypatch):
     assert list(stale_plan(root).stale) == ["c"]
     # a stage unknown to the plan (added after it was made) is always checked
     assert plan.must_check("d", ran=set())
+
+
+def test_a_plan_started_in_its_own_process_is_the_same_plan(tmp_path, monkeypatch):
+    (tmp_path / "project").mkdir()
+    root = dvc_project(tmp_path / "project")
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    (root / "in.txt").write_text("abcxyz\n")
+    with stale_plan_started(root) as answer:
+        started = answer()
+    assert started == stale_plan(root)
+    assert list(started.stale) == ["a"] and started.upstream["b"] == {"a"}
+    # where that process fails, the answer is asked again here and DVC's own error is raised
+    with stale_plan_started(tmp_path) as answer, pytest.raises(NotDvcRepoError):
+        answer()
+    with stale_plan_started(root):  # never asked: the process is ended, not left behind
+        pass

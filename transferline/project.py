@@ -134,12 +134,12 @@ def sync_data(root: str | Path = ".", update_imports: bool = False) -> list[str]
     data DVC pushes is the data the run read and `dvc status` is clean after it. An
     imported one is fetched again only when `update_imports` (the check: `dvc update`
     downloads a newer version from its source, and the ingest stage sees it)."""
-    from dvc.repo import Repo
-
     root = Path(root)
     files = data_files(root) if is_init_project(root) else []
     if not files:
-        return []  # opening the repository costs a few tenths of a second: every run asks
+        return []  # importing DVC and opening the repository cost most of a second: every run asks
+    from dvc.repo import Repo
+
     changed = []
     with Repo(str(root)) as repo:
         for file in files:
