@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from dvc.exceptions import NotDvcRepoError
@@ -68,5 +69,7 @@ def test_a_plan_started_in_its_own_process_is_the_same_plan(tmp_path, monkeypatc
     # where that process fails, the answer is asked again here and DVC's own error is raised
     with stale_plan_started(tmp_path) as answer, pytest.raises(NotDvcRepoError):
         answer()
-    with stale_plan_started(root):  # never asked: the process is ended, not left behind
-        pass
+    with stale_plan_started(root):  # never asked: the process is ended and reaped, not left behind
+        started_here = {p.pid for p in psutil.Process().children()}
+        assert started_here
+    assert not {p.pid for p in psutil.Process().children()} & started_here
