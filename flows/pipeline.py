@@ -24,7 +24,7 @@ from flows import report
 from flows.policy import push_options, stage_options
 from transferline.config import PARAMS_FILE, load_params
 from transferline.dvcrun import (FLOW_RUN_ENV, RUN_ID_ENV, STAGES, StageFailed, StalePlan, StageResult, dag_stages,
-                                 repro_stage, stale_plan, stale_plan_started)
+                                 repro_stage, stale_plan_started)
 from transferline.errors import connection_failure
 from transferline.project import prepare
 from transferline.runlock import run_lock
@@ -34,9 +34,9 @@ from transferline.status import registry_gap
 
 
 @task(name="dvc-status", cache_policy=NO_CACHE)
-def plan(started: Callable[[], StalePlan] = stale_plan) -> StalePlan:
+def plan(started: Callable[[], StalePlan]) -> StalePlan:
     """Ask DVC once which stages are stale (and how the stages depend on each other); `started`:
-    the answer of a status started earlier (transferline.dvcrun.stale_plan_started)."""
+    the answer of the status started earlier (transferline.dvcrun.stale_plan_started)."""
     found = started()
     get_run_logger().info("dvc status: %s", ", ".join(found.stale) or "every stage up to date")
     return found
