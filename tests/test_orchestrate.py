@@ -18,7 +18,7 @@ import pytest
 
 from conftest import MLFLOW_ENV, make_project, tiny_raw_params
 from transferline.dvcrun import STAGES
-from kit.prefectserver import artifacts, deployment, logs, prefect_cli, prefect_server, process_worker, trigger, wait_for_run
+from kit.prefectserver import artifacts, deployment, logs, prefect_cli, process_worker, trigger, wait_for_run
 from kit.s3server import CREDENTIALS, s3_server
 
 # Far from now: the server's scheduler must not start runs of its own during the test.
@@ -26,7 +26,9 @@ QUIET_CRONS = {"pipeline_cron": "0 3 1 1 *", "check_cron": "30 3 1 1 *", "timezo
 
 
 def transferline(project: Path, *args: str, env: dict | None = None, wait: bool = True):
-    full = {k: v for k, v in os.environ.items() if k not in MLFLOW_ENV and not k.startswith("PREFECT_")}
+    # none of this shell's Prefect settings but the server a test points it at (conftest.shared_prefect)
+    full = {k: v for k, v in os.environ.items()
+            if k not in MLFLOW_ENV and (not k.startswith("PREFECT_") or k == "PREFECT_API_URL")}
     full.update({"PREFECT_HOME": str(project / ".transferline/prefect"), **(env or {})})
     cmd = [sys.executable, "-m", "transferline.cli", *args]
     if not wait:
@@ -87,8 +89,9 @@ def dvc(cwd: Path, *args: str, env: dict | None = None) -> str:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, builtin_sets, s3):
-    """A folder-target project whose first run is a deployment run on a real server. Its DVC
+def served(tmp_path_factory, builtin_sets, s3, prefect_api):
+    """A folder-target project whose first run is a deployment run on a real server (the
+    session's: conftest.prefect_api), as are the later runs in it. Its DVC
     remote is the object store: the URL and endpoint tracked in .dvc/config, the keys in
     .dvc/config.local (git-ignored)."""
     root = tmp_path_factory.mktemp("served")
@@ -102,25 +105,25 @@ def served(tmp_path_factory, builtin_sets, s3):
     dvc(project, "remote", "modify", "--local", "store", "secret_access_key", CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
     x, y, first, _ = target_images(builtin_sets)
     write_images(project / "data/external/image", x[first], y[first], CLASSES, 0)
-    home = root / "prefect-server"
-    with prefect_server(home) as api:
-        prefect_cli(home, api, "work-pool", "create", "tl-test", "--type", "process")
-        deployed = transferline(project, "deploy", "--name", "nightly", env={"PREFECT_API_URL": api})
-        assert deployed.returncode == 0, deployed.stderr[-3000:]
-        with process_worker(home, api, "tl-test"):
-            t0 = time.perf_counter()
-            run_id = trigger(home, api, "transferline/nightly")
-            run = wait_for_run(api, run_id, timeout=900)
-            seconds = time.perf_counter() - t0
-            check_id = trigger(home, api, "transferline-check/nightly")
-            check_run = wait_for_run(api, check_id, timeout=300)
-        worker_log = (home / "worker.log").read_text()
-        return SimpleNamespace(
-            project=project, run=run, seconds=seconds, artifacts=artifacts(api, run_id), check_run=check_run,
-            logs=logs(api, run_id),
-            check_artifacts=artifacts(api, check_id), worker_log=worker_log, deployed=deployed,
-            deployments={n: deployment(api, n) for n in ("transferline/nightly", "transferline-check/nightly")},
-        )
+    home, api = root / "prefect-client", prefect_api
+    home.mkdir()
+    prefect_cli(home, api, "work-pool", "create", "tl-test", "--type", "process")
+    deployed = transferline(project, "deploy", "--name", "nightly", env={"PREFECT_API_URL": api})
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+    with process_worker(home, api, "tl-test"):
+        t0 = time.perf_counter()
+        run_id = trigger(home, api, "transferline/nightly")
+        run = wait_for_run(api, run_id, timeout=900)
+        seconds = time.perf_counter() - t0
+        check_id = trigger(home, api, "transferline-check/nightly")
+        check_run = wait_for_run(api, check_id, timeout=300)
+    worker_log = (home / "worker.log").read_text()
+    return SimpleNamespace(
+        project=project, api=api, run=run, seconds=seconds, artifacts=artifacts(api, run_id), check_run=check_run,
+        logs=logs(api, run_id),
+        check_artifacts=artifacts(api, check_id), worker_log=worker_log, deployed=deployed,
+        deployments={n: deployment(api, n) for n in ("transferline/nightly", "transferline-check/nightly")},
+    )
 
 
 @pytest.mark.slow
@@ -167,7 +170,7 @@ def test_deployment_runs_on_a_real_prefect_server(served):
 
 @pytest.mark.slow
 @pytest.mark.multimachine
-def test_fresh_clone_pulls_from_the_object_store_and_recomputes_nothing(served, s3, tmp_path):
+def test_fresh_clone_pulls_from_the_object_store_and_recomputes_nothing(served, s3, tmp_path, shared_prefect):
     project = served.project
     # the deployed run pushed data and checkpoints to the object store, nothing to the old local remote
     pushed = s3.keys("dvc/")
@@ -212,7 +215,7 @@ def test_fresh_clone_pulls_from_the_object_store_and_recomputes_nothing(served, 
 
 
 @pytest.mark.slow
-def test_check_runs_only_on_new_data_and_a_failed_run_changes_nothing(served, builtin_sets):
+def test_check_runs_only_on_new_data_and_a_failed_run_changes_nothing(served, builtin_sets, shared_prefect):
     project = served.project
     target = project / "data/external/image"
     x, y, _, later = target_images(builtin_sets)

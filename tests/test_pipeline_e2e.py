@@ -1,5 +1,5 @@
 """The whole flow on a tiny slice of the built-in data, in a fresh git + DVC
-project: real Prefect (ephemeral API), real DVC, real MLflow registry."""
+project: real Prefect (the session's server), real DVC, real MLflow registry."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def ran_and_skipped(result: subprocess.CompletedProcess) -> tuple[str, str]:
     return ran, skipped
 
 
-def test_pipeline_end_to_end(tmp_path):
+def test_pipeline_end_to_end(tmp_path, shared_prefect):
     project = make_project(tmp_path / "proj", tiny_raw_params(finetune={"epochs": 15}))
 
     first = transferline(project, "run")

@@ -74,7 +74,7 @@ def git(project: Path, *args: str) -> str:
                           text=True).stdout.strip()
 
 
-def test_pipeline_on_postgres_lineage_restore_and_serving(tmp_path, server):
+def test_pipeline_on_postgres_lineage_restore_and_serving(tmp_path, server, shared_prefect):
     import mlflow
 
     project = make_project(tmp_path / "proj", tiny_raw_params(finetune={"epochs": 8}))

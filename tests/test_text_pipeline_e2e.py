@@ -17,7 +17,7 @@ from text_helpers import small_starts, tiny_text_raw
 pytestmark = pytest.mark.slow
 
 
-def test_text_pipeline_end_to_end(tmp_path):
+def test_text_pipeline_end_to_end(tmp_path, shared_prefect):
     raw = tiny_text_raw(finetune={"starts": small_starts(epochs=3)})
     raw["modality"] = "image"  # the switch below turns it to text
     project = make_project(tmp_path / "proj", raw)
