@@ -113,3 +113,27 @@ def test_preprocess_normalises_with_train_stats(tiny_raw, tiny_params):
     assert abs(target["x_train"].float().mean().item()) < 1e-2
     assert abs(target["x_train"].float().std().item() - 1) < 1e-2
     assert meta["target"]["classes"][0] == "bear" and len(meta["target"]["mean"]) == 1
+
+
+def test_data_stages_never_import_torch(tiny_raw):
+    """validate, split and preprocess as DVC runs them (`python -m tasks.<stage>`): a stage imports
+    what it uses, and none of these needs torch (about 3 s of a process on two cores)."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import MLFLOW_ENV, ROOT
+    from test_cli_light import import_chains, who_imported
+
+    (tiny_raw / "params.yaml").write_text(yaml.safe_dump(tiny_raw_params()))
+    env = {k: v for k, v in os.environ.items() if k not in MLFLOW_ENV}
+    env["PYTHONPATH"] = str(ROOT)  # the repository's tasks/ and transferline/, run in the project folder
+    for stage in ("validate", "split", "preprocess"):
+        done = subprocess.run([sys.executable, "-X", "importtime", "-m", f"tasks.{stage}"], cwd=tiny_raw, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        torch_chain = who_imported(import_chains(done.stderr), "torch")
+        assert torch_chain is None, f"{stage} imported torch via {torch_chain}"
+    assert load_set(parse_params(tiny_raw_params()).paths, "target")["x_train"].dtype == torch.float16

@@ -251,15 +251,16 @@ class CachedRows:
         return {**self.__dict__, "_rows": None}
 
 
-def save_set(paths: Paths, name: str, tensors: dict, meta: dict | None = None) -> None:
-    """Write one cache; `meta` travels in the file (checkpoint.read_meta reads it), so a
-    stage that needs only this set's description depends on this file alone."""
+def save_set(paths: Paths, name: str, arrays: dict[str, np.ndarray], meta: dict | None = None) -> None:
+    """Write one cache (numpy arrays; `load_set` reads them back as torch tensors); `meta` travels
+    in the file (checkpoint.read_meta reads it), so a stage that needs only this set's description
+    depends on this file alone."""
     import json
 
-    from safetensors.torch import save_file
+    from safetensors.numpy import save_file
 
     paths.processed.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(paths.cache(name)),
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(paths.cache(name)),
               metadata={"meta": json.dumps(meta or {})})
 
 
