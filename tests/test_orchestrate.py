@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -141,6 +142,11 @@ def test_deployment_runs_on_a_real_prefect_server(served):
     # every stage ran in the project folder and the model was registered
     register = json.loads((served.project / "reports/register.json").read_text())
     assert register["version"] == "1"
+    # the run on the worker kept status's answer: the status after it imports no MLflow
+    shown = transferline(served.project, "status", "--json", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert json.loads(shown.stdout)["champion"]["version"] == "1"
+    assert not re.search(r"\|\s+mlflow$", shown.stderr, re.M), "status imported mlflow after a scheduled run"
     gate = json.loads((served.project / "reports/promote.json").read_text())
     assert gate["decision"] == "first_champion" and gate["challenger"]["version"] == "1"
     metrics = json.loads((served.project / "reports/metrics.json").read_text())

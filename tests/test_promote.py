@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -209,3 +210,23 @@ def test_rollback_without_reason_is_refused_by_the_cli(registry):
     done = cli(project, "rollback")
     _, err = done.communicate(timeout=300)
     assert done.returncode == 2 and "--reason" in err
+
+
+def test_a_rollback_keeps_status_answer(registry, monkeypatch):
+    """`transferline rollback` writes to the store, then keeps status's new answer while MLflow is
+    loaded: the `status` after it answers without importing MLflow, and names the rolled-back-to version."""
+    from transferline import champion as champion_alias
+
+    params, project, model = registry
+    v1, v2 = (register_weights(params, m, project)["version"] for m in (graded(model, 5), model))
+    champion_alias.force_promote(params, v1, "start")
+    champion_alias.force_promote(params, v2, "next")
+    done = cli(project, "rollback", "--reason", "incident 7")
+    _, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err[-3000:]
+    monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")  # `-X importtime` for the status process
+    shown = cli(project, "status", "--json")
+    out, err = shown.communicate(timeout=300)
+    assert shown.returncode == 0, err[-3000:]
+    assert json.loads(out)["champion"]["version"] == v1
+    assert not re.search(r"\|\s+mlflow$", err, re.M), "status imported mlflow after a rollback"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timezone
 from typing import Any
 
@@ -128,3 +129,31 @@ def status(cfg: Params) -> dict:
         "last_run": _last_run(client, experiment_id),
         "registry_gap": registry_gap(cfg, client),
     }
+
+
+def kept_status(cfg: Params) -> dict:
+    """`status(cfg)`, kept in .transferline/readcache until the tracking store changes."""
+    from transferline.env import apply_env_defaults
+    from transferline.readcache import cached
+
+    def read() -> dict:
+        apply_env_defaults()
+        return status(cfg)
+
+    # register.json: the registry gap compares the store with what DVC recorded.
+    return cached(cfg.tracking, f"status {cfg.model_name} {cfg.tracking.experiment}", read,
+                  files=[cfg.paths.report("register")])
+
+
+def keep_status_after_write(cfg: Params) -> None:
+    """Keep status's new answer after this process wrote to the store, while MLflow is loaded here.
+
+    A pipeline run (from the CLI, a schedule or a worker), a promotion or a rollback calls it,
+    so the `transferline status` that follows answers without importing MLflow (about 3 s).
+    Only a head start: status asks MLflow itself if this fails, and a tracking server's answers
+    are never kept."""
+    from transferline.readcache import store_file
+
+    if store_file(cfg.tracking) is not None:
+        with contextlib.suppress(Exception):
+            kept_status(cfg)

@@ -16,7 +16,6 @@ import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -28,9 +27,6 @@ from transferline.cli.common import (
 )
 from transferline.dvcrun import STAGES
 from transferline.env import apply_env_defaults, exit_fast
-
-if TYPE_CHECKING:
-    from transferline.config import Params
 
 app = typer.Typer(
     help="transferline: pretrain on a large source set, fine-tune on a small target task, "
@@ -82,15 +78,7 @@ def run(
 
         _quiet_user_errors()
 
-        summary = pipeline(until=until.value if until else None, push_remote=push)
-        # The run wrote to the store: keep status's new answer while MLflow is loaded here, so
-        # the `transferline status` that follows a run answers without importing it (a tracking
-        # server's answers are never kept: nothing to do there).
-        from transferline.readcache import store_file
-
-        if store_file(cfg.tracking) is not None:
-            with contextlib.suppress(Exception):  # only a head start: status asks MLflow itself if this fails
-                _status_answer(cfg)
+        summary = pipeline(until=until.value if until else None, push_remote=push)  # it keeps status's answer
     print_json(summary) if as_json else _print_summary(summary)
 
 
@@ -173,21 +161,6 @@ def _print_summary(summary: dict) -> None:
     console.print(f"done in {summary['seconds']:.1f} s; MLflow run {summary['mlflow_run_id']}")
 
 
-def _status_answer(cfg: Params) -> dict:
-    """status's answer, kept in .transferline/readcache until the tracking store changes."""
-    from transferline.readcache import cached
-
-    def read() -> dict:
-        apply_env_defaults()
-        from transferline.status import status as read_status
-
-        return read_status(cfg)
-
-    # register.json: the registry gap compares the store with what DVC recorded.
-    return cached(cfg.tracking, f"status {cfg.model_name} {cfg.tracking.experiment}", read,
-                  files=[cfg.paths.report("register")])
-
-
 @app.command()
 def status(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (keys: champion, last_run)."),
@@ -196,7 +169,9 @@ def status(
     """Show the current champion, its metrics, and the last pipeline run."""
     cfg = params_or_exit(params)
     tracking_or_exit(cfg)
-    info = _status_answer(cfg)
+    from transferline.status import kept_status
+
+    info = kept_status(cfg)
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
         return

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from transferline.cli.common import console, params_or_exit, tracking_or_exit
 from transferline.env import apply_env_defaults
+from transferline.status import keep_status_after_write
 
 
 def _registry_call(fn, *args):
@@ -65,6 +66,7 @@ def promote(
         return
     if force:
         entry = _registry_call(champion.force_promote, cfg, version, reason)
+        keep_status_after_write(cfg)
         console.print(f"champion forced: version {entry['from']} -> {entry['to']} ({entry['reason']})")
         return
     import importlib
@@ -72,6 +74,7 @@ def promote(
     modality = importlib.import_module(f"transferline.{cfg.modality}.promote")  # its current test split
     test = _registry_call(modality.test_set, cfg.paths)
     report = _registry_call(promotion.run_gate, cfg, test, version)
+    keep_status_after_write(cfg)
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
@@ -114,6 +117,7 @@ def rollback(
     from transferline import champion
 
     entry = _registry_call(champion.rollback, cfg, reason)
+    keep_status_after_write(cfg)
     console.print(f"champion rolled back: version {entry['from']} -> {entry['to']} ({entry['reason']})")
 
 
