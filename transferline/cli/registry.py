@@ -16,7 +16,6 @@ from rich.table import Table
 
 from transferline.cli.common import console, params_or_exit, tracking_or_exit
 from transferline.env import apply_env_defaults
-from transferline.status import keep_status_after_write
 
 
 def _registry_call(fn, *args):
@@ -59,6 +58,7 @@ def promote(
     tracking_or_exit(cfg)
     apply_env_defaults()
     from transferline import champion, promotion
+    from transferline.status import keep_status_after_write
 
     if from_experiment:
         report = _from_experiment(from_experiment, cfg)
@@ -115,6 +115,7 @@ def rollback(
     tracking_or_exit(cfg)
     apply_env_defaults()
     from transferline import champion
+    from transferline.status import keep_status_after_write
 
     entry = _registry_call(champion.rollback, cfg, reason)
     keep_status_after_write(cfg)
