@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
-from conftest import DOWNLOADS, tiny_raw_params
+from conftest import DOWNLOADS, MLFLOW_ENV, ROOT, tiny_raw_params
 from transferline.artifacts import fetch_member
 from transferline.config import parse_params
 from transferline.config.image import ANIMAL_MNIST
@@ -17,6 +21,7 @@ from transferline.errors import StageError
 from transferline.image import preprocess, split, validate
 from transferline.image.data import image_hashes, load_folder, load_set
 from transferline.io import load_arrays, read_json, save_arrays
+from test_cli_light import import_chains, who_imported
 
 
 def test_builtin_target_is_verified_animal_mnist(builtin_sets):
@@ -118,15 +123,6 @@ def test_preprocess_normalises_with_train_stats(tiny_raw, tiny_params):
 def test_data_stages_never_import_torch(tiny_raw):
     """validate, split and preprocess as DVC runs them (`python -m tasks.<stage>`): a stage imports
     what it uses, and none of these needs torch (about 3 s of a process on two cores)."""
-    import os
-    import subprocess
-    import sys
-
-    import yaml
-
-    from conftest import MLFLOW_ENV, ROOT
-    from test_cli_light import import_chains, who_imported
-
     (tiny_raw / "params.yaml").write_text(yaml.safe_dump(tiny_raw_params()))
     env = {k: v for k, v in os.environ.items() if k not in MLFLOW_ENV}
     env["PYTHONPATH"] = str(ROOT)  # the repository's tasks/ and transferline/, run in the project folder

@@ -43,9 +43,9 @@ def normalise_set(
     for key, value in arrays.items():
         if key.startswith("x_"):
             x = (value.astype(np.float32) / np.float32(255) - mean[:, None, None]) / std[:, None, None]
-            out[key] = np.ascontiguousarray(x.astype(dtype))
+            out[key] = x.astype(dtype)
         else:
-            out[key] = np.ascontiguousarray(value.astype(np.int64))
+            out[key] = value.astype(np.int64)
     return out, {"mean": mean.tolist(), "std": std.tolist()}
 
 
@@ -69,7 +69,7 @@ def run(params: Params, paths: Paths) -> dict:
     pool, _ = normalise_set(load_arrays(paths.split / "pool.npz"), dtype, stats=meta["target"])
     reads_pool = (v.pretrain.objective != "supervised" and "target" in v.pretrain.unlabelled) or v.pretrain.adapt.starts
     if not reads_pool:
-        pool = {k: np.ascontiguousarray(t[:0]) for k, t in pool.items()}
+        pool = {k: t[:0] for k, t in pool.items()}
     save_set(paths, "pool", pool)
     meta["pool"] = {"n_target": len(pool["x_target"])}
     write_json(paths.processed_meta, meta)
