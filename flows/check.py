@@ -52,7 +52,7 @@ def reread_sources(artifacts: list[Artifact]) -> list[str]:
 @task(name="dvc-status")
 def dvc_changes() -> dict:
     """`dvc status` (DVC's Python API, no subprocess): stages whose deps, params or outs differ
-    from dvc.lock ({} = none). Here, unlike the run (transferline.dvcrun.stale_plan_started),
+    from dvc.lock ({} = none). Here, unlike the run (transferline.dvcrun.DvcProcess),
     nothing runs beside it: asked in a process of its own it made the check slower (4.9-7.0 s
     vs 4.5-5.2 s, four interleaved pairs on 2 cores)."""
     return stale_plan().stale

@@ -23,8 +23,8 @@ from prefect.context import get_run_context
 from flows import report
 from flows.policy import push_options, stage_options
 from transferline.config import PARAMS_FILE, load_params
-from transferline.dvcrun import (FLOW_RUN_ENV, RUN_ID_ENV, STAGES, StageFailed, StalePlan, StageResult, dag_stages,
-                                 repro_stage, stale_plan_started)
+from transferline.dvcrun import (FLOW_RUN_ENV, RUN_ID_ENV, STAGES, DvcProcess, StageFailed, StalePlan, StageResult,
+                                 dag_stages)
 from transferline.errors import connection_failure
 from transferline.project import prepare
 from transferline.runlock import run_lock
@@ -36,17 +36,17 @@ from transferline.status import keep_status_after_write, registry_gap
 @task(name="dvc-status", cache_policy=NO_CACHE)
 def plan(started: Callable[[], StalePlan]) -> StalePlan:
     """Ask DVC once which stages are stale (and how the stages depend on each other); `started`:
-    the answer of the status started earlier (transferline.dvcrun.stale_plan_started)."""
+    the answer of the status started earlier (transferline.dvcrun.DvcProcess.plan)."""
     found = started()
     get_run_logger().info("dvc status: %s", ", ".join(found.stale) or "every stage up to date")
     return found
 
 
-@task(name="stage")
-def run_stage(stage: str, parent_run_id: str, experiment_id: str, check: bool = True,
+@task(name="stage", cache_policy=NO_CACHE)  # DVC alone decides what is up to date
+def run_stage(stage: str, parent_run_id: str, experiment_id: str, dvc: DvcProcess, check: bool = True,
               force: bool = False) -> StageResult:
-    """Reproduce one DVC stage (`check`; `force`: even if DVC calls it up to date) or record it as
-    up to date; either way a nested MLflow run."""
+    """Reproduce one DVC stage through the run's DVC process (`check`; `force`: even if DVC calls it
+    up to date) or record it as up to date; either way a nested MLflow run."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -58,8 +58,8 @@ def run_stage(stage: str, parent_run_id: str, experiment_id: str, check: bool = 
         from prefect.runtime import flow_run
 
         if check or force:
-            result = repro_stage(stage, env={RUN_ID_ENV: run_id, FLOW_RUN_ENV: str(flow_run.id or "")},
-                                 on_line=logger.info, force=force)
+            result = dvc.repro(stage, env={RUN_ID_ENV: run_id, FLOW_RUN_ENV: str(flow_run.id or "")},
+                               on_line=logger.info, force=force)
         else:  # DVC said up to date before the run and nothing upstream has run since
             result = StageResult(stage, False, 0.0)
         raw = read_yaml(PARAMS_FILE)  # the values the stage read
@@ -98,8 +98,9 @@ def pipeline(until: str | None = None, push_remote: bool = True) -> dict:
     with run_lock(params.orchestrate.lock_wait_seconds), contextlib.ExitStack() as stack:  # one run at a time
         for path in prepare():  # a project made by `transferline init`: the installed code's hashes, its data
             get_run_logger().info("changed: %s", path)
-        # the data is in place: DVC's status runs on the other core while MLflow loads here
-        dvc_status = stack.enter_context(stale_plan_started())
+        # the data is in place: DVC's status runs on the other core while MLflow loads here, and the
+        # same DVC process then reproduces the stages
+        dvc_process = stack.enter_context(DvcProcess(plan=True))
         import mlflow
         from mlflow.exceptions import MlflowException
 
@@ -114,7 +115,7 @@ def pipeline(until: str | None = None, push_remote: bool = True) -> dict:
             link = report.mlflow_link(mlflow.get_tracking_uri(), experiment_id, run.info.run_id)
             try:
                 mlflow.log_param("until", until or STAGES[-1])
-                dvc = plan(dvc_status)
+                dvc = plan(dvc_process.plan)
                 for s in stages:
                     check = dvc.must_check(s, {r.stage for r in results if r.ran})
                     task_ = run_stage.with_options(name=s, **stage_options(s, params.orchestrate))
@@ -122,7 +123,7 @@ def pipeline(until: str | None = None, push_remote: bool = True) -> dict:
                     gap = registry_gap(params) if s == "register" else None
                     if gap:
                         get_run_logger().warning("re-registering: %s", gap)
-                    results.append(task_(s, run.info.run_id, experiment_id, check, force=bool(gap)))
+                    results.append(task_(s, run.info.run_id, experiment_id, dvc_process, check, force=bool(gap)))
                     if results[-1].ran or len(results) == len(stages):  # a skip is instant: no update
                         report.advance(progress, len(results), len(stages))
                 if push_remote and until is None:

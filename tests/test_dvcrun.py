@@ -1,5 +1,6 @@
-"""The stale plan the flow asks DVC for once per run: which stages must be
-looked at again, on a real three-stage DVC project (shell commands, no torch)."""
+"""The stale plan the flow asks DVC for once per run (which stages must be looked
+at again) and the DVC process that then reproduces them, on a real three-stage
+DVC project (shell commands, no torch)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import yaml
 from dvc.exceptions import NotDvcRepoError
 
-from transferline.dvcrun import repro_stage, stale_plan, stale_plan_started
+from transferline.dvcrun import DvcProcess, StageFailed, repro_stage, stale_plan
 
 # a -> b (b reads a's out); c stands alone and reads a params value
 DVC_YAML = {"stages": {
@@ -62,17 +63,73 @@ def test_a_plan_started_in_its_own_process_is_the_same_plan(tmp_path, monkeypatc
     root = dvc_project(tmp_path / "project")
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     (root / "in.txt").write_text("abcxyz\n")
-    with stale_plan_started(root) as answer:
-        started = answer()
+    with DvcProcess(root, plan=True) as dvc:
+        started = dvc.plan()
     assert started == stale_plan(root)
     assert list(started.stale) == ["a"] and started.upstream["b"] == {"a"}
     # where that process fails, the answer is asked again here and DVC's own error is raised
-    with stale_plan_started(tmp_path) as answer, pytest.raises(NotDvcRepoError):
-        answer()
+    with DvcProcess(tmp_path, plan=True) as dvc, pytest.raises(NotDvcRepoError):
+        dvc.plan()
     # never asked: the process is ended and reaped, not left behind (a child an earlier test in the
     # same pytest process left running is not ours: the full suite has one)
     before = {p.pid for p in psutil.Process().children()}
-    with stale_plan_started(root):
+    with DvcProcess(root, plan=True):
         started_here = {p.pid for p in psutil.Process().children()} - before
         assert started_here
     assert not {p.pid for p in psutil.Process().children()} & started_here
+
+
+def test_one_dvc_process_reproduces_stage_after_stage(tmp_path, monkeypatch):
+    root = dvc_project(tmp_path)
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.chdir(root)
+    yaml_ = yaml.safe_load((root / "dvc.yaml").read_text())
+    yaml_["stages"]["c"]["cmd"] = "echo ${c.value} $STAGE_RUN > c.txt"  # the stage sees its own environment
+    (root / "dvc.yaml").write_text(yaml.safe_dump(yaml_))
+    (root / "in.txt").write_text("xyzdef\n")
+    lines: list[str] = []
+    with DvcProcess(plan=True) as dvc:
+        assert list(dvc.plan().stale) == ["a", "c"]
+        pid = dvc.proc.pid
+        assert dvc.repro("a", on_line=lines.append).ran
+        assert dvc.repro("b").ran  # a's out changed: DVC reruns b
+        assert not dvc.repro("a").ran  # DVC itself skips it now
+        assert dvc.repro("c", env={"STAGE_RUN": "run-1"}).ran
+        assert dvc.repro("c", env={"STAGE_RUN": "run-2"}, force=True).ran
+        assert dvc.proc.pid == pid  # one process for all of it
+        (root / "in.txt").unlink()
+        with pytest.raises(StageFailed, match="stage 'a' failed") as failed:
+            dvc.repro("a")
+        assert "in.txt" in str(failed.value)  # DVC's own reason
+        assert dvc.proc.pid == pid  # a failed stage leaves the process serving
+    assert "Running stage 'a':" in lines and "> cut -c1-3 in.txt > a.txt" in lines
+    assert (root / "b.txt").read_text() == "xyz\n" and (root / "c.txt").read_text() == "1 run-2\n"
+    # what DVC recorded for c is the forced run's (a's failed run took a.txt away: b is stale now)
+    assert subprocess.run([sys.executable, "-m", "dvc", "status", "c"], capture_output=True, text=True,
+                          check=True).stdout.strip() == "Data and pipelines are up to date."
+
+
+def test_an_interrupted_stage_is_stopped_with_its_dvc_process_and_the_next_starts_another(tmp_path, monkeypatch):
+    root = dvc_project(tmp_path)
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.chdir(root)
+    yaml_ = yaml.safe_load((root / "dvc.yaml").read_text())
+    yaml_["stages"]["c"]["cmd"] = "echo started; sleep 60; echo ${c.value} > c.txt"
+    (root / "dvc.yaml").write_text(yaml.safe_dump(yaml_))
+
+    def interrupt(line: str) -> None:
+        if line == "started":
+            raise KeyboardInterrupt
+
+    dvc = DvcProcess()
+    first = dvc.proc
+    group = [p for p in psutil.Process(first.pid).children(recursive=True)]
+    with pytest.raises(KeyboardInterrupt):
+        dvc.repro("c", on_line=interrupt, force=True)
+    assert first.poll() is not None and dvc.proc is None
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in group)
+    sleeping = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "60"]]
+    assert not sleeping, "the stage outlived its DVC process"
+    assert dvc.repro("a", force=True).ran  # a new process for the next stage
+    assert dvc.proc is not None and dvc.proc.pid != first.pid
+    dvc.close()

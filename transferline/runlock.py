@@ -1,7 +1,7 @@
 """One pipeline run at a time per repository.
 
-Each `dvc repro --single-item` takes DVC's own lock only while that one stage
-runs, so two pipeline runs could interleave stages. The run takes an
+DVC takes its own lock only while it reproduces one stage
+(transferline.dvcrun), so two pipeline runs could interleave stages. The run takes an
 exclusive `flock` on .transferline/run.lock for its whole length (the kernel
 drops it when the process dies, so a killed run never leaves it stuck); the
 file names the holder's pid for the message a second run prints.
