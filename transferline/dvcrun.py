@@ -149,10 +149,11 @@ class DvcProcess:
                 if on_line is not None:
                     on_line(line.rstrip())
         except BaseException:
-            self.close(kill=True)  # a timeout or an interrupt: stop DVC and the stage it started
+            self.close()  # a timeout or an interrupt: stop DVC and the stage it started
             raise
-        self.close(kill=True)
-        return {"error": f"the DVC process ended without an answer (exit code {self.proc.returncode})"}
+        code = self.proc.wait()
+        self.close()
+        return {"error": f"the DVC process ended without an answer (exit code {code})"}
 
     def plan(self) -> StalePlan:
         """The stale plan the process was started with; where it fails, asked here (DVC raises its own error)."""
@@ -193,27 +194,22 @@ class DvcProcess:
             raise (StageRefused if refused else StageFailed)(f"stage '{stage}' failed:\n" + "\n".join(errors))
         return StageResult(stage, reply["ran"], round(time.perf_counter() - t0, 2), work)
 
-    def close(self, kill: bool = False) -> None:
-        """End the process: at once (`kill`, or it is busy), else let it finish on end of input."""
+    def close(self) -> None:
+        """End the process and whatever stage it runs. Between stages it holds no lock and has
+        no child: ended at once, with nothing to wait for (a no-op run's last step)."""
         if self.proc is None:
             return
         proc, self.proc = self.proc, None
-        with contextlib.suppress(OSError):
-            proc.stdin.close()  # type: ignore[union-attr]
-        if kill:
-            _kill_group(proc)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-        with contextlib.suppress(OSError):
-            proc.stdout.close()  # type: ignore[union-attr]
+        _kill_group(proc)
+        for stream in (proc.stdin, proc.stdout):
+            with contextlib.suppress(OSError):
+                stream.close()  # type: ignore[union-attr]
 
     def __enter__(self) -> DvcProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close(kill=exc[0] is not None)
+        self.close()
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -247,8 +243,7 @@ def _serve(root: str, plan: bool) -> None:
     """The DVC process: the plan first (`plan`), then one `Repo.reproduce` per request line on stdin.
 
     Every reply is one line (REPLY + JSON) on stdout; DVC's messages and the stage's output
-    (its process inherits both streams) come before it, in order."""
-    os.dup2(1, 2)
+    (its process inherits both streams: DvcProcess joins them) come before it, in order."""
     if plan:
         try:
             found = stale_plan(root)
