@@ -2,8 +2,9 @@
 
 The flow only wires stages: it asks DVC once which stages are stale, then for
 each stage in dvc.yaml's order either asks DVC to reproduce that one stage (DVC
-decides whether it runs) or, when DVC already called it up to date and nothing
-upstream ran, records it as skipped without starting a process. Every stage,
+decides whether it runs; one DVC process serves the whole run,
+transferline.dvcrun.DvcProcess) or, when DVC already called it up to date and
+nothing upstream ran, records it as skipped without asking DVC again. Every stage,
 skipped or not, is a Prefect task and a nested MLflow run under one parent
 run per pipeline run. Tasks pass stage names and small results, never data or
 models.
@@ -115,9 +116,9 @@ def pipeline(until: str | None = None, push_remote: bool = True) -> dict:
             link = report.mlflow_link(mlflow.get_tracking_uri(), experiment_id, run.info.run_id)
             try:
                 mlflow.log_param("until", until or STAGES[-1])
-                dvc = plan(dvc_process.plan)
+                stale = plan(dvc_process.plan)
                 for s in stages:
-                    check = dvc.must_check(s, {r.stage for r in results if r.ran})
+                    check = stale.must_check(s, {r.stage for r in results if r.ran})
                     task_ = run_stage.with_options(name=s, **stage_options(s, params.orchestrate))
                     # DVC cannot see a lost registry: re-register what dvc.lock recorded (promote follows)
                     gap = registry_gap(params) if s == "register" else None
