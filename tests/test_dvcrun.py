@@ -117,19 +117,21 @@ def test_an_interrupted_stage_is_stopped_with_its_dvc_process_and_the_next_start
     yaml_["stages"]["c"]["cmd"] = "echo started; sleep 60; echo ${c.value} > c.txt"
     (root / "dvc.yaml").write_text(yaml.safe_dump(yaml_))
 
-    def interrupt(line: str) -> None:
-        if line == "started":
-            raise KeyboardInterrupt
-
     dvc = DvcProcess()
     first = dvc.proc
-    group = [p for p in psutil.Process(first.pid).children(recursive=True)]
+    stage: list[psutil.Process] = []
+
+    def interrupt(line: str) -> None:
+        if line == "started":  # the stage runs: its shell and its sleep are the DVC process's children
+            stage.extend(psutil.Process(first.pid).children(recursive=True))
+            raise KeyboardInterrupt
+
     with pytest.raises(KeyboardInterrupt):
         dvc.repro("c", on_line=interrupt, force=True)
     assert first.poll() is not None and dvc.proc is None
-    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in group)
-    sleeping = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "60"]]
-    assert not sleeping, "the stage outlived its DVC process"
+    assert any(p.name() == "sleep" for p in stage), stage
+    _, alive = psutil.wait_procs(stage, timeout=5)
+    assert not alive, f"the stage outlived its DVC process: {alive}"
     assert dvc.repro("a", force=True).ran  # a new process for the next stage
     assert dvc.proc is not None and dvc.proc.pid != first.pid
     dvc.close()
