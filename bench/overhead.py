@@ -392,7 +392,7 @@ def start_block(repeat: int, cwd: Path) -> dict:
     return out
 
 
-def stage_overhead(full: dict, part: str) -> float:
+def stage_overhead(full: dict, part: str) -> float | None:
     """Seconds the pipeline's stages took over the plain script's: the stages both run ("work"),
     or register and promote, which only the pipeline has ("registry"); or every stage's wall
     time in the run over its own work ("process": its process, imports and DVC, with no second
@@ -400,13 +400,16 @@ def stage_overhead(full: dict, part: str) -> float:
     rows = full["stages"].items()
     if part == "registry":
         return sum(r["pipeline_s"] for s, r in rows if s in ("register", "promote"))
-    if part == "process":
-        return sum(r["pipeline_s"] - r["work_s"] for s, r in rows if r.get("work_s") is not None)
+    if part == "process":  # None where an older JSON lacks a stage's own work
+        if any(r.get("work_s") is None for _, r in rows):
+            return None
+        return sum(r["pipeline_s"] - r["work_s"] for _, r in rows)
     return sum(r["pipeline_s"] - r["plain_s"] for s, r in rows if s not in ("register", "promote"))
 
 
 def table(r: dict) -> str:
     n, f, t, s = r["noop"], r["full"], r["train"], r["start"]
+    process = stage_overhead(f, "process")
     rows = [
         ("no-op `transferline run` (the default: the project's Prefect server up)", f"{n['run_server_s']:.2f} s",
          f"{n['run_server_over_dvc_repro']}x `dvc repro` ({n['dvc_repro_s']:.2f} s), "
@@ -433,7 +436,7 @@ def table(r: dict) -> str:
          f"{f['around_stages_s']:.1f} s; {stage_overhead(f, 'work'):.1f} s; {stage_overhead(f, 'registry'):.1f} s",
          "(no plain counterpart for register and promote)"),
         *([("... every stage's wall time in the run over its own work (its process, imports and DVC)",
-            f"{stage_overhead(f, 'process'):.1f} s", f"{stage_overhead(f, 'process') / f['full_run_s'] * 100:.1f} % of the run")] if all("work_s" in r for r in f["stages"].values()) else []),
+            f"{process:.1f} s", f"{process / f['full_run_s'] * 100:.1f} % of the run")] if process is not None else []),
         *([("... the same run vs its own work (ingest .. evaluate, timed inside each stage's process)",
             f"{f['full_run_s']:.1f} s vs {f['own_work_s']:.1f} s", f"overhead {f['overhead_over_own_work_pct']:.1f} %")]
           if "own_work_s" in f else []),

@@ -4,8 +4,11 @@ DVC project (shell commands, no torch)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -31,6 +34,13 @@ def dvc_project(root: Path) -> Path:
                 [sys.executable, "-m", "dvc", "repro", "-q"]):
         subprocess.run(cmd, cwd=root, check=True, capture_output=True)
     return root
+
+
+def set_cmd(root: Path, stage: str, cmd: str) -> None:
+    """Give `stage` another command in dvc.yaml (after the project's first repro)."""
+    spec = yaml.safe_load((root / "dvc.yaml").read_text())
+    spec["stages"][stage]["cmd"] = cmd
+    (root / "dvc.yaml").write_text(yaml.safe_dump(spec))
 
 
 def test_plan_names_stale_stages_and_what_lies_upstream(tmp_path, monkeypatch):
@@ -83,9 +93,7 @@ def test_one_dvc_process_reproduces_stage_after_stage(tmp_path, monkeypatch):
     root = dvc_project(tmp_path)
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     monkeypatch.chdir(root)
-    yaml_ = yaml.safe_load((root / "dvc.yaml").read_text())
-    yaml_["stages"]["c"]["cmd"] = "echo ${c.value} $STAGE_RUN > c.txt"  # the stage sees its own environment
-    (root / "dvc.yaml").write_text(yaml.safe_dump(yaml_))
+    set_cmd(root, "c", "echo ${c.value} $STAGE_RUN > c.txt")  # the stage sees its own environment
     (root / "in.txt").write_text("xyzdef\n")
     lines: list[str] = []
     with DvcProcess(plan=True) as dvc:
@@ -113,23 +121,31 @@ def test_an_interrupted_stage_is_stopped_with_its_dvc_process_and_the_next_start
     root = dvc_project(tmp_path)
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     monkeypatch.chdir(root)
-    yaml_ = yaml.safe_load((root / "dvc.yaml").read_text())
-    yaml_["stages"]["c"]["cmd"] = "echo started; sleep 60; echo ${c.value} > c.txt"
-    (root / "dvc.yaml").write_text(yaml.safe_dump(yaml_))
+    set_cmd(root, "c", "echo started; sleep 60; echo ${c.value} > c.txt")
 
     dvc = DvcProcess()
     first = dvc.proc
     stage: list[psutil.Process] = []
 
+    def in_session() -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter(["name"]):
+            with contextlib.suppress(OSError):  # gone meanwhile
+                if os.getsid(proc.pid) == first.pid and proc.pid != first.pid:
+                    found.append(proc)
+        return found
+
     def interrupt(line: str) -> None:
-        if line == "started":  # the stage runs: its shell and its sleep are the DVC process's children
-            stage.extend(psutil.Process(first.pid).children(recursive=True))
+        if line == "started":  # the stage runs: its shell, and soon its sleep, in the DVC process's session
+            deadline = time.monotonic() + 10
+            while not any(p.info["name"] == "sleep" for p in stage) and time.monotonic() < deadline:
+                stage[:] = in_session()
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         dvc.repro("c", on_line=interrupt, force=True)
     assert first.poll() is not None and dvc.proc is None
-    assert any(p.name() == "sleep" for p in stage), stage
+    assert any(p.info["name"] == "sleep" for p in stage), stage
     _, alive = psutil.wait_procs(stage, timeout=5)
     assert not alive, f"the stage outlived its DVC process: {alive}"
     assert dvc.repro("a", force=True).ran  # a new process for the next stage
