@@ -207,7 +207,9 @@ def fit(
         bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}", refresh=False)
         if val_acc > best_acc:
             best_acc, stale = val_acc, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            # contiguous: the model is channels-last (models.build_model), safetensors wants plain tensors
+            best_state = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+                          for k, v in model.state_dict().items()}
             if checkpoint and cfg.patience and dist.is_main():
                 Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)  # before the first checkpoint makes it
                 save_file(best_state, str(Path(checkpoint).with_suffix(".best")))
