@@ -93,15 +93,17 @@ def test_linear_probe_trains_only_the_head(tiny_raw):
     assert not torch.equal(before["head.1.weight"], after["head.1.weight"])
 
 
-def test_early_stopping_keeps_the_best_epoch(tiny_raw):
+def test_early_stopping_keeps_the_best_epoch(tiny_raw, tmp_path):
     from transferline.config.image import FinetuneParams
+    from transferline.image.models import build_model
     from transferline.image.train import fit, loss_and_accuracy
 
     data = _target_tensors(tiny_raw)
-    model = SmallCNN(10)
+    model = build_model("small_cnn", 10, 1)  # channels-last, as every stage builds it
     cfg = FinetuneParams(epochs=40, batch_size=32, lr=0.003, patience=2)
+    # with a checkpoint, each best epoch is saved (safetensors refuses channels-last tensors)
     history = fit(model, (data["x_train"], data["y_train"]), (data["x_val"], data["y_val"]), cfg,
-                  torch.device("cpu"), torch.Generator().manual_seed(0))
+                  torch.device("cpu"), torch.Generator().manual_seed(0), checkpoint=tmp_path / "fit.ckpt")
     assert len(history) < 40
     best = max(r["val_acc"] for r in history)
     assert loss_and_accuracy(model, data["x_val"], data["y_val"], 512, torch.device("cpu"))[1] == pytest.approx(best, abs=1e-6)
