@@ -24,9 +24,15 @@ log = logging.getLogger(__name__)
 
 
 def save_weights(model: torch.nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    return save_state_dict(model.state_dict(), path, meta)
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Write a state dict as safetensors (on the CPU, contiguous: the image models are channels-last,
+    which safetensors refuses), creating the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     save_file(tensors, str(path), metadata={"meta": json.dumps(meta or {})})
     return path
 

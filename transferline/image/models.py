@@ -185,7 +185,7 @@ def build_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     # Channels-last (NHWC) weights: the CPU's oneDNN convolutions run it faster (small_cnn on 2 cores:
     # training steps about 17 % less time, inference about 40 %; resnet18 and mobilenet alike), and
-    # the input needs no conversion (a convolution follows its weights' layout). The format is a
+    # on a CPU the input needs no conversion (a convolution follows its weights' layout). The format is a
     # layout only: state dicts, checkpoints and safetensors files stay the same.
     return MODELS[name](num_classes=num_classes, in_channels=in_channels).to(memory_format=torch.channels_last)
 

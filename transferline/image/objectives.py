@@ -204,9 +204,7 @@ def fit_ssl(
     done; with `patience`, stops when val loss stops improving and keeps the
     best weights.
     """
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=memory_format(device))
+    model.to(device)  # channels-last already: models.build_model
     # drop_last: a last batch of one image has no negatives and breaks batch norm
     loader = DataLoader(TensorDataset(place({"x": train}, device)["x"]), batch_size=None, generator=generator,
                         sampler=dist.global_batches(len(train), cfg.batch_size, generator,

@@ -23,10 +23,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from safetensors.torch import save_file
 
 from transferline import distributed as dist
-from transferline.checkpoint import load_checkpoint, load_weights, resume_state, save_epoch
+from transferline.checkpoint import load_checkpoint, load_weights, resume_state, save_epoch, save_state_dict
 from transferline.config.image import TrainParams
 from transferline.errors import check_finite_loss
 from transferline.image.data import CachedRows
@@ -139,9 +138,7 @@ def fit(
     strategy = getattr(cfg, "strategy", "full")
     train_bn = getattr(cfg, "train_bn", True)
     world = dist.world_size()
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=memory_format(device))
+    model.to(device)  # channels-last already: models.build_model
     streamed = isinstance(train[0], CachedRows)
     workers = getattr(cfg, "loader_workers", 0) if streamed else 0
     # In memory: one TensorDataset (on the GPU when it fits). Streamed: workers read each batch's
@@ -207,12 +204,9 @@ def fit(
         bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}", refresh=False)
         if val_acc > best_acc:
             best_acc, stale = val_acc, 0
-            # contiguous: the model is channels-last (models.build_model), safetensors wants plain tensors
-            best_state = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
-                          for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             if checkpoint and cfg.patience and dist.is_main():
-                Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)  # before the first checkpoint makes it
-                save_file(best_state, str(Path(checkpoint).with_suffix(".best")))
+                save_state_dict(best_state, Path(checkpoint).with_suffix(".best"))
         else:
             stale += 1
         if checkpoint and dist.is_main():
