@@ -63,6 +63,19 @@ def prefect_api(tmp_path_factory) -> str:
         yield api
 
 
+@pytest.fixture(scope="module")
+def prefect_in_process(prefect_api) -> str:
+    """The session's server for the flows and tasks a module runs in this process (the
+    experiments): Prefect's settings here, and PREFECT_API_URL for the worker processes and
+    Ray nodes they start. A prefect_test_harness per module started a server of its own
+    (about 30 s here, paid by two modules)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with pytest.MonkeyPatch.context() as patch, temporary_settings({PREFECT_API_URL: prefect_api}):
+        patch.setenv("PREFECT_API_URL", prefect_api)
+        yield prefect_api
+
+
 @pytest.fixture
 def shared_prefect(prefect_api, monkeypatch) -> str:
     """PREFECT_API_URL -> the session's server, for this test and the commands it starts."""

@@ -1,10 +1,11 @@
 """The label-efficiency, strategy and objective experiments on a tiny real
-slice: trials are Prefect mapped task runs (a throw-away Prefect database),
+slice: trials are Prefect mapped task runs (on the session's Prefect server),
 each a nested MLflow run."""
 
 from __future__ import annotations
 
 import csv
+from datetime import datetime, timezone
 
 import mlflow
 import pytest
@@ -19,18 +20,18 @@ from transferline.image.models import SmallCNN
 
 
 @pytest.fixture(scope="module", autouse=True)
-def prefect_db():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
+def prefect_db(prefect_in_process):
+    yield
 
 
-def _task_run_names() -> set[str]:
+def _task_run_names(since: datetime) -> set[str]:
+    """Task runs completed that started after `since`: the session's server holds other tests' too."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterStartTime
 
+    started = TaskRunFilter(start_time=TaskRunFilterStartTime(after_=since))
     with get_client(sync_client=True) as client:
-        return {r.name for r in client.read_task_runs() if r.state and r.state.is_completed()}
+        return {r.name for r in client.read_task_runs(task_run_filter=started) if r.state and r.state.is_completed()}
 
 
 def _params(tmp_path, **over):
@@ -50,6 +51,7 @@ def test_label_efficiency_table_plot_and_runs(tiny_raw):
     pretrained = save_weights(SmallCNN(10), tiny_raw / "models/pretrain/model.safetensors",
                               meta={"arch": "small_cnn", "num_classes": 10, "in_channels": 1})
     before = pretrained.read_bytes()
+    since = datetime.now(timezone.utc)
     rows = label_efficiency(_params(tiny_raw, experiments={"workers": 2}))  # two trials at once
     assert [(r["labels_per_class"], r["seed"]) for r in rows] == [(2, 0), (2, 1), (4, 0), (4, 1)]
     assert all(0 <= r["finetune_accuracy"] <= 1 and 0 <= r["scratch_accuracy"] <= 1 for r in rows)
@@ -60,7 +62,7 @@ def test_label_efficiency_table_plot_and_runs(tiny_raw):
     runs = mlflow.search_runs(experiment_names=["transferline"], output_format="list")
     parent = next(r for r in runs if r.info.run_name == "label-efficiency")
     assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]) == 4
-    assert {f"label-efficiency_labels{b}_seed{s}" for b in (2, 4) for s in (0, 1)} <= _task_run_names()
+    assert {f"label-efficiency_labels{b}_seed{s}" for b in (2, 4) for s in (0, 1)} <= _task_run_names(since)
     # the registered model is the candidate chosen on validation, and never the test split's pick
     for r in rows:
         assert r["finetune_accuracy"] == r[f"{r['winner']}.accuracy"]

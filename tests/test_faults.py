@@ -135,7 +135,7 @@ def test_a_refused_tracking_server_is_named_once_without_its_password(monkeypatc
 
 
 @pytest.mark.slow
-def test_a_refused_input_is_not_retried(tmp_path):
+def test_a_refused_input_is_not_retried(tmp_path, prefect_api):
     """The flow itself (no CLI, so no pre-flight) on a folder that is not there: ingest, a stage
     that retries network faults, refuses the input and is not tried again (flows/policy.py).
     (Prefect's own log repeats the error here; the CLI keeps those copies off the console.)"""
@@ -145,7 +145,9 @@ def test_a_refused_input_is_not_retried(tmp_path):
                           orchestrate={"retries": 2, "retry_delay_seconds": 5})
     project = make_project(tmp_path / "refused", raw)
     env = {k: v for k, v in os.environ.items() if k not in MLFLOW_ENV and not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(project / ".transferline/prefect"), PREFECT_LOGGING_LEVEL="WARNING")
+    # the session's Prefect server: an ephemeral API would add its start-up (13-20 s) and test nothing here
+    env.update(PREFECT_HOME=str(project / ".transferline/prefect"), PREFECT_LOGGING_LEVEL="WARNING",
+               PREFECT_API_URL=prefect_api)
     t0 = time.perf_counter()
     flow = ("from transferline.env import apply_env_defaults; apply_env_defaults(); "
             "from flows.pipeline import pipeline; pipeline(until='ingest')")

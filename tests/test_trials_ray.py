@@ -30,11 +30,8 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def prefect_db():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
+def prefect_db(prefect_in_process):
+    yield
 
 
 @pytest.fixture
