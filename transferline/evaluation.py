@@ -42,19 +42,26 @@ def once_per_file(predict: Callable[[Path], T]) -> Callable[[Path], T]:
 
 
 def save_confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str], path, title: str) -> None:
+    """Counts per (true, predicted) class, annotated, as scikit-learn's ConfusionMatrixDisplay draws them."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on servers
     import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
 
-    disp = ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=range(len(classes)),
-                                                   display_labels=list(classes), xticks_rotation=45, colorbar=False)
-    disp.ax_.set_title(title)
-    disp.figure_.tight_layout()
+    counts, _ = m.confusion(y_true, y_pred, range(len(classes)))
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.6 * n + 2),) * 2)
+    ax.imshow(counts, cmap="viridis")
+    bright = counts.max() / 2  # viridis is bright at the top: dark text there, light text below
+    for (i, j), count in np.ndenumerate(counts):
+        ax.text(j, i, str(count), ha="center", va="center", color="black" if count > bright else "white")
+    ax.set(xticks=range(n), yticks=range(n), xticklabels=list(classes), yticklabels=list(classes),
+           xlabel="Predicted label", ylabel="True label", title=title)
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    disp.figure_.savefig(path, dpi=100)
-    plt.close(disp.figure_)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def save_learning_curves(histories: dict[str, list[dict]], path) -> None:

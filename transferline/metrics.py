@@ -1,37 +1,76 @@
 """The one place test scores are computed: evaluate, the promotion gate and
-every experiment, in both modalities, call these (scikit-learn underneath)."""
+every experiment, in both modalities, call these.
+
+Every score comes from one confusion matrix, with scikit-learn's definitions
+(accuracy_score, f1_score(average="macro"), classification_report with
+zero_division=0); tests/test_metrics.py checks each against scikit-learn on
+random labels. Not scikit-learn itself: importing it loads SciPy, 2.5-2.9 s
+on two cores (`python -X importtime`), which the evaluate and promote stages
+each paid in a process of their own on every run, for a few sums.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 Labels = Sequence[Any]  # class indices or class names, one per example
+
+
+def confusion(y_true: Labels, y_pred: Labels, labels: Sequence[Any] | None = None) -> tuple[np.ndarray, list]:
+    """(counts, labels): counts[i, j] = examples of class labels[i] predicted as labels[j].
+
+    `labels` default: every label in either sequence, sorted (scikit-learn's unique_labels);
+    a label outside an explicit `labels` is not counted."""
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"{len(y_true)} true labels but {len(y_pred)} predictions")
+    labels = sorted({*y_true, *y_pred}) if labels is None else list(labels)
+    index = {label: i for i, label in enumerate(labels)}
+    pairs = [(index[t], index[p]) for t, p in zip(y_true, y_pred) if t in index and p in index]
+    n = len(labels)
+    flat = np.asarray([t * n + p for t, p in pairs], dtype=np.int64)
+    return np.bincount(flat, minlength=n * n).reshape(n, n), labels
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, 0 where den is 0 (zero_division=0)."""
+    return np.divide(num, den, out=np.zeros(len(num)), where=den > 0)
+
+
+def _precision_recall_f1(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    tp = np.diag(counts).astype(np.float64)
+    predicted, support = counts.sum(axis=0), counts.sum(axis=1)
+    return _ratio(tp, predicted), _ratio(tp, support), _ratio(2 * tp, predicted + support), support
 
 
 def classification_scores(y_true: Labels, y_pred: Labels) -> dict[str, float]:
     """{"accuracy", "macro_f1"}, rounded to 5 decimals (the figures every report shows)."""
-    from sklearn.metrics import accuracy_score, f1_score
-
+    counts, _ = confusion(y_true, y_pred)
+    _, _, f1, _ = _precision_recall_f1(counts)
     return {
-        "accuracy": round(float(accuracy_score(y_true, y_pred)), 5),
-        "macro_f1": round(float(f1_score(y_true, y_pred, average="macro")), 5),
+        "accuracy": round(float(np.trace(counts) / max(len(y_true), 1)), 5),
+        "macro_f1": round(float(f1.mean()) if len(f1) else 0.0, 5),
     }
 
 
 def per_class_scores(y_true: Labels, y_pred: Labels, classes: Sequence[str]) -> dict[str, dict]:
-    """Precision, recall, F1 and support per class name (plus the averages)."""
-    from sklearn.metrics import classification_report
-
-    return classification_report(y_true, y_pred, labels=range(len(classes)), target_names=list(classes),
-                                 output_dict=True, zero_division=0)
-
-
-def confusion_counts(y_true: Labels, y_pred: Labels, n_classes: int) -> list[list[int]]:
-    """Rows: true class; columns: predicted class."""
-    from sklearn.metrics import confusion_matrix
-
-    return confusion_matrix(y_true, y_pred, labels=range(n_classes)).tolist()
+    """Precision, recall, F1 and support per class name (plus accuracy and the averages), keyed
+    as scikit-learn's classification_report(output_dict=True): y_true and y_pred hold indices."""
+    counts, _ = confusion(y_true, y_pred, range(len(classes)))
+    precision, recall, f1, support = _precision_recall_f1(counts)
+    report: dict[str, Any] = {
+        name: {"precision": float(p), "recall": float(r), "f1-score": float(f), "support": float(s)}
+        for name, p, r, f, s in zip(classes, precision, recall, f1, support)
+    }
+    report["accuracy"] = float(np.trace(counts) / max(counts.sum(), 1))
+    total, weights = float(support.sum()), support if support.sum() > 0 else None
+    for name, weighted in (("macro avg", None), ("weighted avg", weights)):
+        report[name] = {key: float(np.average(values, weights=weighted))
+                        for key, values in (("precision", precision), ("recall", recall), ("f1-score", f1))}
+        report[name]["support"] = total
+    return report
 
 
 def transfer_gain(finetuned: dict[str, float], baseline: dict[str, float]) -> dict[str, float]:
