@@ -19,9 +19,7 @@ from transferline.experiments.starts import label_efficiency, transferability
 from transferline.image.models import SmallCNN
 
 
-@pytest.fixture(scope="module", autouse=True)
-def prefect_db(prefect_in_process):
-    yield
+pytestmark = pytest.mark.usefixtures("prefect_in_process")  # conftest: the session's Prefect server
 
 
 def _task_run_names(since: datetime) -> set[str]:

@@ -20,18 +20,13 @@ from transferline.config import parse_params
 from transferline.experiments.starts import label_efficiency
 from transferline.image.models import SmallCNN
 
-pytestmark = pytest.mark.multimachine
+pytestmark = [pytest.mark.multimachine, pytest.mark.usefixtures("prefect_in_process")]  # conftest
 
 # Loopback only: Ray turns 127.0.0.1 into the host's outward address (so other hosts can reach
 # it) unless multi-host clustering is off. Ray reads this once, when first imported, and the
 # raylets inherit it, so it is set before anything here imports Ray.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_db(prefect_in_process):
-    yield
 
 
 @pytest.fixture

@@ -27,16 +27,18 @@ def confusion(y_true: Labels, y_pred: Labels, labels: Sequence[Any] | None = Non
     if len(y_true) != len(y_pred):
         raise ValueError(f"{len(y_true)} true labels but {len(y_pred)} predictions")
     labels = sorted({*y_true, *y_pred}) if labels is None else list(labels)
-    index = {label: i for i, label in enumerate(labels)}
-    pairs = [(index[t], index[p]) for t, p in zip(y_true, y_pred) if t in index and p in index]
-    n = len(labels)
-    flat = np.asarray([t * n + p for t, p in pairs], dtype=np.int64)
-    return np.bincount(flat, minlength=n * n).reshape(n, n), labels
+    index, n = {label: i for i, label in enumerate(labels)}, len(labels)
+    cells = [index[t] * n + index[p] for t, p in zip(y_true, y_pred) if t in index and p in index]
+    return np.bincount(np.asarray(cells, dtype=np.int64), minlength=n * n).reshape(n, n), labels
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """num / den, 0 where den is 0 (zero_division=0)."""
     return np.divide(num, den, out=np.zeros(len(num)), where=den > 0)
+
+
+def _accuracy(counts: np.ndarray) -> float:
+    return float(np.trace(counts) / max(counts.sum(), 1))
 
 
 def _precision_recall_f1(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -50,7 +52,7 @@ def classification_scores(y_true: Labels, y_pred: Labels) -> dict[str, float]:
     counts, _ = confusion(y_true, y_pred)
     _, _, f1, _ = _precision_recall_f1(counts)
     return {
-        "accuracy": round(float(np.trace(counts) / max(len(y_true), 1)), 5),
+        "accuracy": round(_accuracy(counts), 5),
         "macro_f1": round(float(f1.mean()) if len(f1) else 0.0, 5),
     }
 
@@ -64,7 +66,7 @@ def per_class_scores(y_true: Labels, y_pred: Labels, classes: Sequence[str]) -> 
         name: {"precision": float(p), "recall": float(r), "f1-score": float(f), "support": float(s)}
         for name, p, r, f, s in zip(classes, precision, recall, f1, support)
     }
-    report["accuracy"] = float(np.trace(counts) / max(counts.sum(), 1))
+    report["accuracy"] = _accuracy(counts)
     total, weights = float(support.sum()), support if support.sum() > 0 else None
     for name, weighted in (("macro avg", None), ("weighted avg", weights)):
         report[name] = {key: float(np.average(values, weights=weighted))

@@ -23,7 +23,6 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-
 from transferline import distributed as dist
 from transferline.checkpoint import load_checkpoint, load_weights, resume_state, save_epoch, save_state_dict
 from transferline.config.image import TrainParams
