@@ -19,8 +19,9 @@ machine in the same run:
    bare loop over the same batches);
 5. `transferline --help` vs `python -c pass`, directly and through `uv run`;
 6. the read-only commands (`status`, `history`, `lineage`) after the store
-   changed and repeated (answered from `.transferline/readcache`), and
-   `status` right after a run (which keeps its answer).
+   changed (read by transferline.storeview, and with MLflow asked instead, as
+   for a store the view cannot read), repeated (answered from
+   `.transferline/readcache`), and `status` right after a run.
 
 Each small timing is the median of --repeat runs after a warm-up run; each training
 comparison the median of at least 5 interleaved pairs; ratios sit beside the times because
@@ -113,6 +114,10 @@ def median(cmd: list[str], cwd: Path, repeat: int, expect: str | None = None) ->
 PY = sys.executable
 TRAIN_PAIRS = 5  # at least: a training comparison's runs vary by 10 % and more on 2 cores
 TL = [PY, "-m", "transferline.cli"]
+# The CLI with the SQLite view told that no database has its schema: every read asks MLflow,
+# as for a tracking server or a store of another MLflow version.
+ASK_MLFLOW = [PY, "-c", "import sys, transferline.storeview as v; v.SCHEMA = 'none'; sys.argv[0] = 'transferline'; "
+              "from transferline.cli.main import main; main()"]
 DVC = [PY, "-m", "dvc"]
 
 
@@ -153,21 +158,23 @@ def noop_block(project: Path, repeat: int) -> dict:
 
 def reads_block(project: Path, repeat: int) -> dict:
     """Line 6: the read-only commands on the full run's registry, the first time after the store
-    changed (the kept answers removed before each run) and repeated (answered from the cache)."""
+    changed (the kept answers removed before each run), read by the SQLite view and with MLflow
+    asked instead (ASK_MLFLOW), and repeated (answered from the cache)."""
     from transferline.readcache import FOLDER
 
     out = {}
     for command in ("status", "history", "lineage"):
-        cmd, asked = [*TL, command], []
-        for i in range(repeat + 1):
-            shutil.rmtree(project / FOLDER, ignore_errors=True)
-            seconds, _ = timed(cmd, project)
-            if i:
-                asked.append(seconds)
-        out[f"{command}_s"] = round(statistics.median(asked), 3)
-        out[f"{command}_kept_s"] = median(cmd, project, repeat)
+        for key, cli in ((f"{command}_s", TL), (f"{command}_mlflow_s", ASK_MLFLOW)):
+            asked = []
+            for i in range(repeat + 1):
+                shutil.rmtree(project / FOLDER, ignore_errors=True)
+                seconds, _ = timed([*cli, command], project)
+                if i:
+                    asked.append(seconds)
+            out[key] = round(statistics.median(asked), 3)
+        out[f"{command}_kept_s"] = median([*TL, command], project, repeat)
     after_run = []
-    for _ in range(repeat):  # a run writes to the store, then keeps status's new answer itself
+    for _ in range(repeat):  # a run writes to the store; the status after it reads the new answer
         timed([*TL, "run", "--no-push"], project)
         after_run.append(timed([*TL, "status"], project)[0])
     out["status_after_run_s"] = round(statistics.median(after_run), 3)
@@ -427,13 +434,17 @@ def table(r: dict) -> str:
          f"{n['run_ephemeral_over_dvc_repro']}x `dvc repro`, {n['run_ephemeral_over_dvc_status']}x `dvc status`"),
         ("nothing-to-do check, ephemeral API", f"{n['check_ephemeral_s']:.2f} s",
          f"{n['check_ephemeral_over_dvc_repro']}x `dvc repro`, {n['check_ephemeral_over_dvc_status']}x `dvc status`"),
-        ("read-only `status`, `history`, `lineage` after the store changed (MLflow asked)",
-         f"{n['status_s']:.2f}, {n['history_s']:.2f}, {n['lineage_s']:.2f} s", "target: well under 1 s"),
+        ("read-only `status`, `history`, `lineage` after the store changed (read from the SQLite file)",
+         f"{n['status_s']:.2f}, {n['history_s']:.2f}, {n['lineage_s']:.2f} s",
+         f"{n['status_s'] / s['python_pass_s']:.0f}x `python -c pass`; target: well under 1 s"),
+        ("... the same with MLflow asked (a store the view cannot read: a server, another schema)",
+         f"{n['status_mlflow_s']:.2f}, {n['history_mlflow_s']:.2f}, {n['lineage_mlflow_s']:.2f} s",
+         f"{n['status_mlflow_s'] / n['status_s']:.1f}x the read from the file"),
         ("... the same repeated with no change (the kept answer, `.transferline/readcache`)",
          f"{n['status_kept_s']:.2f}, {n['history_kept_s']:.2f}, {n['lineage_kept_s']:.2f} s",
          f"{n['status_kept_s'] / s['python_pass_s']:.0f}x `python -c pass`"),
-        *([("`status` right after a no-op run (the run kept its answer)", f"{n['status_after_run_s']:.2f} s",
-            f"{n['status_after_run_s'] / n['status_s']:.2f}x the asked status")] if "status_after_run_s" in n else []),
+        *([("`status` right after a no-op run", f"{n['status_after_run_s']:.2f} s",
+            f"{n['status_after_run_s'] / n['status_s']:.2f}x the status above")] if "status_after_run_s" in n else []),
         (f"full image run ({r['size']}) vs one plain Python process, same stages",
          f"{f['full_run_s']:.1f} s vs {f['plain_script_s']:.1f} s", f"overhead {f['overhead_pct']:.1f} %"),
         ("... of which: the CLI and Prefect around the stages; ingest .. evaluate over the plain script "

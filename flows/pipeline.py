@@ -30,7 +30,7 @@ from transferline.errors import connection_failure
 from transferline.project import prepare
 from transferline.runlock import run_lock
 from transferline.runlog import log_stage, read_yaml
-from transferline.status import keep_status_after_write, registry_gap
+from transferline.status import registry_gap
 
 
 
@@ -148,7 +148,6 @@ def pipeline(until: str | None = None, push_remote: bool = True) -> dict:
                 "seconds": round(time.perf_counter() - t0, 1),
             }
             mlflow.log_metric("pipeline_seconds", summary["seconds"])
-        keep_status_after_write(params)  # the run is in the store: `transferline status` answers from here on
         report.publish(stages, summary["stages"], link, summary["seconds"])
     return summary
 

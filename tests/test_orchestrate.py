@@ -142,7 +142,7 @@ def test_deployment_runs_on_a_real_prefect_server(served):
     # every stage ran in the project folder and the model was registered
     register = json.loads((served.project / "reports/register.json").read_text())
     assert register["version"] == "1"
-    # the run on the worker kept status's answer: the status after it imports no MLflow
+    # the status after the run on the worker reads the store without importing MLflow
     shown = transferline(served.project, "status", "--json", env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert shown.returncode == 0, shown.stderr[-3000:]
     assert json.loads(shown.stdout)["champion"]["version"] == "1"

@@ -212,9 +212,9 @@ def test_rollback_without_reason_is_refused_by_the_cli(registry):
     assert done.returncode == 2 and "--reason" in err
 
 
-def test_a_rollback_keeps_status_answer(registry, monkeypatch):
-    """`transferline rollback` writes to the store, then keeps status's new answer while MLflow is
-    loaded: the `status` after it answers without importing MLflow, and names the rolled-back-to version."""
+def test_status_after_a_rollback_names_the_new_champion_without_mlflow(registry, monkeypatch):
+    """`transferline rollback` writes to the store; the `status` after it names the rolled-back-to
+    version, read from the SQLite file without importing MLflow (transferline.storeview)."""
     from transferline import champion as champion_alias
 
     params, project, model = registry

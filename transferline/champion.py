@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from transferline.config import Params
+from transferline.storeview import mlflow_error_code, read_registry
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +55,10 @@ def _uri() -> str:
 
 def current_champion(client: Any, name: str) -> str | None:
     """The version `champion` points at (None: no champion yet); fails clearly if `name` is not registered."""
-    from mlflow.exceptions import MlflowException
-
     try:
         version = client.get_registered_model(name).aliases.get(CHAMPION)
-    except MlflowException as err:
-        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+    except Exception as err:
+        if mlflow_error_code(err) == "RESOURCE_DOES_NOT_EXIST":
             raise PromotionError(f"no registered model {name!r} in {_uri()}; run the register stage first") from None
         raise
     return None if version is None else str(version)
@@ -169,12 +168,8 @@ def rollback(params: Params, reason: str) -> dict:
 
 
 def history(params: Params) -> dict:
-    """{"model", "champion", "moves": [...]} from the registry."""
-    import mlflow
-
-    from transferline import tracking
-
-    tracking.configure(params.tracking)
-    client = mlflow.MlflowClient()
+    """{"model", "champion", "moves": [...]} from the registry (a local SQLite store read without
+    MLflow when it can be: transferline.storeview)."""
     name = params.model_name
-    return {"model": name, "champion": current_champion(client, name), "moves": read_history(client, name)}
+    return read_registry(params.tracking, lambda client: {
+        "model": name, "champion": current_champion(client, name), "moves": read_history(client, name)})

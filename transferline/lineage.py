@@ -35,6 +35,7 @@ import yaml
 
 from transferline.dvcrun import FLOW_RUN_ENV
 from transferline.runlog import flatten
+from transferline.storeview import mlflow_error_code
 
 ARTIFACTS = "lineage"
 RESTORED_PREFIXES = ("data/", "models/")  # which dvc.lock outs are "data and checkpoints"
@@ -80,8 +81,6 @@ def log_files(client: Any, run_id: str, params_path: Path = Path("params.yaml"),
 
 def resolve(client: Any, ref: str) -> Any:
     """NAME@ALIAS, NAME/VERSION or NAME (= NAME@champion) -> the ModelVersion."""
-    from mlflow.exceptions import MlflowException
-
     try:
         if "@" in ref:
             name, alias = ref.split("@", 1)
@@ -90,7 +89,9 @@ def resolve(client: Any, ref: str) -> Any:
         if version:
             return client.get_model_version(name, version)
         return client.get_model_version_by_alias(name, "champion")
-    except MlflowException as err:
+    except Exception as err:
+        if mlflow_error_code(err) is None:
+            raise
         raise LineageError(f"{ref}: not found in the registry ({err.message.splitlines()[0]}); "
                            "use NAME@ALIAS or NAME/VERSION") from None
 

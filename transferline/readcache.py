@@ -1,15 +1,15 @@
 """The read-only commands' answers, kept until the tracking store changes.
 
-`status`, `history` and `lineage` read MLflow. Importing MLflow and opening its
-SQLAlchemy store costs about 2 s on two cores (`python -X importtime`; the store
-also checks its schema against alembic's migrations on every open), for answers
-that change only when something writes to the store. With a local SQLite store
-the answer is kept in .transferline/readcache/ under a key made of the size and
-modification time of the database (and its journal) and of any other file the
-answer reads: any write, ours or another client's, changes the key, and the next
-read asks MLflow again. A server store (http, postgresql) is always asked: its
-writes cannot be seen from here.
-"""
+`status`, `history` and `lineage` read a local SQLite store without MLflow
+where transferline.storeview can (milliseconds), and ask MLflow otherwise:
+another schema revision, a question the view leaves to MLflow. Importing
+MLflow and opening its SQLAlchemy store costs 2-5 s on two cores, for answers
+that change only when something writes to the store. So with a local SQLite
+store the answer is kept in .transferline/readcache/ under a key made of the
+size and modification time of the database (and its journal) and of any
+other file the answer reads: any write, ours or another client's, changes the
+key, and the next read asks again. A server store (http, postgresql) is
+always asked: its writes cannot be seen from here."""
 
 from __future__ import annotations
 
@@ -22,20 +22,11 @@ from typing import Any
 
 from transferline.config import TrackingParams
 from transferline.dvcexp import project_root
-from transferline.preflight import sqlite_file
+from transferline.storeview import store_file
 
-TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 FOLDER = Path(".transferline/readcache")
 # Bumped when an answer's shape changes, so an older entry is never served.
 FORMAT = 1
-
-
-def store_file(cfg: TrackingParams) -> Path | None:
-    """The SQLite file MLflow opens for `cfg` (as tracking.configure picks it), or None for a server."""
-    db = sqlite_file(os.environ.get(TRACKING_URI_ENV) or cfg.uri)
-    if db is None:
-        return None
-    return db if db.is_absolute() else project_root() / db
 
 
 def _key(db: Path, name: str, files: Iterable[Path]) -> str:

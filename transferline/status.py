@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 from datetime import datetime, timezone
 from typing import Any
 
 from transferline.config import Params
+from transferline.storeview import mlflow_error_code, read_registry
 
 CHAMPION = "champion"
 PARENT_TAG = "mlflow.parentRunId"
@@ -33,12 +33,10 @@ def _metrics_from_tags(tags: dict[str, str]) -> dict[str, float]:
 
 
 def _champion(client: Any, name: str) -> dict | None:
-    from mlflow.exceptions import MlflowException
-
     try:
         version = client.get_registered_model(name).aliases.get(CHAMPION)
-    except MlflowException as err:
-        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+    except Exception as err:
+        if mlflow_error_code(err) == "RESOURCE_DOES_NOT_EXIST":
             return None  # nothing registered yet
         raise
     if version is None:
@@ -49,7 +47,9 @@ def _champion(client: Any, name: str) -> dict | None:
         # A version registered by hand has no metric tags; its run may have metrics.
         try:
             metrics = dict(client.get_run(mv.run_id).data.metrics)
-        except MlflowException:
+        except Exception as err:
+            if mlflow_error_code(err) is None:
+                raise
             metrics = {}
     return {
         "name": name,
@@ -92,8 +92,6 @@ def registry_gap(cfg: Params, client: Any | None = None) -> str | None:
     so the pipeline asks here and re-registers (flows/pipeline.py)."""
     import json
 
-    from mlflow.exceptions import MlflowException
-
     record = cfg.paths.report("register")
     if not record.is_file():
         return None  # nothing registered yet: the register stage will run anyway
@@ -107,7 +105,9 @@ def registry_gap(cfg: Params, client: Any | None = None) -> str | None:
         client = mlflow.MlflowClient()
     try:
         mv = client.get_model_version(info["name"], str(info["version"]))
-    except MlflowException:
+    except Exception as err:
+        if mlflow_error_code(err) is None:
+            raise
         return (f"{record} says {info['name']} version {info['version']}, which the registry "
                 f"({cfg.tracking.uri}) lacks; the next `transferline run` registers it again from the DVC-tracked weights")
     if info.get("run_id") and mv.run_id != info["run_id"]:
@@ -117,18 +117,17 @@ def registry_gap(cfg: Params, client: Any | None = None) -> str | None:
 
 
 def status(cfg: Params) -> dict:
-    """{"champion", "last_run", "registry_gap"} from the tracking store (the gap: None when it agrees with DVC)."""
-    import mlflow
+    """{"champion", "last_run", "registry_gap"} from the tracking store (the gap: None when it agrees with DVC).
+    A local SQLite store is read without MLflow when it can be (transferline.storeview)."""
+    def read(client: Any) -> dict:
+        experiment_id = client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
+        return {
+            "champion": _champion(client, cfg.model_name),
+            "last_run": _last_run(client, experiment_id),
+            "registry_gap": registry_gap(cfg, client),
+        }
 
-    from transferline import tracking
-
-    experiment_id = tracking.configure(cfg.tracking)
-    client = mlflow.MlflowClient()
-    return {
-        "champion": _champion(client, cfg.model_name),
-        "last_run": _last_run(client, experiment_id),
-        "registry_gap": registry_gap(cfg, client),
-    }
+    return read_registry(cfg.tracking, read)
 
 
 def kept_status(cfg: Params) -> dict:
@@ -143,17 +142,3 @@ def kept_status(cfg: Params) -> dict:
     # register.json: the registry gap compares the store with what DVC recorded.
     return cached(cfg.tracking, f"status {cfg.model_name} {cfg.tracking.experiment}", read,
                   files=[cfg.paths.report("register")])
-
-
-def keep_status_after_write(cfg: Params) -> None:
-    """Keep status's new answer after this process wrote to the store, while MLflow is loaded here.
-
-    A pipeline run (from the CLI, a schedule or a worker), a promotion or a rollback calls it,
-    so the `transferline status` that follows answers without importing MLflow (about 3 s).
-    Only a head start: status asks MLflow itself if this fails, and a tracking server's answers
-    are never kept."""
-    from transferline.readcache import store_file
-
-    if store_file(cfg.tracking) is not None:
-        with contextlib.suppress(Exception):
-            kept_status(cfg)

@@ -78,7 +78,7 @@ def run(
 
         _quiet_user_errors()
 
-        summary = pipeline(until=until.value if until else None, push_remote=push)  # it keeps status's answer
+        summary = pipeline(until=until.value if until else None, push_remote=push)
     print_json(summary) if as_json else _print_summary(summary)
 
 

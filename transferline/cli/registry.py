@@ -58,7 +58,6 @@ def promote(
     tracking_or_exit(cfg)
     apply_env_defaults()
     from transferline import champion, promotion
-    from transferline.status import keep_status_after_write
 
     if from_experiment:
         report = _from_experiment(from_experiment, cfg)
@@ -66,7 +65,6 @@ def promote(
         return
     if force:
         entry = _registry_call(champion.force_promote, cfg, version, reason)
-        keep_status_after_write(cfg)
         console.print(f"champion forced: version {entry['from']} -> {entry['to']} ({entry['reason']})")
         return
     import importlib
@@ -74,7 +72,6 @@ def promote(
     modality = importlib.import_module(f"transferline.{cfg.modality}.promote")  # its current test split
     test = _registry_call(modality.test_set, cfg.paths)
     report = _registry_call(promotion.run_gate, cfg, test, version)
-    keep_status_after_write(cfg)
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
@@ -115,10 +112,8 @@ def rollback(
     tracking_or_exit(cfg)
     apply_env_defaults()
     from transferline import champion
-    from transferline.status import keep_status_after_write
 
     entry = _registry_call(champion.rollback, cfg, reason)
-    keep_status_after_write(cfg)
     console.print(f"champion rolled back: version {entry['from']} -> {entry['to']} ({entry['reason']})")
 
 
@@ -165,7 +160,14 @@ def lineage(
 
     ref = ref or f"{cfg.model_name}@champion"
 
-    def read() -> dict:
+    def described() -> dict:
+        apply_env_defaults()
+        from transferline import lineage as lin
+        from transferline.storeview import read_registry
+
+        return read_registry(cfg.tracking, lambda client: _registry_call(lin.describe, client, ref))
+
+    def restored() -> dict:
         apply_env_defaults()
         import mlflow
 
@@ -174,13 +176,10 @@ def lineage(
 
         tracking.configure(cfg.tracking)
         client = mlflow.MlflowClient()
-        info = _registry_call(lin.describe, client, ref)
-        if restore:
-            info["restore"] = _registry_call(lin.restore, client, ref, force)
-        return info
+        return {**_registry_call(lin.describe, client, ref), "restore": _registry_call(lin.restore, client, ref, force)}
 
     # --restore checks files out: never from the cache.
-    info = read() if restore else cached(cfg.tracking, f"lineage {ref}", read)
+    info = restored() if restore else cached(cfg.tracking, f"lineage {ref}", described)
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
         return
