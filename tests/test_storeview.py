@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -63,11 +64,10 @@ def store(tmp_path_factory) -> tuple[TrackingParams, dict]:
         return make_store(tmp_path_factory.mktemp("view"))
 
 
-def clients(cfg: TrackingParams) -> dict:
-    import mlflow
-
-    uri = cfg.uri
-    return {"view": StoreView.of(cfg), "mlflow": mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)}
+@pytest.fixture
+def view(store) -> Iterator[StoreView]:
+    with StoreView.of(store[0]) as opened:  # closed after the test: its read transaction blocks writers
+        yield opened
 
 
 def test_the_view_reads_the_schema_this_mlflow_writes(store):
@@ -79,13 +79,15 @@ def test_the_view_reads_the_schema_this_mlflow_writes(store):
                                f"against its migrations, then set SCHEMA")
 
 
-def test_every_answer_equals_mlflow_s(store):
+def test_every_answer_equals_mlflow_s(store, view):
+    import mlflow
+
     from transferline import champion, lineage
     from transferline.status import _champion, _last_run
 
     cfg, runs = store
     answers = {}
-    for kind, client in clients(cfg).items():
+    for kind, client in {"view": view, "mlflow": mlflow.MlflowClient(tracking_uri=cfg.uri, registry_uri=cfg.uri)}.items():
         experiment = client.get_experiment_by_name("view").experiment_id
         pages, token = [], None
         while True:  # every page, two runs a page
@@ -118,9 +120,7 @@ def test_every_answer_equals_mlflow_s(store):
 
 @pytest.mark.parametrize("ask", ["missing model", "missing version", "deleted version", "bad version", "latest",
                                  "missing alias", "missing run", "missing experiment"])
-def test_what_the_view_cannot_answer_goes_to_mlflow(store, ask):
-    cfg, _ = store
-    view = StoreView.of(cfg)
+def test_what_the_view_cannot_answer_goes_to_mlflow(view, ask):
     call = {"missing model": lambda: view.get_registered_model("nope"),
             "missing version": lambda: view.get_model_version(NAME, "9"),
             "deleted version": lambda: view.get_model_version(NAME, "3"),

@@ -69,8 +69,10 @@ class StoreView:
         if not db.is_file():
             raise AskMlflow(f"{db}: no database yet")
         try:
-            # mode=ro: never creates, migrates or writes the file
-            self._db = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+            # mode=ro: never creates, migrates or writes the file. One transaction until close():
+            # every answer comes from the same state of the store, even while a run writes to it.
+            self._db = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=5, isolation_level=None)
+            self._db.execute("BEGIN")
             rows = self._db.execute("SELECT version_num FROM alembic_version").fetchall()
         except sqlite3.Error as err:
             raise AskMlflow(f"{db}: {err}") from None
@@ -86,7 +88,13 @@ class StoreView:
         return cls(db)
 
     def close(self) -> None:
-        self._db.close()
+        self._db.close()  # ends the read transaction: writers no longer wait for it
+
+    def __enter__(self) -> StoreView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _rows(self, sql: str, *args: Any) -> list[tuple]:
         try:
@@ -172,16 +180,10 @@ def read_registry(cfg: TrackingParams, read: Any) -> Any:
     """`read(client)` with the SQLite view when it can answer, else with MLflow's client (the
     store configured as every stage configures it: the experiment made if missing)."""
     try:
-        view = StoreView.of(cfg)
+        with StoreView.of(cfg) as view:
+            return read(view)
     except AskMlflow:
         pass
-    else:
-        try:
-            return read(view)
-        except AskMlflow:
-            pass
-        finally:
-            view.close()
     import mlflow
 
     from transferline import tracking
