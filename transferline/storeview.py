@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 from transferline.config import TrackingParams
 from transferline.dvcexp import project_root
@@ -32,9 +33,9 @@ from transferline.preflight import sqlite_file
 SCHEMA = "dc11669786a5"  # alembic revision of MLflow 3.17's tracking schema (uv.lock)
 WORKSPACE = "default"  # MLflow's workspace when workspaces are off (the default)
 DELETED_VERSION = "Deleted_Internal"  # MLflow keeps a deleted version's row under this stage
-PARENT_TAG = "mlflow.parentRunId"
 START_TIME_DESC = ["attributes.start_time DESC"]  # the one run order asked for (status: the newest run)
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+T = TypeVar("T")
 
 
 def store_file(cfg: TrackingParams) -> Path | None:
@@ -176,7 +177,7 @@ class StoreView:
         return SimpleNamespace(info=info, data=data)
 
 
-def read_registry(cfg: TrackingParams, read: Any) -> Any:
+def read_registry(cfg: TrackingParams, read: Callable[[Any], T]) -> T:
     """`read(client)` with the SQLite view when it can answer, else with MLflow's client (the
     store configured as every stage configures it: the experiment made if missing)."""
     try:
