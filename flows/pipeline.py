@@ -25,7 +25,7 @@ from flows import report
 from flows.policy import push_options, stage_options
 from transferline.config import PARAMS_FILE, load_params
 from transferline.dvcrun import (FLOW_RUN_ENV, RUN_ID_ENV, STAGES, DvcProcess, StageFailed, StalePlan, StageResult,
-                                 dag_stages)
+                                 dag_stages, outcome)
 from transferline.errors import connection_failure
 from transferline.project import prepare
 from transferline.runlock import run_lock
@@ -70,7 +70,7 @@ def run_stage(stage: str, parent_run_id: str, experiment_id: str, dvc: DvcProces
             client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
-    logger.info("%s: %s in %.1f s", stage, "ran" if result.ran else "skipped (up to date)", result.seconds)
+    logger.info("%s: %s in %.1f s", stage, outcome(result.ran, result.restored), result.seconds)
     return result
 
 
@@ -141,7 +141,8 @@ def pipeline(until: str | None = None, push_remote: bool = True) -> dict:
             summary = {
                 "mlflow_run_id": run.info.run_id,
                 "prefect_flow_run_id": flow_run_id,
-                "stages": [{"stage": r.stage, "ran": r.ran, "seconds": r.seconds, "work_seconds": r.work_seconds}
+                "stages": [{"stage": r.stage, "ran": r.ran, "seconds": r.seconds, "work_seconds": r.work_seconds,
+                            "restored": r.restored}
                            for r in results],
                 "ran": [r.stage for r in results if r.ran],
                 "skipped": [r.stage for r in results if not r.ran],

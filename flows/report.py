@@ -15,6 +15,7 @@ from typing import Any
 from uuid import UUID
 
 from transferline.candidates import candidates_table
+from transferline.dvcrun import RESTORED, outcome
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -67,7 +68,7 @@ def stage_rows(stages: list[str], results: list[dict], failed: str | None) -> li
     rows = []
     for stage in stages:
         if stage in done:
-            status = "ran" if done[stage]["ran"] else "skipped (up to date)"
+            status = outcome(done[stage]["ran"], done[stage].get("restored", False))
             rows.append({"stage": stage, "status": status, "seconds": done[stage]["seconds"]})
         else:
             rows.append({"stage": stage, "status": "failed" if stage == failed else "not reached", "seconds": None})
@@ -92,7 +93,7 @@ def markdown(stages: list[str], results: list[dict], link: str, seconds: float,
         lines += ["**Error**:", "", "```", error.strip(), "```", "",
                   "The MLflow run is marked FAILED; the registry was not changed by this run.", ""]
     rows = stage_rows(stages, results, failed)
-    ran = [r["stage"] for r in rows if r["status"] == "ran"]
+    ran = [r["stage"] for r in rows if r["status"] in ("ran", RESTORED)]  # as DVC counts: it reproduced them
     skipped = [r["stage"] for r in rows if r["status"].startswith("skipped")]
     lines += [f"- ran: {', '.join(ran) or 'nothing (all up to date)'}",
               f"- skipped: {', '.join(skipped) or '-'}"]

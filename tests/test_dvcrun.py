@@ -117,6 +117,26 @@ def test_one_dvc_process_reproduces_stage_after_stage(tmp_path, monkeypatch):
                           check=True).stdout.strip() == "Data and pipelines are up to date."
 
 
+def test_a_stage_dvc_restores_from_its_run_cache_is_told_apart(tmp_path, monkeypatch):
+    """Inputs that ran before: DVC checks the stage's outputs out of its run cache instead of running
+    it. It counts as run (DVC reproduced it), and the result says it was restored, not run."""
+    from transferline.dvcrun import RESTORED, outcome
+
+    root = dvc_project(tmp_path)  # ran a on "abcdef"
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.chdir(root)
+    with DvcProcess() as dvc:
+        (root / "in.txt").write_text("xyzdef\n")
+        changed = dvc.repro("a")
+        (root / "in.txt").write_text("abcdef\n")  # back to the first run's input
+        back = dvc.repro("a")
+    assert (changed.ran, changed.restored) == (True, False)
+    assert (back.ran, back.restored) == (True, True)
+    assert (root / "a.txt").read_text() == "abc\n"
+    assert [outcome(r.ran, r.restored) for r in (changed, back)] == ["ran", RESTORED]
+    assert outcome(False) == "skipped (up to date)"
+
+
 def test_an_interrupted_stage_is_stopped_with_its_dvc_process_and_the_next_starts_another(tmp_path, monkeypatch):
     root = dvc_project(tmp_path)
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")

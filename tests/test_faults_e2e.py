@@ -209,6 +209,7 @@ def test_sigkill_in_pretrain_finetune_and_register_then_a_rerun_completes(projec
     # dvc.lock; else only promote runs
     assert ran in ("register, promote", "promote"), ran
     from_run_cache = "Stage 'register' is cached - skipping run" in err
+    assert from_run_cache == ("restored (DVC run cache)" in err)  # the run's table says so
     expected = ["1", "2"] if ran.startswith("register") and not from_run_cache else ["1"]
     assert registry(db(project)) == (expected, expected[-1])
     FAULTS.append(dict(case="rerun after the three kills", rc=rc, seconds=time.perf_counter() - t0,

@@ -102,10 +102,12 @@ def test_report_shows_the_gate_decision_when_there_is_one(tmp_path, monkeypatch)
         "transfer_gain": {"accuracy": 0.1, "macro_f1": 0.1}}))
     stages = ["ingest", "validate", "register"]
     results = [{"stage": "ingest", "ran": False, "seconds": 1.0}, {"stage": "validate", "ran": True, "seconds": 2.0},
-               {"stage": "register", "ran": True, "seconds": 3.0}]
+               {"stage": "register", "ran": True, "seconds": 3.0, "restored": True}]
     link = report.mlflow_link("http://127.0.0.1:5000", "1", "abc")
     text = report.markdown(stages, results, link, 6.0)
     assert "ran: validate, register" in text and "skipped: ingest" in text
+    assert [r["status"] for r in report.stage_rows(stages, results, None)] == [
+        "skipped (up to date)", "ran", "restored (DVC run cache)"]
     assert "**+0.1000**" in text and "Gate decision: no gate" in text
     assert "(http://127.0.0.1:5000/#/experiments/1/runs/abc)" in text
     (tmp_path / "reports/promote.json").write_text(json.dumps(

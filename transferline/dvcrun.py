@@ -50,6 +50,10 @@ FLOW_RUN_ENV = "TRANSFERLINE_PREFECT_FLOW_RUN_ID"  # the Prefect flow run a stag
 
 # What a stage says when its work is done (tasks/_stage.py).
 WORK_DONE = re.compile(r"\[(\w+)\] done in ([\d.]+) s$")
+# What DVC says when it checks a stage's outputs out of its run cache (the same deps, params
+# and command ran before) instead of running the command.
+FROM_RUN_CACHE = "Stage '{}' is cached - skipping run"
+RESTORED = "restored (DVC run cache)"
 # DVC's hints about git staging; the flow handles pushing itself.
 NOISE = ("To track the changes with git", "git add ", "To enable auto staging", "dvc config core.autostage",
          "Use `dvc push`", "Data and pipelines are up to date.")
@@ -61,6 +65,12 @@ class StageResult:
     ran: bool
     seconds: float  # wall time: DVC, the stage's process, its imports and its work
     work_seconds: float | None = None  # the work alone, as the stage timed it (tasks/_stage.py)
+    restored: bool = False  # DVC checked its outputs out of the run cache: `ran`, but the command did not run
+
+
+def outcome(ran: bool, restored: bool = False) -> str:
+    """A stage's status as the run's table, log and Prefect report name it."""
+    return RESTORED if restored else "ran" if ran else "skipped (up to date)"
 
 
 def dag_stages(dvc_yaml: str | Path = "dvc.yaml") -> list[str]:
@@ -183,16 +193,17 @@ class DvcProcess:
         self.proc.stdin.flush()
         tail: collections.deque[str] = collections.deque(maxlen=40)
         reply = self._reply(on_line, tail)
-        work = None
+        work, restored = None, False
         for line in tail:
             if (done := WORK_DONE.match(line)) and done[1] == stage:
                 work = float(done[2])
+            restored = restored or line.startswith(FROM_RUN_CACHE.format(stage))
         if "error" in reply:
             tail.append(f"ERROR: {reply['error']}")
             errors = [line for line in tail if "error:" in line.lower() or line.startswith(("  -", "("))] or list(tail)[-10:]
             refused = any(line.startswith(f"[{stage}] error:") for line in tail)
             raise (StageRefused if refused else StageFailed)(f"stage '{stage}' failed:\n" + "\n".join(errors))
-        return StageResult(stage, reply["ran"], round(time.perf_counter() - t0, 2), work)
+        return StageResult(stage, reply["ran"], round(time.perf_counter() - t0, 2), work, restored and reply["ran"])
 
     def close(self) -> None:
         """End the process and whatever stage it runs. Between stages it holds no lock and has

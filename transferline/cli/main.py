@@ -25,7 +25,7 @@ from transferline.cli import card, experiment, init, registry, server, steer
 from transferline.cli.common import (
     console, log_levels, params_or_exit, preflight_or_exit, print_json, tracking_or_exit, use_local_server,
 )
-from transferline.dvcrun import STAGES
+from transferline.dvcrun import STAGES, outcome
 from transferline.env import apply_env_defaults, exit_fast
 
 app = typer.Typer(
@@ -143,7 +143,7 @@ def _print_summary(summary: dict) -> None:
     table = Table("stage", "status", "seconds", "work", title="transferline run")
     for row in summary["stages"]:
         work = row.get("work_seconds")
-        table.add_row(row["stage"], "ran" if row["ran"] else "skipped (up to date)", f"{row['seconds']:.1f}",
+        table.add_row(row["stage"], outcome(row["ran"], row.get("restored", False)), f"{row['seconds']:.1f}",
                       "" if work is None else f"{work:.1f}")
     console.print(table)
     console.print(f"ran: {', '.join(summary['ran']) or 'nothing (all up to date)'}")
