@@ -61,6 +61,11 @@ def prefect_api(tmp_path_factory) -> str:
 
     with prefect_server(tmp_path_factory.mktemp("prefect-server")) as api:
         yield api
+        # The run logs this process still queues for the server go now, while it is up: at exit
+        # it is gone, and Prefect prints "Error logging to API" after the test summary.
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)
 
 
 @pytest.fixture(scope="module")
