@@ -21,7 +21,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from transferline.config import Params
-from transferline.storeview import mlflow_error_code, read_registry
+from transferline.errors import mlflow_error_code
+from transferline.storeview import read_registry
 
 log = logging.getLogger(__name__)
 

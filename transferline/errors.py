@@ -25,6 +25,14 @@ def connection_failure(err: BaseException) -> str | None:
     return None
 
 
+def mlflow_error_code(err: BaseException) -> str | None:
+    """MLflow's error code if `err` is an MlflowException, else None. Without importing MLflow:
+    the read-only commands catch its errors but may not load it (transferline.storeview)."""
+    if any(cls.__name__ == "MlflowException" for cls in type(err).__mro__):
+        return getattr(err, "error_code", None)
+    return None
+
+
 def tracking_unreachable(uri: str, why: str) -> str:
     """What to say when the tracking server stops answering (its password left out)."""
     from urllib.parse import urlsplit

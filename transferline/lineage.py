@@ -34,8 +34,8 @@ from typing import Any
 import yaml
 
 from transferline.dvcrun import FLOW_RUN_ENV
+from transferline.errors import mlflow_error_code
 from transferline.runlog import flatten
-from transferline.storeview import mlflow_error_code
 
 ARTIFACTS = "lineage"
 RESTORED_PREFIXES = ("data/", "models/")  # which dvc.lock outs are "data and checkpoints"

@@ -6,7 +6,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from transferline.config import Params
-from transferline.storeview import mlflow_error_code, read_registry
+from transferline.errors import mlflow_error_code
+from transferline.storeview import read_registry
 
 CHAMPION = "champion"
 PARENT_TAG = "mlflow.parentRunId"

@@ -50,13 +50,6 @@ class AskMlflow(LookupError):
     """The view cannot answer this; ask MLflow (it says what is missing, or reads what the view cannot)."""
 
 
-def mlflow_error_code(err: BaseException) -> str | None:
-    """MLflow's error code if `err` is an MlflowException, else None; without importing MLflow."""
-    if any(cls.__name__ == "MlflowException" for cls in type(err).__mro__):
-        return getattr(err, "error_code", None)
-    return None
-
-
 class Page(list):
     """A page of runs, like MLflow's PagedList: `token` names the next page, or None."""
 
