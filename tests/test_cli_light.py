@@ -27,9 +27,9 @@ TORCH_FREE_CONFIG = ("transferline.config must be torch-free for this (issue 12:
                      "package); until it lands, config imports torch through transferline.models")
 
 
-def cli(args: list[str], cwd: Path, importtime: bool = False) -> subprocess.CompletedProcess:
+def cli(args: list[str], cwd: Path, importtime: bool = False, columns: int = 200) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in MLFLOW_ENV}
-    env.update(COLUMNS="200", NO_COLOR="1")
+    env.update(COLUMNS=str(columns), NO_COLOR="1")
     flags = ["-X", "importtime"] if importtime else []
     return subprocess.run([sys.executable, *flags, "-m", "transferline.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -157,6 +157,18 @@ def test_registry_reads_import_no_mlflow_torch_or_prefect(registry_project, comm
         hint = f" {TORCH_FREE_CONFIG}" if module == "torch" else ""
         assert via is None, f"{command} imported {module} via {via}.{hint}"
 
+
+def test_history_table_in_a_narrow_terminal_keeps_each_moves_time_and_action(registry_project):
+    """80 columns: the reason wraps; the time and the action are whole, never cut with an ellipsis."""
+    done = cli(["history"], registry_project, columns=80)
+    assert done.returncode == 0, done.stderr[-3000:]
+    move = json.loads(cli(["history", "--json"], registry_project).stdout)["moves"][0]
+    day, time_of_day = move["at"].removesuffix("+00:00").split("T")
+    cells = [line.split("│")[1:3] for line in done.stdout.splitlines() if line.startswith("│")]
+    when = " ".join(c[0].strip() for c in cells if c[0].strip())
+    assert when == f"{day} {time_of_day}", done.stdout
+    assert cells[0][1].strip() == move["action"] and "…" not in done.stdout, done.stdout
+    assert max(len(line) for line in done.stdout.splitlines()) <= 80, done.stdout
 
 READS = ("status", "history", "lineage")
 

@@ -136,12 +136,16 @@ def history(
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2) + "\n")
         return
-    table = Table("when (UTC)", "action", "from", "to", "accuracy (new/old)", "reason", "by",
-                  title=f"{info['model']}: champion is version {info['champion'] or 'none'}")
+    table = Table(title=f"{info['model']}: champion is version {info['champion'] or 'none'}")
+    # In a narrow terminal the reason wraps; a move's time and action are never cut to "first_champ…"
+    for header in ("when (UTC)", "action", "from", "to", "accuracy (new/old)", "reason", "by"):
+        table.add_column(header, overflow="fold", min_width=10 if header == "when (UTC)" else None,
+                         no_wrap=header in ("action", "from", "to"))
     for m in info["moves"]:
         new, old = m.get("challenger") or {}, m.get("champion") or {}
         acc = f"{new.get('accuracy', '-')} / {old.get('accuracy', '-')}" if new else "-"
-        table.add_row(m["at"], m["action"], str(m["from"] or "-"), m["to"], acc, m["reason"], m["by"])
+        when = m["at"].replace("T", " ").removesuffix("+00:00")  # the header says UTC; a space lets it wrap
+        table.add_row(when, m["action"], str(m["from"] or "-"), m["to"], acc, m["reason"], m["by"])
     Console().print(table)
 
 
