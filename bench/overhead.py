@@ -540,6 +540,8 @@ def main() -> None:
     kept = json.loads(RESULTS.read_text()) if RESULTS.is_file() and args.blocks != list(blocks) else {}
     try:
         for name, measure in blocks.items():
+            if name == "train":  # the loops train alone: the project's Prefect server (up since the full block) stopped
+                timed([*TL, "server", "stop"], project, check=False)
             if name in args.blocks:
                 result[name] = measure()
             else:  # measured by an earlier run (the noop block needs the full run's project)
