@@ -15,12 +15,15 @@ import time
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.context import get_run_context
+from prefect.settings import PREFECT_API_URL
 
 from flows.pipeline import pipeline
 from flows.policy import FETCH_STAGES, stage_options
 from transferline.artifacts import Artifact, fetch_member
 from transferline.config import Params, load_params
 from transferline.dvcrun import stale_plan
+from transferline import runguard
 from transferline.plan import describe
 from transferline.project import prepare
 from transferline.runlock import run_lock
@@ -64,6 +67,7 @@ def check(push_remote: bool = True) -> dict:
     from transferline.env import apply_env_defaults
 
     apply_env_defaults()
+    runguard.note_flow_run(str(get_run_context().flow_run.id), PREFECT_API_URL.value())
     logger = get_run_logger()
     t0 = time.perf_counter()
     params = load_params()

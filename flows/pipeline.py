@@ -20,6 +20,7 @@ from collections.abc import Callable
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
+from prefect.settings import PREFECT_API_URL
 
 from flows import report
 from flows.policy import push_options, stage_options
@@ -28,6 +29,7 @@ from transferline.dvcrun import (FLOW_RUN_ENV, RUN_ID_ENV, STAGES, DvcProcess, S
                                  dag_stages, outcome)
 from transferline.errors import connection_failure
 from transferline.project import prepare
+from transferline import runguard
 from transferline.runlock import run_lock
 from transferline.runlog import log_stage, read_yaml
 from transferline.status import registry_gap
@@ -109,10 +111,12 @@ def pipeline(until: str | None = None, push_remote: bool = True) -> dict:
 
         experiment_id = tracking.configure(params.tracking)
         flow_run_id = str(get_run_context().flow_run.id)
+        runguard.note_flow_run(flow_run_id, PREFECT_API_URL.value())  # marked Crashed should the CLI be killed
         t0 = time.perf_counter()
         results: list[StageResult] = []
         progress = report.start_progress(len(stages))
         with mlflow.start_run(run_name="pipeline", tags={"prefect.flow_run_id": flow_run_id, **tracking.git_info()}) as run:
+            runguard.note_mlflow_run(run.info.run_id, mlflow.get_tracking_uri())
             link = report.mlflow_link(mlflow.get_tracking_uri(), experiment_id, run.info.run_id)
             try:
                 mlflow.log_param("until", until or STAGES[-1])

@@ -167,6 +167,21 @@ def registry(store: Path, artifacts: Path | None = None) -> tuple[list[str], str
     return sorted((str(v) for v, _ in rows), key=int), None if champion is None else str(champion[0])
 
 
+def killed_runs(project: Path) -> tuple[str | None, str]:
+    """(the state of the newest flow run on the project's Prefect server, None while it is down;
+    the status of the newest pipeline run in MLflow): what the runguard left of a killed run."""
+    with sqlite3.connect(f"file:{db(project)}?mode=ro", uri=True, timeout=5) as con:
+        status = con.execute("select status from runs where name = 'pipeline' order by start_time desc").fetchone()[0]
+    if local_server(project) is None:
+        return None, status
+    port = json.loads((project / ".transferline/prefect/transferline-server.json").read_text())["port"]
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/flow_runs/filter", method="POST",
+                                     data=b'{"sort": "START_TIME_DESC", "limit": 1}',
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())[0]["state"]["type"], status
+
+
 def test_sigkill_in_pretrain_finetune_and_register_then_a_rerun_completes(project):
     # kill -9 of the CLI's pid alone, once pretrain saved its first epoch: the runguard ends
     # `dvc repro` and the stage (their own session) and Prefect's ephemeral API
@@ -174,6 +189,8 @@ def test_sigkill_in_pretrain_finetune_and_register_then_a_rerun_completes(projec
     wait_until("a pretrain checkpoint", (project / "models/pretrain/checkpoint.safetensors").exists, run, 300)
     gone = kill(project, run, group=False)
     assert versions(project) == 0
+    # the runguard ended its MLflow run (Prefect's ephemeral API went with the run: nothing to tell)
+    assert killed_runs(project) == (None, "KILLED")
     FAULTS.append(dict(case="kill -9 PID during pretrain", rc=run.returncode, seconds=gone,
                        message="(killed) stage, dvc and Prefect API gone", state="checkpoint kept; registry empty"))
     started = cli(project, "server", "start")
@@ -185,6 +202,7 @@ def test_sigkill_in_pretrain_finetune_and_register_then_a_rerun_completes(projec
                run, 300)
     gone = kill(project, run, group=True)
     assert "[pretrain] resuming pretrain from epoch " in output(project), output(project)[-3000:]
+    assert killed_runs(project) == ("CRASHED", "KILLED")  # not "Running" for good in either UI
     FAULTS.append(dict(case="kill -9 -PGID during finetune", rc=run.returncode, seconds=gone,
                        message="(killed) every child gone", state="pretrain had resumed; registry empty"))
 
@@ -196,6 +214,7 @@ def test_sigkill_in_pretrain_finetune_and_register_then_a_rerun_completes(projec
     assert "[finetune] resuming finetune (pretrain) from epoch " in err, err[-3000:]
     assert "Running stage 'pretrain'" not in err  # it finished before the second kill: DVC keeps it
     assert registry(db(project)) == (["1"], None)  # the version is whole; nothing became champion
+    assert killed_runs(project) == ("CRASHED", "KILLED")
     FAULTS.append(dict(case="kill -9 -PGID during register", rc=run.returncode, seconds=gone,
                        message="(killed) every child gone", state="finetune had resumed; version 1 whole, no champion"))
 

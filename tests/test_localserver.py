@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -77,3 +78,42 @@ def test_run_and_check_start_one_server_and_reuse_it(tmp_path, monkeypatch):
     finally:
         localserver.stop(home)
     assert localserver.running(home) is None
+
+
+# a flow run as `transferline run` and `check` start theirs (transferline.cli.common.no_flow_heartbeats)
+HEARTBEAT_FLOW = """
+from prefect import flow
+from prefect.context import get_run_context
+from transferline.cli.common import no_flow_heartbeats
+
+@flow
+def f():
+    print(get_run_context().flow_run.id)
+
+with no_flow_heartbeats():
+    f()
+"""
+
+
+def test_cli_flows_send_no_heartbeat_unless_a_prefect_setting_asks(prefect_api):
+    """Prefect's heartbeat thread cost a no-op run 0.7 s (it sleeps in 1 s steps and is joined at the
+    flow's end); the runguard marks a killed CLI run Crashed instead. A user's setting still wins."""
+    def flow_run(**env: str) -> str:
+        env = {k: v for k, v in os.environ.items() if k not in MLFLOW_ENV and not k.startswith("PREFECT_")} | env
+        done = subprocess.run([sys.executable, "-c", HEARTBEAT_FLOW], cwd=ROOT, capture_output=True, text=True,
+                              env={**env, "PREFECT_API_URL": prefect_api}, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.split()[-1]
+
+    def heartbeats(flow_run_id: str) -> int:
+        body = {"filter": {"event": {"name": ["prefect.flow-run.heartbeat"]},
+                           "resource": {"id": [f"prefect.flow-run.{flow_run_id}"]}}, "limit": 10}
+        return len(httpx.post(f"{prefect_api}/events/filter", json=body, timeout=10).json()["events"])
+
+    quiet = flow_run()
+    asked = flow_run(PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30")
+    t0 = time.perf_counter()
+    while not heartbeats(asked) and time.perf_counter() - t0 < 60:  # the server stores events in batches
+        time.sleep(0.5)
+    assert heartbeats(asked) == 1  # the first beat goes as the flow starts
+    assert heartbeats(quiet) == 0  # sent before the one above, had there been one

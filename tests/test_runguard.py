@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 
-from conftest import ROOT
+import pytest
+
+from conftest import MLFLOW_ENV, PREFECT_ENV, ROOT
+from transferline import runguard
 
 # stands for `transferline run`: starts the guard, then a child in a session of its own (like `dvc repro`)
 # which starts a grandchild (like the stage)
@@ -42,3 +46,85 @@ def test_sigkill_of_the_run_ends_every_process_it_started():
         time.sleep(0.1)
     assert not alive(child) and not alive(grandchild), "orphans left running"
     assert time.perf_counter() - t0 < 10  # the guard polls every 0.5 s, then SIGTERM
+
+
+# stands for a guarded run's flow: notes its Prefect flow run and its MLflow run (as flows/pipeline.py
+# does), prints their ids, then works in a task for argv[2] seconds
+FLOW = """
+import sys, time
+import mlflow
+from prefect import flow, task
+from prefect.context import get_run_context
+from prefect.settings import PREFECT_API_URL
+from transferline import runguard
+
+runguard.start()
+
+@task
+def work(seconds: float) -> None:
+    time.sleep(seconds)
+
+@flow
+def guarded(seconds: float) -> None:
+    runguard.note_flow_run(str(get_run_context().flow_run.id), PREFECT_API_URL.value())
+    mlflow.set_tracking_uri(sys.argv[1])
+    with mlflow.start_run(run_name="pipeline") as run:
+        runguard.note_mlflow_run(run.info.run_id, mlflow.get_tracking_uri())
+        with mlflow.start_run(run_name="stage", nested=True):
+            print(get_run_context().flow_run.id, run.info.run_id, flush=True)
+            work(seconds)
+
+guarded(float(sys.argv[2]))
+"""
+
+
+def start_flow(tmp_path, api: str, seconds: float) -> tuple[subprocess.Popen, str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in MLFLOW_ENV and k not in PREFECT_ENV}
+    env.update(PREFECT_API_URL=api, PREFECT_HOME=str(tmp_path / "prefect"), PYTHONPATH=str(ROOT))
+    run = subprocess.Popen([sys.executable, "-c", FLOW, f"sqlite:///{tmp_path}/mlflow.db", str(seconds)],
+                           cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = run.stdout.readline().split()
+    assert len(line) == 2, run.stderr.read()[-3000:]
+    return run, *line
+
+
+def states(tmp_path, api: str, flow_run_id: str) -> tuple[str, list[str], list[tuple[str, str]]]:
+    """(the flow run's state, its task runs' states, (name, status) of every MLflow run)."""
+    import httpx
+
+    flow_run = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=10).json()
+    tasks = httpx.post(f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}},
+                       timeout=10).json()
+    with sqlite3.connect(f"file:{tmp_path}/mlflow.db?mode=ro", uri=True) as con:
+        runs = sorted(con.execute("select name, status from runs").fetchall())
+    return flow_run["state"]["type"], [t["state"]["type"] for t in tasks], runs
+
+
+@pytest.mark.slow
+def test_a_killed_runs_flow_run_is_crashed_and_its_mlflow_runs_killed(tmp_path, prefect_api):
+    run, flow_run_id, _ = start_flow(tmp_path, prefect_api, seconds=300)
+    noted = tmp_path / runguard.NOTED / str(run.pid)
+    assert noted.is_file() and oct(noted.stat().st_mode & 0o777) == "0o600"
+    assert states(tmp_path, prefect_api, flow_run_id) == ("RUNNING", ["RUNNING"],
+                                                          [("pipeline", "RUNNING"), ("stage", "RUNNING")])
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    t0 = time.perf_counter()
+    while noted.exists() and time.perf_counter() - t0 < 60:  # the guard removes it once it has told both
+        time.sleep(0.2)
+    assert states(tmp_path, prefect_api, flow_run_id) == ("CRASHED", ["CRASHED"],
+                                                          [("pipeline", "KILLED"), ("stage", "KILLED")])
+    import httpx
+
+    message = httpx.get(f"{prefect_api}/flow_runs/{flow_run_id}", timeout=10).json()["state"]["message"]
+    assert f"transferline run (pid {run.pid}) was killed" in message, message
+
+
+@pytest.mark.slow
+def test_a_run_that_ends_by_itself_keeps_its_states_and_leaves_no_note(tmp_path, prefect_api):
+    run, flow_run_id, _ = start_flow(tmp_path, prefect_api, seconds=0)
+    assert run.wait(timeout=120) == 0, run.stderr.read()[-3000:]
+    assert not (tmp_path / runguard.NOTED / str(run.pid)).exists()
+    time.sleep(2 * runguard.POLL_S + 1)  # the guard has seen the run end, and has nothing to mark
+    assert states(tmp_path, prefect_api, flow_run_id) == ("COMPLETED", ["COMPLETED"],
+                                                          [("pipeline", "FINISHED"), ("stage", "FINISHED")])

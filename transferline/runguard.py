@@ -9,10 +9,20 @@ session) and starts a small watcher in a session of its own, so a kill of
 the run's process group does not take it along. When the run is gone, the
 watcher ends every process that carries the mark: SIGTERM, then SIGKILL.
 Linux only (/proc); elsewhere it does nothing.
+
+A killed run reports no state either: its Prefect flow run and its MLflow
+runs stayed "Running" for good (Prefect's own remedy, heartbeats read by an
+automation on the server, is not set up on a local server). So the flows a
+guarded run starts name their runs (`note_flow_run`, `note_mlflow_run`), a
+normal exit forgets them, and after a kill the watcher marks those still
+running through each one's client: the flow runs and their task runs
+Crashed, the MLflow runs KILLED.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import subprocess
 import sys
@@ -21,6 +31,7 @@ from pathlib import Path
 MARK = "TRANSFERLINE_RUN_PID"
 POLL_S = 0.5
 GRACE_S = 5.0
+NOTED = Path(".transferline/runguard")  # <run pid>: "<prefect|mlflow> <run id> <API or tracking URI>" per run
 
 
 def start() -> subprocess.Popen | None:
@@ -28,9 +39,83 @@ def start() -> subprocess.Popen | None:
     if not Path("/proc/self/environ").exists():
         return None
     os.environ[MARK] = str(os.getpid())
+    atexit.register(_forget)  # a run that exits (even with an error) has ended its runs itself
     return subprocess.Popen([sys.executable, "-m", "transferline.runguard", str(os.getpid())],
                             start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, MARK: ""})
+
+
+def note_flow_run(flow_run_id: str, api_url: str | None) -> None:
+    """Called by a flow as it starts: if a guard watches this process, it marks this flow run
+    Crashed should the process be killed. Nothing to do in a process no guard watches (a
+    worker's run: the worker reports it) or on Prefect's ephemeral API (gone with the run)."""
+    if api_url:
+        _note("prefect", flow_run_id, api_url)
+
+
+def note_mlflow_run(run_id: str, tracking_uri: str) -> None:
+    """The same for the run's MLflow run: ended KILLED, with its nested runs still running."""
+    _note("mlflow", run_id, tracking_uri)
+
+
+def _note(kind: str, run_id: str, where: str) -> None:
+    if os.environ.get(MARK) != str(os.getpid()):
+        return
+    NOTED.mkdir(parents=True, exist_ok=True)
+    # 0600: a tracking URI may carry a password
+    with os.fdopen(os.open(NOTED / str(os.getpid()), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a") as f:
+        f.write(f"{kind} {run_id} {where}\n")
+
+
+def _forget() -> None:
+    with contextlib.suppress(OSError):
+        (NOTED / str(os.getpid())).unlink(missing_ok=True)
+
+
+def mark_killed(run_pid: int) -> list[str]:
+    """Mark what the killed run `run_pid` noted and left unfinished: its Prefect flow runs (a
+    subflow first) and their task runs Crashed, its MLflow run and nested runs KILLED; the ids."""
+    path = NOTED / str(run_pid)
+    try:
+        rows = [line.split(" ", 2) for line in path.read_text().splitlines() if line]
+    except FileNotFoundError:
+        return []  # the run exited by itself, or started no flow
+    why = f"transferline run (pid {run_pid}) was killed; transferline.runguard ended the processes it started"
+    done = []
+    for kind, run_id, where in reversed(rows):
+        with contextlib.suppress(Exception):  # a server gone too: nothing left to tell (no console here)
+            done += _crash_flow_run(run_id, where, why) if kind == "prefect" else _kill_mlflow_run(run_id, where)
+    path.unlink()
+    return done
+
+
+def _crash_flow_run(flow_run_id: str, api_url: str, why: str) -> list[str]:
+    os.environ["PREFECT_API_URL"] = api_url  # the run's server, before Prefect reads its settings
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.states import Crashed
+
+    with get_client(sync_client=True) as client:
+        if client.read_flow_run(flow_run_id).state.is_final():
+            return []
+        for task_run in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))):
+            if task_run.state is not None and not task_run.state.is_final():
+                client.set_task_run_state(task_run.id, Crashed(message=why), force=True)
+        client.set_flow_run_state(flow_run_id, Crashed(message=why), force=True)
+    return [flow_run_id]
+
+
+def _kill_mlflow_run(run_id: str, tracking_uri: str) -> list[str]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(run_id)
+    nested = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}' "
+                                "and attributes.status = 'RUNNING'")
+    ended = [r.info.run_id for r in [*nested, run] if r.info.status == "RUNNING"]
+    for r in ended:
+        client.set_terminated(r, "KILLED")
+    return ended
 
 
 def marked(run_pid: int) -> list[int]:
@@ -59,12 +144,19 @@ def _alive(pid: int) -> bool:
 
 
 def watch(run_pid: int) -> None:
-    """Wait for `run_pid` to end, then end what it left behind."""
-    import signal
+    """Wait for `run_pid` to end, then end what it left behind and mark its runs killed."""
     import time
 
     while _alive(run_pid):
         time.sleep(POLL_S)
+    _end_marked(run_pid)
+    mark_killed(run_pid)
+
+
+def _end_marked(run_pid: int) -> None:
+    import signal
+    import time
+
     for sig, wait in ((signal.SIGTERM, GRACE_S), (signal.SIGKILL, 0.0)):
         left = marked(run_pid)
         for pid in left:

@@ -23,7 +23,8 @@ from rich.table import Table
 
 from transferline.cli import card, experiment, init, registry, server, steer
 from transferline.cli.common import (
-    console, log_levels, params_or_exit, preflight_or_exit, print_json, tracking_or_exit, use_local_server,
+    console, log_levels, no_flow_heartbeats, params_or_exit, preflight_or_exit, print_json, tracking_or_exit,
+    use_local_server,
 )
 from transferline.dvcrun import STAGES, outcome
 from transferline.env import apply_env_defaults, exit_fast
@@ -78,7 +79,8 @@ def run(
 
         _quiet_user_errors()
 
-        summary = pipeline(until=until.value if until else None, push_remote=push)
+        with no_flow_heartbeats():
+            summary = pipeline(until=until.value if until else None, push_remote=push)
     print_json(summary) if as_json else _print_summary(summary)
 
 
@@ -217,7 +219,8 @@ def check(
 
         _quiet_user_errors()
 
-        result = check_flow(push_remote=push)
+        with no_flow_heartbeats():
+            result = check_flow(push_remote=push)
     if as_json:
         print_json(result)
         return
