@@ -20,10 +20,10 @@ from prefect.settings import PREFECT_API_URL
 
 from flows.pipeline import pipeline
 from flows.policy import FETCH_STAGES, stage_options
+from transferline import runguard
 from transferline.artifacts import Artifact, fetch_member
 from transferline.config import Params, load_params
 from transferline.dvcrun import stale_plan
-from transferline import runguard
 from transferline.plan import describe
 from transferline.project import prepare
 from transferline.runlock import run_lock

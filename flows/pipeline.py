@@ -24,12 +24,12 @@ from prefect.settings import PREFECT_API_URL
 
 from flows import report
 from flows.policy import push_options, stage_options
+from transferline import runguard
 from transferline.config import PARAMS_FILE, load_params
 from transferline.dvcrun import (FLOW_RUN_ENV, RUN_ID_ENV, STAGES, DvcProcess, StageFailed, StalePlan, StageResult,
                                  dag_stages, outcome)
 from transferline.errors import connection_failure
 from transferline.project import prepare
-from transferline import runguard
 from transferline.runlock import run_lock
 from transferline.runlog import log_stage, read_yaml
 from transferline.status import registry_gap

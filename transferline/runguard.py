@@ -85,7 +85,7 @@ def mark_killed(run_pid: int) -> list[str]:
     for kind, run_id, where in reversed(rows):
         with contextlib.suppress(Exception):  # a server gone too: nothing left to tell (no console here)
             done += _crash_flow_run(run_id, where, why) if kind == "prefect" else _kill_mlflow_run(run_id, where)
-    path.unlink()
+    path.unlink(missing_ok=True)
     return done
 
 

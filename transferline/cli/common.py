@@ -118,7 +118,7 @@ def no_flow_heartbeats() -> Iterator[None]:
     A heartbeat lets an automation on the server mark a flow run Crashed once its process stops
     sending them (none is set up on a local server). Here transferline.runguard marks a killed
     run's flow runs Crashed at once. Prefect's heartbeat thread sleeps in 1 s steps and the flow
-    joins it at its end: 0.7 s of every `run` and `check` (no-op run 4.4 s with, 3.7 s without).
+    joins it at its end: 0.7-0.9 s of every `run` and `check` (no-op run 4.4 s with, 3.5 s without).
     """
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
 
