@@ -45,6 +45,12 @@ def plan(started: Callable[[], StalePlan]) -> StalePlan:
     return found
 
 
+def mlflow_end_status(err: BaseException) -> str:
+    """How an MLflow run ends when `err` leaves it: KILLED for Ctrl-C (as the runguard ends a
+    killed run's runs), FAILED for anything else."""
+    return "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+
+
 @task(name="stage", cache_policy=NO_CACHE)  # DVC alone decides what is up to date
 def run_stage(stage: str, parent_run_id: str, experiment_id: str, dvc: DvcProcess, check: bool = True,
               force: bool = False) -> StageResult:
@@ -67,9 +73,9 @@ def run_stage(stage: str, parent_run_id: str, experiment_id: str, dvc: DvcProces
             result = StageResult(stage, False, 0.0)
         raw = read_yaml(PARAMS_FILE)  # the values the stage read
         log_stage(client, run_id, stage, raw, result.ran, result.seconds)
-    except Exception:
+    except BaseException as err:  # Ctrl-C too: the stage's run must not stay RUNNING
         with contextlib.suppress(MlflowException):  # best effort: the failure may be the tracking server's
-            client.set_terminated(run_id, "FAILED")
+            client.set_terminated(run_id, mlflow_end_status(err))
         raise
     client.set_terminated(run_id, "FINISHED")
     logger.info("%s: %s in %.1f s", stage, outcome(result.ran, result.restored), result.seconds)
@@ -133,13 +139,18 @@ def pipeline(until: str | None = None, push_remote: bool = True) -> dict:
                         report.advance(progress, len(results), len(stages))
                 if push_remote and until is None:
                     push.with_options(**push_options(params.orchestrate))()
-            except BaseException as err:  # leaving the block marks the MLflow run FAILED
+            except BaseException as err:  # leaving the block marks the MLflow run FAILED (or KILLED, below)
                 failed = stages[len(results)] if len(results) < len(stages) else "push"
                 message = f"{type(err).__name__}: {err}" if not str(err).startswith("stage ") else str(err)
                 if connection_failure(err) is None:  # else the tracking server is gone: nowhere to write
                     with contextlib.suppress(MlflowException):
                         mlflow.set_tag("error", message[:5000])
-                report.publish(stages, [vars(r) for r in results], link, time.perf_counter() - t0, message, failed)
+                # Not after Ctrl-C: it reaches Prefect's ephemeral API too (same process group), and the
+                # report would wait a minute on a server gone; the flow run's Crashed state says it
+                if not isinstance(err, KeyboardInterrupt):
+                    report.publish(stages, [vars(r) for r in results], link, time.perf_counter() - t0, message, failed)
+                if mlflow_end_status(err) == "KILLED":
+                    mlflow.end_run("KILLED")  # not FAILED, as the block would: nothing failed, a person stopped it
                 raise
             mlflow.set_tags(tracking.dvc_hashes())
             summary = {

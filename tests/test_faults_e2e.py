@@ -314,3 +314,34 @@ def test_tracking_server_gone_mid_run_fails_clearly_and_a_rerun_completes(projec
                            state="version 1 on the server, champion"))
     finally:
         stop(server)
+
+
+def test_ctrl_c_ends_the_run_its_processes_and_its_mlflow_runs(tmp_path_factory):
+    """Ctrl-C in a terminal (SIGINT to the foreground process group) during pretrain: the run exits
+    130 at once, DVC and the stage (their own session) go with it, and the MLflow run and the
+    stage's nested run end KILLED; the stage's stayed RUNNING before (flows/pipeline.py caught
+    Exception only)."""
+    project = make_project(tmp_path_factory.mktemp("ctrl-c") / "proj", RAW)
+    started = cli(project, "server", "start")  # the default setup (params.yaml orchestrate.local_server)
+    assert started.returncode == 0 and local_server(project), started.stderr[-2000:]
+    try:
+        run = start(project)
+        wait_until("pretrain to start", lambda: "Running stage 'pretrain'" in output(project), run, 300)
+        os.killpg(run.pid, signal.SIGINT)
+        t0 = time.perf_counter()
+        rc, err = finish(project, run, timeout=60)
+        assert rc == 130 and time.perf_counter() - t0 < 15, err[-3000:]
+        assert "interrupted (Ctrl-C): finished stages are kept" in err and "error:" not in err, err[-3000:]
+        while (left := left_behind(project, run.pid)) and time.perf_counter() - t0 < 30:
+            time.sleep(0.2)
+        assert not left, f"orphans of the interrupted run: {left}"
+        gone = time.perf_counter() - t0
+        assert killed_runs(project)[0] == "CRASHED"  # Prefect's own word for an interrupted flow run
+    finally:
+        cli(project, "server", "stop")
+    with sqlite3.connect(f"file:{db(project)}?mode=ro", uri=True, timeout=5) as con:
+        runs = dict(con.execute("select name, status from runs").fetchall())
+    assert runs == {"pipeline": "KILLED", "pretrain": "KILLED", **{s: "FINISHED" for s in
+                    ("ingest", "validate", "split", "preprocess")}}, runs
+    FAULTS.append(dict(case="Ctrl-C during pretrain", rc=rc, seconds=gone, message="interrupted (Ctrl-C): ...",
+                       state="every child gone; flow run Crashed; MLflow run and pretrain's run KILLED"))

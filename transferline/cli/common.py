@@ -127,3 +127,38 @@ def no_flow_heartbeats() -> Iterator[None]:
         return
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
+
+
+@contextlib.contextmanager
+def ctrl_c_exits() -> Iterator[None]:
+    """Ctrl-C ends the command with one line and exit 130, whatever error surfaces after it.
+
+    The terminal's SIGINT also reaches Prefect's ephemeral API (a child in the same process
+    group), so after it the flow's own reports fail with refused connections, which the
+    command would otherwise name as the error (as a tracking server gone, exit 1), and
+    Prefect's client retries them for about a minute: a second Ctrl-C leaves at once. The
+    project's local server (the default) has a session of its own: one Ctrl-C ends the run in
+    a fraction of a second."""
+    import signal
+    import sys
+
+    pressed = []
+
+    def on_ctrl_c(signum: int, frame: object) -> None:
+        if not pressed and not os.environ.get("PREFECT_API_URL"):  # Prefect's client retries its API a minute
+            sys.stderr.write("stopping: Prefect's ephemeral API went with Ctrl-C; Ctrl-C again leaves at once\n")
+        pressed.append(signum)
+        signal.default_int_handler(signum, frame)
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where the shell ignores it
+        signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        yield
+    except BaseException as err:
+        if not (pressed or isinstance(err, KeyboardInterrupt)):
+            raise
+        console.print("[red]interrupted[/] (Ctrl-C): finished stages are kept; the next run goes on from there")
+        raise typer.Exit(130) from None
+    finally:
+        if signal.getsignal(signal.SIGINT) is on_ctrl_c:
+            signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from transferline.cli import card, experiment, init, registry, server, steer
 from transferline.cli.common import (
-    console, log_levels, no_flow_heartbeats, params_or_exit, preflight_or_exit, print_json, tracking_or_exit,
+    console, ctrl_c_exits, log_levels, no_flow_heartbeats, params_or_exit, preflight_or_exit, print_json, tracking_or_exit,
     use_local_server,
 )
 from transferline.dvcrun import STAGES, outcome
@@ -73,7 +73,7 @@ def run(
     from transferline.runlock import run_lock
 
     runguard.start()  # a killed run takes DVC, its stage and the local Prefect API with it
-    with _run_errors(cfg.tracking.uri), run_lock(cfg.orchestrate.lock_wait_seconds):  # before Prefect starts
+    with _run_errors(cfg.tracking.uri), run_lock(cfg.orchestrate.lock_wait_seconds), ctrl_c_exits():  # before Prefect
         steer.write_sets(changes)  # under the lock: a run in progress keeps the values it started with
         from flows.pipeline import pipeline
 
@@ -95,6 +95,8 @@ def _run_errors(tracking_uri: str) -> Iterator[None]:
 
     try:
         yield
+    except typer.Exit:  # said already (ctrl_c_exits)
+        raise
     except StageFailed as err:  # the stage's own lines are on the console already: name it, once
         stage = str(err).split("\n", 1)[0].removesuffix(":")
         console.print(f"[red]error:[/] {stage} (its message is above; the full log is in the Prefect run)")
@@ -214,7 +216,7 @@ def check(
     from transferline.runlock import run_lock
 
     runguard.start()
-    with _run_errors(cfg.tracking.uri), run_lock(cfg.orchestrate.lock_wait_seconds):
+    with _run_errors(cfg.tracking.uri), run_lock(cfg.orchestrate.lock_wait_seconds), ctrl_c_exits():
         from flows.check import check as check_flow
 
         _quiet_user_errors()
