@@ -62,7 +62,14 @@ def start(project: Path, *args: str) -> subprocess.Popen:
     n = len(list(logs.glob("*.err")))
     with (logs / f"{n:02}.out").open("w") as out, (logs / f"{n:02}.err").open("w") as err:
         return subprocess.Popen([sys.executable, "-m", "transferline.cli", *(args or ("run", "--no-push"))],
-                                cwd=project, env=env, stdout=out, stderr=err, start_new_session=True)
+                                cwd=project, env=env, stdout=out, stderr=err, start_new_session=True,
+                                preexec_fn=_terminal_sigint)
+
+
+def _terminal_sigint() -> None:
+    """SIGINT at its default, as in a terminal: a shell that starts the test run in the background
+    (CI, nohup ... &) ignores it, the children inherit that, and Ctrl-C would do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def output(project: Path, stream: str = "err") -> str:
