@@ -15,8 +15,6 @@ import time
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.context import get_run_context
-from prefect.settings import PREFECT_API_URL
 
 from flows.pipeline import pipeline
 from flows.policy import FETCH_STAGES, stage_options
@@ -67,7 +65,7 @@ def check(push_remote: bool = True) -> dict:
     from transferline.env import apply_env_defaults
 
     apply_env_defaults()
-    runguard.note_flow_run(str(get_run_context().flow_run.id), PREFECT_API_URL.value())
+    runguard.note_flow_run()
     logger = get_run_logger()
     t0 = time.perf_counter()
     params = load_params()

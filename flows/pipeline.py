@@ -20,7 +20,6 @@ from collections.abc import Callable
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
-from prefect.settings import PREFECT_API_URL
 
 from flows import report
 from flows.policy import push_options, stage_options
@@ -117,7 +116,7 @@ def pipeline(until: str | None = None, push_remote: bool = True) -> dict:
 
         experiment_id = tracking.configure(params.tracking)
         flow_run_id = str(get_run_context().flow_run.id)
-        runguard.note_flow_run(flow_run_id, PREFECT_API_URL.value())  # marked Crashed should the CLI be killed
+        runguard.note_flow_run()  # marked Crashed should the CLI be killed
         t0 = time.perf_counter()
         results: list[StageResult] = []
         progress = report.start_progress(len(stages))
@@ -139,7 +138,7 @@ def pipeline(until: str | None = None, push_remote: bool = True) -> dict:
                         report.advance(progress, len(results), len(stages))
                 if push_remote and until is None:
                     push.with_options(**push_options(params.orchestrate))()
-            except BaseException as err:  # leaving the block marks the MLflow run FAILED (or KILLED, below)
+            except BaseException as err:
                 failed = stages[len(results)] if len(results) < len(stages) else "push"
                 message = f"{type(err).__name__}: {err}" if not str(err).startswith("stage ") else str(err)
                 if connection_failure(err) is None:  # else the tracking server is gone: nowhere to write
@@ -149,8 +148,8 @@ def pipeline(until: str | None = None, push_remote: bool = True) -> dict:
                 # report would wait a minute on a server gone; the flow run's Crashed state says it
                 if not isinstance(err, KeyboardInterrupt):
                     report.publish(stages, [vars(r) for r in results], link, time.perf_counter() - t0, message, failed)
-                if mlflow_end_status(err) == "KILLED":
-                    mlflow.end_run("KILLED")  # not FAILED, as the block would: nothing failed, a person stopped it
+                if isinstance(err, KeyboardInterrupt):  # KILLED, where leaving the block would say FAILED
+                    mlflow.end_run("KILLED")
                 raise
             mlflow.set_tags(tracking.dvc_hashes())
             summary = {

@@ -179,10 +179,11 @@ def killed_runs(project: Path) -> tuple[str | None, str]:
     the status of the newest pipeline run in MLflow): what the runguard left of a killed run."""
     with sqlite3.connect(f"file:{db(project)}?mode=ro", uri=True, timeout=5) as con:
         status = con.execute("select status from runs where name = 'pipeline' order by start_time desc").fetchone()[0]
-    if local_server(project) is None:
+    from transferline.localserver import running
+
+    if (server := running(project / ".transferline/prefect")) is None:
         return None, status
-    port = json.loads((project / ".transferline/prefect/transferline-server.json").read_text())["port"]
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/flow_runs/filter", method="POST",
+    request = urllib.request.Request(f"{server.api_url}/flow_runs/filter", method="POST",
                                      data=b'{"sort": "START_TIME_DESC", "limit": 1}',
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as response:

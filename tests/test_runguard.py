@@ -55,7 +55,6 @@ import sys, time
 import mlflow
 from prefect import flow, task
 from prefect.context import get_run_context
-from prefect.settings import PREFECT_API_URL
 from transferline import runguard
 
 runguard.start()
@@ -66,7 +65,7 @@ def work(seconds: float) -> None:
 
 @flow
 def guarded(seconds: float) -> None:
-    runguard.note_flow_run(str(get_run_context().flow_run.id), PREFECT_API_URL.value())
+    runguard.note_flow_run()
     mlflow.set_tracking_uri(sys.argv[1])
     with mlflow.start_run(run_name="pipeline") as run:
         runguard.note_mlflow_run(run.info.run_id, mlflow.get_tracking_uri())

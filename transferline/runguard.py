@@ -45,12 +45,15 @@ def start() -> subprocess.Popen | None:
                             stderr=subprocess.DEVNULL, env={**os.environ, MARK: ""})
 
 
-def note_flow_run(flow_run_id: str, api_url: str | None) -> None:
-    """Called by a flow as it starts: if a guard watches this process, it marks this flow run
+def note_flow_run() -> None:
+    """Called by a flow as it starts: if a guard watches this process, it marks the flow run
     Crashed should the process be killed. Nothing to do in a process no guard watches (a
     worker's run: the worker reports it) or on Prefect's ephemeral API (gone with the run)."""
-    if api_url:
-        _note("prefect", flow_run_id, api_url)
+    from prefect.context import get_run_context
+    from prefect.settings import PREFECT_API_URL
+
+    if api_url := PREFECT_API_URL.value():
+        _note("prefect", str(get_run_context().flow_run.id), api_url)
 
 
 def note_mlflow_run(run_id: str, tracking_uri: str) -> None:
