@@ -127,3 +127,49 @@ def test_a_run_that_ends_by_itself_keeps_its_states_and_leaves_no_note(tmp_path,
     time.sleep(2 * runguard.POLL_S + 1)  # the guard has seen the run end, and has nothing to mark
     assert states(tmp_path, prefect_api, flow_run_id) == ("COMPLETED", ["COMPLETED"],
                                                           [("pipeline", "FINISHED"), ("stage", "FINISHED")])
+
+
+def guard_of(run_pid: int) -> int:
+    """The pid of the watcher that runguard.start() started for `run_pid`."""
+    needle = f"transferline.runguard\0{run_pid}\0".encode()
+    for proc in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{proc}/cmdline", "rb") as f:
+                if proc.isdigit() and needle in f.read():
+                    return int(proc)
+        except OSError:
+            continue
+    raise AssertionError(f"no runguard watcher for pid {run_pid}")
+
+
+@pytest.mark.slow
+def test_runs_left_running_by_a_run_killed_with_its_guard_are_marked_by_the_next_run(tmp_path, prefect_api):
+    run, flow_run_id, _ = start_flow(tmp_path, prefect_api, seconds=300)
+    t0 = time.perf_counter()
+    while states(tmp_path, prefect_api, flow_run_id)[1] != ["RUNNING"] and time.perf_counter() - t0 < 30:
+        time.sleep(0.2)  # the task run reaches the server a moment after it starts
+    os.kill(guard_of(run.pid), signal.SIGKILL)  # as a restart, or the OOM killer taking both, would
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    noted = tmp_path / runguard.NOTED / str(run.pid)
+    # after a restart the project's server listens on another port: the noted URL answers no more
+    noted.write_text(noted.read_text().replace(prefect_api, "http://127.0.0.1:9/api"))
+    time.sleep(1)
+    assert states(tmp_path, prefect_api, flow_run_id)[:2] == ("RUNNING", ["RUNNING"])  # nobody marked them
+
+    later, later_flow_run_id, _ = start_flow(tmp_path, prefect_api, seconds=300)  # the next guarded run
+    try:
+        t0 = time.perf_counter()
+        while noted.exists() and time.perf_counter() - t0 < 60:
+            time.sleep(0.2)
+        assert states(tmp_path, prefect_api, flow_run_id) == (
+            "CRASHED", ["CRASHED"],
+            [("pipeline", "KILLED"), ("pipeline", "RUNNING"), ("stage", "KILLED"), ("stage", "RUNNING")])
+        import httpx
+
+        message = httpx.get(f"{prefect_api}/flow_runs/{flow_run_id}", timeout=10).json()["state"]["message"]
+        assert f"transferline run (pid {run.pid}) ended without reporting" in message, message
+        assert states(tmp_path, prefect_api, later_flow_run_id)[0] == "RUNNING"  # its own run is not touched
+    finally:
+        later.kill()
+        later.wait()

@@ -16,7 +16,9 @@ automation on the server, is not set up on a local server). So the flows a
 guarded run starts name their runs (`note_flow_run`, `note_mlflow_run`), a
 normal exit forgets them, and after a kill the watcher marks those still
 running through each one's client: the flow runs and their task runs
-Crashed, the MLflow runs KILLED.
+Crashed, the MLflow runs KILLED. Where the watcher died with its run (a
+reboot, the OOM killer taking both) the notes outlive them: the next guarded
+run's watcher finds them (`sweep`) and marks those runs the same way.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def _forget() -> None:
         (NOTED / str(os.getpid())).unlink(missing_ok=True)
 
 
-def mark_killed(run_pid: int) -> list[str]:
+def mark_killed(run_pid: int, why: str = "") -> list[str]:
     """Mark what the killed run `run_pid` noted and left unfinished: its Prefect flow runs (a
     subflow first) and their task runs Crashed, its MLflow run and nested runs KILLED; the ids."""
     path = NOTED / str(run_pid)
@@ -83,7 +85,7 @@ def mark_killed(run_pid: int) -> list[str]:
         rows = [line.split(" ", 2) for line in path.read_text().splitlines() if line]
     except FileNotFoundError:
         return []  # the run exited by itself, or started no flow
-    why = f"transferline run (pid {run_pid}) was killed; transferline.runguard ended the processes it started"
+    why = why or f"transferline run (pid {run_pid}) was killed; transferline.runguard ended the processes it started"
     done = []
     for kind, run_id, where in reversed(rows):
         with contextlib.suppress(Exception):  # a server gone too: nothing left to tell (no console here)
@@ -92,13 +94,38 @@ def mark_killed(run_pid: int) -> list[str]:
     return done
 
 
-def _crash_flow_run(flow_run_id: str, api_url: str, why: str) -> list[str]:
-    os.environ["PREFECT_API_URL"] = api_url  # the run's server, before Prefect reads its settings
-    from prefect.client.orchestration import get_client
+def sweep(own_pid: int) -> list[str]:
+    """Mark the runs noted by guarded runs that are gone along with their watchers (a run whose
+    watcher lives is that watcher's to mark); the ids. A pid in use again is left for later."""
+    try:
+        stale = [int(p.name) for p in NOTED.iterdir() if p.name.isdigit() and int(p.name) != own_pid]
+    except FileNotFoundError:
+        return []
+    done = []
+    for pid in stale:
+        if not _alive(pid):
+            done += mark_killed(pid, f"transferline run (pid {pid}) ended without reporting (its guard too: a "
+                                     "restart, or both killed); found when the next run started")
+    return done
+
+
+def _crash_flow_run(flow_run_id: str, noted_api: str, why: str) -> list[str]:
+    # The noted server, then this process's: a local server started again after a restart
+    # listens on another port, with the same database.
+    for api_url in dict.fromkeys(filter(None, [noted_api, os.environ.get("PREFECT_API_URL")])):
+        with contextlib.suppress(Exception):
+            return _crash_flow_run_on(flow_run_id, api_url, why)
+    return []
+
+
+def _crash_flow_run_on(flow_run_id: str, api_url: str, why: str) -> list[str]:
+    from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY
     from prefect.states import Crashed
 
-    with get_client(sync_client=True) as client:
+    with SyncPrefectClient(api_url, auth_string=PREFECT_API_AUTH_STRING.value(),
+                           api_key=PREFECT_API_KEY.value()) as client:
         if client.read_flow_run(flow_run_id).state.is_final():
             return []
         for task_run in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))):
@@ -147,9 +174,11 @@ def _alive(pid: int) -> bool:
 
 
 def watch(run_pid: int) -> None:
-    """Wait for `run_pid` to end, then end what it left behind and mark its runs killed."""
+    """Wait for `run_pid` to end, then end what it left behind and mark its runs killed;
+    meanwhile mark what earlier runs left unmarked."""
     import time
 
+    sweep(run_pid)
     while _alive(run_pid):
         time.sleep(POLL_S)
     _end_marked(run_pid)
