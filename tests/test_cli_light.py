@@ -170,6 +170,21 @@ def test_history_table_in_a_narrow_terminal_keeps_each_moves_time_and_action(reg
     assert cells[0][1].strip() == move["action"] and "…" not in done.stdout, done.stdout
     assert max(len(line) for line in done.stdout.splitlines()) <= 80, done.stdout
 
+
+def test_history_in_a_very_narrow_terminal_is_a_block_per_move(registry_project):
+    """60 columns (below NARROW): a seven-column table would fold every word; each move is a block of lines."""
+    from transferline.cli.registry import NARROW
+
+    assert NARROW > 60
+    done = cli(["history"], registry_project, columns=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    move = json.loads(cli(["history", "--json"], registry_project).stdout)["moves"][0]
+    when = move["at"].replace("T", " ").removesuffix("+00:00")
+    lines = done.stdout.splitlines()
+    assert f"{when} UTC  {move['action']}  - -> {move['to']}  by {move['by']}" in lines, done.stdout
+    assert f"  {move['reason']}" in lines and "┃" not in done.stdout, done.stdout
+    assert max(len(line) for line in lines) <= 60, done.stdout
+
 READS = ("status", "history", "lineage")
 
 

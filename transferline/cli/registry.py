@@ -17,6 +17,7 @@ from rich.table import Table
 from transferline.cli.common import console, params_or_exit, tracking_or_exit
 from transferline.env import apply_env_defaults
 
+NARROW = 80  # `history` prints a table from this many columns, a block per move below it
 
 def _registry_call(fn, *args):
     """Run a registry action; its known errors become one red line and exit 1."""
@@ -136,17 +137,28 @@ def history(
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2) + "\n")
         return
-    table = Table(title=f"{info['model']}: champion is version {info['champion'] or 'none'}")
-    # In a narrow terminal the reason wraps; a move's time and action are never cut to "first_champ…"
-    for header in ("when (UTC)", "action", "from", "to", "accuracy (new/old)", "reason", "by"):
-        table.add_column(header, overflow="fold", min_width=10 if header == "when (UTC)" else None,
-                         no_wrap=header in ("action", "from", "to"))
+    title = f"{info['model']}: champion is version {info['champion'] or 'none'}"
+    rows = []
     for m in info["moves"]:
         new, old = m.get("challenger") or {}, m.get("champion") or {}
         acc = f"{new.get('accuracy', '-')} / {old.get('accuracy', '-')}" if new else "-"
         when = m["at"].replace("T", " ").removesuffix("+00:00")  # the header says UTC; a space lets it wrap
-        table.add_row(when, m["action"], str(m["from"] or "-"), m["to"], acc, m["reason"], m["by"])
-    Console().print(table)
+        rows.append((when, m["action"], str(m["from"] or "-"), m["to"], acc, m["reason"], m["by"]))
+    console = Console()
+    if console.width < NARROW:  # seven columns would fold every word: one block per move instead
+        console.print(title, highlight=False)
+        for when, action, from_, to, acc, reason, by in rows:
+            console.print(f"\n{when} UTC  {action}  {from_} -> {to}  by {by}\n  accuracy (new/old): {acc}\n  {reason}",
+                          highlight=False, markup=False)
+        return
+    table = Table(title=title)
+    # Down to NARROW columns the reason wraps; a move's time and action are never cut to "first_champ…"
+    for header in ("when (UTC)", "action", "from", "to", "accuracy (new/old)", "reason", "by"):
+        table.add_column(header, overflow="fold", min_width=10 if header == "when (UTC)" else None,
+                         no_wrap=header in ("action", "from", "to"))
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
 
 
 def lineage(
