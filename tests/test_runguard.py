@@ -35,6 +35,19 @@ def alive(pid: int) -> bool:
         return False
 
 
+def guard_of(run_pid: int) -> int:
+    """The pid of the watcher that runguard.start() started for `run_pid`."""
+    needle = f"transferline.runguard\0{run_pid}\0".encode()
+    for proc in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{proc}/cmdline", "rb") as f:
+                if proc.isdigit() and needle in f.read():
+                    return int(proc)
+        except OSError:
+            continue
+    raise AssertionError(f"no runguard watcher for pid {run_pid}")
+
+
 def test_sigkill_of_the_run_ends_every_process_it_started():
     run = subprocess.Popen([sys.executable, "-c", RUN], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     child, grandchild = map(int, run.stdout.readline().split())
@@ -46,6 +59,25 @@ def test_sigkill_of_the_run_ends_every_process_it_started():
         time.sleep(0.1)
     assert not alive(child) and not alive(grandchild), "orphans left running"
     assert time.perf_counter() - t0 < 10  # the guard polls every 0.5 s, then SIGTERM
+
+
+
+def test_what_a_run_killed_with_its_guard_left_running_is_ended_by_the_next_run():
+    run = subprocess.Popen([sys.executable, "-c", RUN], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    child, grandchild = map(int, run.stdout.readline().split())
+    os.kill(guard_of(run.pid), signal.SIGKILL)  # as a restart's shutdown, or the OOM killer taking both, would
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    time.sleep(2 * runguard.POLL_S)
+    assert alive(child) and alive(grandchild)  # nothing is left to end them
+    later = subprocess.Popen([sys.executable, "-c", RUN], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        later_child, _ = map(int, later.stdout.readline().split())  # its runguard.start() has returned
+        assert not alive(child) and not alive(grandchild), "the next run started beside the orphans"
+        assert alive(later_child)
+    finally:
+        later.kill()
+        later.wait()
 
 
 # stands for a guarded run's flow: notes its Prefect flow run and its MLflow run (as flows/pipeline.py
@@ -127,19 +159,6 @@ def test_a_run_that_ends_by_itself_keeps_its_states_and_leaves_no_note(tmp_path,
     time.sleep(2 * runguard.POLL_S + 1)  # the guard has seen the run end, and has nothing to mark
     assert states(tmp_path, prefect_api, flow_run_id) == ("COMPLETED", ["COMPLETED"],
                                                           [("pipeline", "FINISHED"), ("stage", "FINISHED")])
-
-
-def guard_of(run_pid: int) -> int:
-    """The pid of the watcher that runguard.start() started for `run_pid`."""
-    needle = f"transferline.runguard\0{run_pid}\0".encode()
-    for proc in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{proc}/cmdline", "rb") as f:
-                if proc.isdigit() and needle in f.read():
-                    return int(proc)
-        except OSError:
-            continue
-    raise AssertionError(f"no runguard watcher for pid {run_pid}")
 
 
 @pytest.mark.slow

@@ -17,8 +17,9 @@ guarded run starts name their runs (`note_flow_run`, `note_mlflow_run`), a
 normal exit forgets them, and after a kill the watcher marks those still
 running through each one's client: the flow runs and their task runs
 Crashed, the MLflow runs KILLED. Where the watcher died with its run (a
-reboot, the OOM killer taking both) the notes outlive them: the next guarded
-run's watcher finds them (`sweep`) and marks those runs the same way.
+reboot, the OOM killer taking both), the next guarded run does its work: it
+ends what still carries a dead run's mark before it starts (`end_orphans`),
+and its watcher marks the runs that dead runs' notes name (`sweep`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def start() -> subprocess.Popen | None:
     """Mark this process's descendants and watch it; None where /proc is missing."""
     if not Path("/proc/self/environ").exists():
         return None
+    end_orphans(os.getpid())  # before this run's DVC could meet theirs at DVC's lock
     os.environ[MARK] = str(os.getpid())
     atexit.register(_forget)  # a run that exits (even with an error) has ended its runs itself
     return subprocess.Popen([sys.executable, "-m", "transferline.runguard", str(os.getpid())],
@@ -150,17 +152,33 @@ def _kill_mlflow_run(run_id: str, tracking_uri: str) -> list[str]:
 
 def marked(run_pid: int) -> list[int]:
     """Ids of the live processes that carry `run_pid`'s mark (the run itself excluded)."""
-    needle = f"{MARK}={run_pid}".encode() + b"\0"
-    found = []
+    return [pid for pid in _marks().get(run_pid, []) if pid != run_pid]
+
+
+def _marks() -> dict[int, list[int]]:
+    """{run pid: the live processes that carry its mark}, this process excluded."""
+    prefix = f"{MARK}=".encode()
+    found: dict[int, list[int]] = {}
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) in (run_pid, os.getpid()):
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
-            if needle in (proc / "environ").read_bytes() + b"\0":
-                found.append(int(proc.name))
+            environ = (proc / "environ").read_bytes().split(b"\0")
         except OSError:  # gone, or another user's
             continue
+        for entry in environ:
+            if entry.startswith(prefix) and entry[len(prefix):].isdigit():
+                found.setdefault(int(entry[len(prefix):]), []).append(int(proc.name))
     return found
+
+
+def end_orphans(own_pid: int) -> list[int]:
+    """End what runs gone along with their guards left running (their DVC processes and stages:
+    a guard killed too cannot end them); the runs' pids. Milliseconds when there are none."""
+    gone = [run_pid for run_pid in _marks() if run_pid != own_pid and not _alive(run_pid)]
+    for run_pid in gone:
+        _end_marked(run_pid)
+    return gone
 
 
 def _alive(pid: int) -> bool:
