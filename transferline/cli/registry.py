@@ -19,6 +19,7 @@ from transferline.env import apply_env_defaults
 
 NARROW = 80  # `history` prints a table from this many columns, a block per move below it
 
+
 def _registry_call(fn, *args):
     """Run a registry action; its known errors become one red line and exit 1."""
     import logging
