@@ -61,7 +61,6 @@ def test_sigkill_of_the_run_ends_every_process_it_started():
     assert time.perf_counter() - t0 < 10  # the guard polls every 0.5 s, then SIGTERM
 
 
-
 def test_what_a_run_killed_with_its_guard_left_running_is_ended_by_the_next_run():
     run = subprocess.Popen([sys.executable, "-c", RUN], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     child, grandchild = map(int, run.stdout.readline().split())
