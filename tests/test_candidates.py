@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from transferline.candidates import NO_GAIN, choose, folder_name, shortlist
+from transferline.candidates import NO_GAIN, NO_GAIN_AT_CEILING, choose, folder_name, shortlist
 from transferline.transferability import logme
 
 
@@ -25,6 +25,10 @@ def test_scratch_wins_unless_beaten():
     noise = choose([_row("scratch", 0.080, 2.45), _row("pretrain", 0.085, 2.55)], min_gain=0.01)
     assert noise["winner"] == "scratch" and noise["verdict"].startswith(NO_GAIN) and "+0.0050" in noise["verdict"]
     assert choose([_row("scratch", 0.80), _row("pretrain", 0.81)], min_gain=0.01)["winner"] == "pretrain"
+    # scratch at 1.0 on validation: nothing was left to gain, so the run does not blame the source
+    ceiling = choose([_row("scratch", 1.0, 0.003), _row("pretrain", 1.0, 0.002)], min_gain=0.01)
+    assert ceiling["winner"] == "scratch" and ceiling["verdict"].startswith(NO_GAIN_AT_CEILING)
+    assert "labels_per_class" in ceiling["verdict"]
     with pytest.raises(ValueError, match="scratch"):
         choose([_row("pretrain", 0.9)])
 
