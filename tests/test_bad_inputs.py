@@ -133,6 +133,14 @@ def _few_images(t):
     write_params(t, folder_params())
 
 
+def _budget_too_large(t):
+    image_folder(t, {"cat": 40, "dog": 30})  # 27 dog images outside a 10 % test set
+    write_params(t, folder_params())
+    raw = yaml.safe_load((t / "params.yaml").read_text())
+    raw["split"]["image"]["labels_per_class"] = 25  # + 5 validation images = 30
+    write_params(t, raw)
+
+
 def _not_an_image(t):
     folder = image_folder(t, {"cat": 12, "dog": 12})
     (folder / "dog/notes.png").write_text("not a picture")
@@ -238,6 +246,15 @@ def _text_model_folder(t):
     write_params(t, raw)
 
 
+def _text_rows_and_budget(t):
+    """What validate finds, found before anything runs: a row without a label and a validation
+    set larger than the smallest class."""
+    _text("r.csv", csv_rows() + "a review nobody labelled,\n")(t)
+    raw = yaml.safe_load((t / "params.yaml").read_text())
+    raw["split"]["text"] = {**raw["split"].get("text", {}), "val_per_class": 40}
+    write_params(t, raw)
+
+
 def _bad_db(t):
     (t / ".transferline/mlflow.db").write_bytes(b"this is not a database" * 100)
 
@@ -267,6 +284,8 @@ CASES = [
     ("folder: no class sub-folders", _no_classes, RUN, 2, ["no class sub-folders"]),
     ("folder: one class", _one_class, RUN, 2, ["1 class sub-folder", "at least 2"]),
     ("folder: too few images", _few_images, RUN, 2, ["dog (3)", "validate.image.min_per_class"]),
+    ("folder: label budget over the smallest class", _budget_too_large, RUN, 2,
+     ["= 30, but the smallest class has only 27 images", "lower split.image.labels_per_class to 22"]),
     ("folder: not an image", lambda t: (_not_an_image(t), write_params(t, folder_params())), RUN, 2,
      ["dog/notes.png", "not an image"]),
     ("folder: decompression bomb", _bomb, RUN, 2, ["dog/huge.png", "too large", "ingest.image.max_pixels"]),
@@ -291,7 +310,10 @@ CASES = [
     ("text: header only", _text("r.csv", "text,label\n"), RUN, 2, ["r.csv", "no data rows"]),
     ("text: unknown extension", _text("r.txt", "x"), RUN, 2, ["r.txt", ".csv, .jsonl or .parquet"]),
     ("text: no label column", _text("r.csv", csv_rows(), label_column="sentiment"), RUN, 2,
-     ["no column 'sentiment'", "ingest.text.label_column"]),
+     ["no column 'sentiment'", "ingest.text.label_column", "--set ingest.text.label_column=COLUMN"]),
+    ("text: neither column", _text("r.csv", csv_rows(), text_column="review", label_column="sentiment"), RUN, 2,
+     ["no column 'review' (ingest.text.text_column), no column 'sentiment' (ingest.text.label_column)",
+      "--set ingest.text.text_column=COLUMN --set ingest.text.label_column=COLUMN"]),
     ("text: not UTF-8", _text("r.csv", _latin1_line_3()), RUN, 2, ["r.csv: line 3 not UTF-8", "iconv"]),
     ("text: bad JSONL line", _text("r.jsonl", _jsonl(['{"text": "oops", "label": ']), label_column="label"), RUN, 2,
      ["r.jsonl", "line 4 is not valid JSON"]),
@@ -299,6 +321,9 @@ CASES = [
     ("text: labels all empty", _text("r.csv", "text,label\n" + "".join(f"t{i},\n" for i in range(20))), RUN, 2,
      ["label column 'label'", "empty in every row"]),
     ("text: one class", _text("r.csv", csv_rows(classes=("pos",))), RUN, 2, ["holds one class ('pos')"]),
+    ("text: validate's problems, all before a stage", _text_rows_and_budget, RUN, 2,
+     ["2 problem(s)", "r.csv: 1 row(s) without a label: row 25", "split.text.val_per_class (40)",
+      "lower it: 1 (a fifth)"]),
     ("text: model folder with a pickle", _text_model_folder, RUN, 2,
      ["finetune.text.candidates", "model.safetensors", "pytorch_model.bin is a pickle", "tokenizer.json"]),
     # servers and registry commands

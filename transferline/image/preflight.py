@@ -8,15 +8,17 @@ import warnings
 from pathlib import Path
 
 from transferline.config import Params
-from transferline.config.image import BUILT_STARTS
+from transferline.config.image import BUILT_STARTS, SplitParams
 from transferline.errors import StageError
 from transferline.image import data
+from transferline.image.validate import budget_problem
 
 SHOWN = 10  # problems of one kind listed before "and N more"
 
 
-def folder_problems(folder: Path, max_pixels: int, min_per_class: int) -> list[str]:
-    """A class sub-folder per class, enough readable images in each, no loops or bad names."""
+def folder_problems(folder: Path, max_pixels: int, min_per_class: int, split: SplitParams) -> list[str]:
+    """A class sub-folder per class, enough readable images in each (for the minimum and for the
+    split's label budget), no loops or bad names."""
     from PIL import Image
 
     try:
@@ -54,6 +56,8 @@ def folder_problems(folder: Path, max_pixels: int, min_per_class: int) -> list[s
     if small:
         problems.append(f"ingest.image.folder: classes with fewer than validate.image.min_per_class="
                         f"{min_per_class} readable images: {', '.join(small)}; add images or lower the minimum")
+    elif len(classes) >= 2 and (budget := budget_problem(min(counts), split)):
+        problems.append(budget)
     return problems
 
 
@@ -75,7 +79,7 @@ def check(params: Params) -> list[str]:
     v = params.image
     problems = []
     if v.ingest.target == "folder":
-        problems += folder_problems(Path(v.ingest.folder), v.ingest.max_pixels, v.validate_.min_per_class)
+        problems += folder_problems(Path(v.ingest.folder), v.ingest.max_pixels, v.validate_.min_per_class, v.split)
     for candidate in v.finetune.candidates:
         if candidate not in BUILT_STARTS:  # a weights file the user named
             problems += weights_problems(Path(candidate))

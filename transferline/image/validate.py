@@ -10,6 +10,7 @@ import logging
 import numpy as np
 
 from transferline.config import Params
+from transferline.config.image import SplitParams
 from transferline.errors import StageError
 from transferline.image.data import assign_target, image_hashes
 from transferline.io import load_arrays, read_json, write_json
@@ -21,6 +22,19 @@ log = logging.getLogger(__name__)
 def class_counts(y: np.ndarray, n_classes: int) -> np.ndarray:
     """Images per class, ignoring labels outside 0..n_classes-1 (reported apart)."""
     return np.bincount(y[(y >= 0) & (y < n_classes)], minlength=max(n_classes, 1))
+
+
+def budget_problem(smallest_class: int, cfg: SplitParams) -> str | None:
+    """Why the label budget and the validation images per class do not fit in the smallest class
+    outside the test set, with the value that would (validate, and pre-flight before any stage)."""
+    available = int(smallest_class * (1 - cfg.test_fraction))
+    wanted = cfg.labels_per_class + cfg.val_per_class
+    if wanted <= available:
+        return None
+    fix = (f"lower split.image.labels_per_class to {available - cfg.val_per_class}" if available > cfg.val_per_class
+           else f"lower split.image.labels_per_class and split.image.val_per_class (to {max(available // 5, 1)}, say)")
+    return (f"split.image.labels_per_class ({cfg.labels_per_class}) + split.image.val_per_class ({cfg.val_per_class}) "
+            f"= {wanted}, but the smallest class has only {available} images outside the test set; {fix}")
 
 
 def check_set(name: str, x: np.ndarray, y: np.ndarray, classes: list[str], params: Params) -> list[str]:
@@ -70,12 +84,8 @@ def run(params: Params, paths: Paths) -> dict:
         problems.append(f"target: {conflicting} image(s) appear with different labels; fix their labels")
 
     counts = class_counts(tgt["y"], len(classes))
-    available = int(counts.min() * (1 - v.split.test_fraction))
-    wanted = v.split.labels_per_class + v.split.val_per_class
-    if wanted > available:
-        problems.append(f"split.image.labels_per_class ({v.split.labels_per_class}) + split.image.val_per_class "
-                        f"({v.split.val_per_class}) = {wanted}, but the smallest class has only "
-                        f"{available} images outside the test set; lower split.image.labels_per_class")
+    if budget := budget_problem(int(counts.min()), v.split):
+        problems.append(budget)
 
     leaked = 0
     if not problems:

@@ -135,9 +135,13 @@ def read_user_file(path: Path, text_column: str, label_column: str, split_column
         raise TextDataError(f"{path}: cannot be read as {fmt}: {err}") from None
     if df.empty:
         raise TextDataError(f"ingest.text.file: {path} has no data rows")
-    for key, col in (("text_column", text_column), ("label_column", label_column), ("split_column", split_column)):
-        if col and col not in df.columns:
-            raise TextDataError(f"{path}: no column {col!r} (ingest.text.{key}); columns are {list(df.columns)}")
+    missing = [(key, col) for key, col in (("text_column", text_column), ("label_column", label_column),
+                                           ("split_column", split_column)) if col and col not in df.columns]
+    if missing:  # every wrong name at once, and the command that renames them
+        named = ", ".join(f"no column {col!r} (ingest.text.{key})" for key, col in missing)
+        fix = " ".join(f"--set ingest.text.{key}=COLUMN" for key, _ in missing)
+        raise TextDataError(f"{path}: {named}; its columns are {list(df.columns)}: name yours with "
+                            f"`transferline run {fix}`")
     rows = []
     for i, rec in enumerate(df.to_dict("records"), start=1):
         label = _clean(rec[label_column])
@@ -252,7 +256,7 @@ def check_rows(rows: list[dict], origin: str, classes: list[str], split_rows: li
     small = [f"{c} ({n})" for c, n in counts.items() if n < cfg.min_per_class]
     if small:
         problems.append(f"{origin}: classes with fewer than validate.text.min_per_class={cfg.min_per_class} texts: "
-                        f"{', '.join(small)}")
+                        f"{', '.join(small)}; add texts or lower the minimum")
 
     # The same text on both sides of a user-given split leaks the answer.
     leaked: list[int] = []
@@ -278,11 +282,12 @@ def check_rows(rows: list[dict], origin: str, classes: list[str], split_rows: li
     for k, r in zip(keys, labelled):
         labels_of.setdefault(k, set()).add(r["label"])
     conflicting = sum(len(v) > 1 for v in labels_of.values())
-    if counts and not problems:
+    if len(classes) >= 2 and counts:
         available = int(min(counts.values()) * (1 - test_fraction))
         if val_per_class + 1 > available:
             problems.append(f"split.text.val_per_class ({val_per_class}) leaves no training text in the smallest "
-                            f"class ({available} outside the test set); lower split.text.val_per_class")
+                            f"class ({available} outside the test set); lower it: {max(available // 5, 1)} "
+                            "(a fifth) leaves the rest to train")
     report = {
         "ok": not problems,
         "problems": problems,

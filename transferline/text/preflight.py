@@ -26,7 +26,7 @@ def _undecodable_lines(path: Path) -> list[int]:
 
 
 def file_problems(params: Params) -> list[str]:
-    """The file exists, decodes, parses, has the named columns and at least two classes with enough rows."""
+    """The file exists, decodes, parses, has the named columns and two classes, and passes validate."""
     cfg, v = params.text.ingest, params.text
     path = Path(cfg.file)
     try:
@@ -44,15 +44,15 @@ def file_problems(params: Params) -> list[str]:
     column = f"{path}: label column {cfg.label_column!r} (ingest.text.label_column)"
     if not labels:
         problems.append(f"{column} is empty in every row; fill it in or name the right column")
-        return problems
-    classes = sorted(set(labels))
-    if len(classes) < 2:
+    elif len(classes := sorted(set(labels))) < 2:
         problems.append(f"{column} holds one class ({classes[0]!r}); a classifier needs at least 2")
-    small = [f"{c} ({labels.count(c)})" for c in classes if labels.count(c) < v.validate_.min_per_class]
-    if small and len(classes) >= 2:
-        problems.append(f"{column}: classes with fewer than validate.text.min_per_class={v.validate_.min_per_class} "
-                        f"rows: {', '.join(small[:SHOWN])}; add rows or lower the minimum")
-    return problems
+    if problems:
+        return problems
+    # The file reads: validate's own checks on the rows ingest would write (missing labels, class
+    # sizes, leaks, the split's budget), so every problem is listed now, not one per stage run.
+    s = v.split
+    return td.check_rows(rows, str(path), classes, None, v.validate_, s.labels_per_class, s.val_per_class,
+                         s.test_fraction, params.seed)[0]
 
 
 def folder_problems(key: str, spec: str, needs: tuple[str, ...]) -> list[str]:
