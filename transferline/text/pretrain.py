@@ -24,8 +24,6 @@ from transferline.io import write_json
 from transferline.paths import Paths
 from transferline.runtime import resolve_device, seed_everything, set_threads
 from transferline.text import data as td
-from transferline.text import models as tm
-from transferline.text.objectives import load_pretrained_mlm, new_mlm, pretrain_mlm
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +32,9 @@ NOT_PRETRAINED = "none"  # the meta "objective" of the marker written when pretr
 
 def _start(params: Params, meta: dict) -> torch.nn.Module:
     """The masked-LM to train: pretrain.text.continue_from's weights, or a seeded random small BERT."""
+    from transferline.text import models as tm
+    from transferline.text.objectives import load_pretrained_mlm, new_mlm
+
     cfg = params.text.pretrain
     if cfg.continue_from == "none":
         config = tm.encoder_config(meta["vocab_size"], meta["max_length"], cfg, meta["special_ids"]["[PAD]"])
@@ -58,6 +59,10 @@ def run(params: Params, paths: Paths) -> list[dict]:
             write_json(paths.history("pretrain"), [])
         log.info("pretrain.text.steps is 0: no masked-LM pretraining")
         return []
+    # transformers, only now: with steps 0 (the default) the stage ends in about a second
+    from transferline.text import models as tm
+    from transferline.text.objectives import pretrain_mlm
+
     meta = read_meta(paths.cache("source"))  # not meta.json: see preprocess
     set_threads(cfg.threads)
     seed_everything(params.seed)
