@@ -159,8 +159,10 @@ def test_registry_reads_import_no_mlflow_torch_or_prefect(registry_project, comm
 
 
 def test_history_table_in_a_narrow_terminal_keeps_each_moves_time_and_action(registry_project):
-    """80 columns: the reason wraps; the time and the action are whole, never cut with an ellipsis."""
-    done = cli(["history"], registry_project, columns=80)
+    """NARROW columns: the reason wraps; the time and the action are whole, never cut with an ellipsis."""
+    from transferline.cli.registry import NARROW
+
+    done = cli(["history"], registry_project, columns=NARROW)
     assert done.returncode == 0, done.stderr[-3000:]
     move = json.loads(cli(["history", "--json"], registry_project).stdout)["moves"][0]
     day, time_of_day = move["at"].removesuffix("+00:00").split("T")
@@ -168,22 +170,24 @@ def test_history_table_in_a_narrow_terminal_keeps_each_moves_time_and_action(reg
     when = " ".join(c[0].strip() for c in cells if c[0].strip())
     assert when == f"{day} {time_of_day}", done.stdout
     assert cells[0][1].strip() == move["action"] and "…" not in done.stdout, done.stdout
-    assert max(len(line) for line in done.stdout.splitlines()) <= 80, done.stdout
+    assert max(len(line) for line in done.stdout.splitlines()) <= NARROW, done.stdout
 
 
-def test_history_in_a_very_narrow_terminal_is_a_block_per_move(registry_project):
-    """60 columns (below NARROW): a seven-column table would fold every word; each move is a block of lines."""
+@pytest.mark.parametrize("columns", [60, 80])
+def test_history_in_a_narrow_terminal_is_a_block_per_move(registry_project, columns):
+    """Below NARROW (a default 80-column terminal too): a seven-column table would fold every
+    word; each move is a block of whole lines."""
     from transferline.cli.registry import NARROW
 
-    assert NARROW > 60
-    done = cli(["history"], registry_project, columns=60)
+    assert NARROW > columns
+    done = cli(["history"], registry_project, columns=columns)
     assert done.returncode == 0, done.stderr[-3000:]
     move = json.loads(cli(["history", "--json"], registry_project).stdout)["moves"][0]
     when = move["at"].replace("T", " ").removesuffix("+00:00")
     lines = done.stdout.splitlines()
     assert f"{when} UTC  {move['action']}  - -> {move['to']}  by {move['by']}" in lines, done.stdout
     assert f"  {move['reason']}" in lines and "┃" not in done.stdout, done.stdout
-    assert max(len(line) for line in lines) <= 60, done.stdout
+    assert max(len(line) for line in lines) <= columns, done.stdout
 
 READS = ("status", "history", "lineage")
 

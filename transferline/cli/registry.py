@@ -17,7 +17,7 @@ from rich.table import Table
 from transferline.cli.common import console, params_or_exit, tracking_or_exit
 from transferline.env import apply_env_defaults
 
-NARROW = 80  # `history` prints a table from this many columns, a block per move below it
+NARROW = 110  # `history` prints a table from this many columns, a block per move below it (at 80 the reason took 7 lines)
 
 
 def _registry_call(fn, *args):
