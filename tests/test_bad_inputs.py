@@ -86,6 +86,10 @@ def csv_rows(n_per_class: int = 12, classes: tuple[str, ...] = ("pos", "neg")) -
 
 # --- the cases: (id, set-up, command, exit code, words the message must hold) ---
 
+def _not_a_project(t):
+    (t / "dvc.yaml").unlink()  # a folder that is no project (the user's data folder, say)
+
+
 def _lr_inf(t):
     write_params(t, tiny_raw_params(finetune={"lr": float("inf")}))
 
@@ -272,6 +276,8 @@ def _no_remote(t):
 RUN = ["run"]
 CASES = [
     # params
+    ("not a project", _not_a_project, RUN, 2, ["no dvc.yaml here", "transferline init DIR --image-folder"]),
+    ("not a project, --set", _not_a_project, [*RUN, "--set", "finetune.lr=0.1"], 2, ["no dvc.yaml here", "init"]),
     ("params: finetune.lr .inf", _lr_inf, RUN, 2, ["finetune.image.lr", "finite"]),
     ("params: gate min NaN", _gate_nan, RUN, 2, ["promote.metrics.accuracy.min", "finite"]),
     ("params: duplicate key", _duplicate_key, RUN, 2, ["duplicate key 'seed'", "lines"]),

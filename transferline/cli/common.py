@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from transferline.config import Params
 
 console = Console(stderr=True)
+NOT_A_PROJECT = ("no dvc.yaml here; run transferline from the project root, or make a project for your data "
+                 "with `transferline init DIR --image-folder PATH` (or --text-file)")
 
 
 def params_or_exit(path: Path | None = None) -> Params:
@@ -27,7 +29,7 @@ def params_or_exit(path: Path | None = None) -> Params:
     from transferline.config import ParamsError, load_params
 
     if not Path("dvc.yaml").is_file():
-        console.print("[red]error:[/] no dvc.yaml here; run transferline from the project root")
+        console.print(f"[red]error:[/] {NOT_A_PROJECT}")
         raise typer.Exit(2)
     try:
         return load_params(path) if path is not None else load_params()

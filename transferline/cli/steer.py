@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from transferline.cli.common import console
+from transferline.cli.common import NOT_A_PROJECT, console
 
 if TYPE_CHECKING:
     from transferline.config import Params
@@ -33,7 +33,7 @@ def validate_sets(items: list[str], path: Any = None) -> tuple[Params, dict, dic
     from transferline.config.edit import EditError, get_key, parse_sets, with_values
 
     if not Path("dvc.yaml").is_file():
-        _fail("no dvc.yaml here; run transferline from the project root")
+        _fail(NOT_A_PROJECT)
     path = path or PARAMS_FILE
     try:
         raw = read_raw(path)
