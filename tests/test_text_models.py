@@ -78,6 +78,14 @@ def test_strategies_and_bilstm(text_project):
     assert 0.0 <= hist[0]["val_acc"] <= 1.0 and hist[0]["train_loss"] < 1.0
 
 
+class ParityOfLength(torch.nn.Module):
+    """Class 0 for an even number of tokens, 1 for odd: every text's answer is known."""
+
+    def forward(self, input_ids, attention_mask):
+        odd = (attention_mask.sum(1) % 2).float()
+        return torch.stack([1 - odd, odd], 1)
+
+
 def test_finetune_and_evaluate_stage_report_transfer_gain(text_project):
     paths = text_project
     params = parse_params(tiny_text_raw(finetune={"starts": small_starts(epochs=3)}))
@@ -88,6 +96,24 @@ def test_finetune_and_evaluate_stage_report_transfer_gain(text_project):
         metrics["finetune"]["accuracy"] - metrics["scratch"]["accuracy"], abs=1e-4)
     assert read_json(paths.report("metrics")) == metrics
     assert (paths.plots / "confusion_matrix.png").stat().st_size > 5000
+
+    # the registered model (serving.py: raw strings, batched by length) predicts what evaluate scored
+    from transferline.io import write_json
+    from transferline.text import data as td
+    from transferline.text.serving import TextClassifier
+
+    prep = td.processed_meta(paths)
+    labels = write_json(paths.reports / "serving_labels.json", {k: prep[k] for k in ("classes", "max_length", "special_ids")})
+    served = TextClassifier().load(str(paths.weights("finetune")), str(td.tokenizer_file(paths)), str(labels))
+    texts = [r["text"] for r in td.read_jsonl(td.split_file(paths, "test"))]
+    _, predicted = evaluate.test_predictions(tm.load_classifier(paths.weights("finetune")), params, paths, prep)
+    served_labels = served.predict(None, texts)
+    agree = sum(a == prep["classes"][b] for a, b in zip(served_labels, predicted.tolist())) / len(texts)
+    assert len(served_labels) == len(texts) and agree >= 0.99, agree  # a float tie may differ
+    # in input order: a model whose answer is the parity of each text's token count
+    served.model = ParityOfLength()
+    tokens = [sum(e.attention_mask) for e in served.tokenizer.encode_batch(texts)]
+    assert served.predict(None, texts) == [prep["classes"][n % 2] for n in tokens]
 
 
 def test_minilm_lora_few_steps(tmp_path, text_project):
