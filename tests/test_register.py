@@ -123,3 +123,21 @@ def test_register_twice_keeps_first_champion_and_serves(env: Path) -> None:
     assert now["champion"]["version"] == "1"
     assert now["champion"]["metrics"]["test_accuracy"] == pytest.approx(0.8)
     assert now["last_run"]["run_id"] == second["run_id"]
+
+
+def test_card_says_how_many_labels_trained_where_the_data_held_fewer(tmp_path: Path) -> None:
+    """A text split takes what there is: a budget of 1500 over a 400-row file trained on 106 and
+    129; the card must not claim 1500."""
+    from transferline.card import _label_budget
+    from transferline.config.text import TextSplitParams
+    from transferline.io import write_json
+    from transferline.paths import Paths
+
+    paths = Paths().under(tmp_path)
+    split = TextSplitParams(labels_per_class=1500, val_per_class=29)
+    assert _label_budget(paths, split) == "1500 labelled examples per class for training"  # no report yet
+    write_json(paths.report("split"), {"target_train_per_class": {"negative": 106, "positive": 129}})
+    assert _label_budget(paths, split).startswith("106 to 129 labelled examples per class for training (all there")
+    assert "split.labels_per_class asks for 1500" in _label_budget(paths, split)
+    write_json(paths.report("split"), {"target_train_per_class": {"negative": 1500, "positive": 1500}})
+    assert _label_budget(paths, split) == "1500 labelled examples per class for training"

@@ -61,6 +61,18 @@ def _per_class(per_class: dict) -> tuple[list[str], list[str]]:
     return lines, weak
 
 
+def _label_budget(paths: Paths, split) -> str:
+    """The training labels per class: the budget, or what was used where a class held fewer (a
+    text split takes what there is; reports/split.json counts them)."""
+    report = paths.report("split")
+    used = sorted(read_json(report).get("target_train_per_class", {}).values()) if report.is_file() else []
+    if not used or used[0] >= split.labels_per_class:
+        return f"{split.labels_per_class} labelled examples per class for training"
+    span = str(used[0]) if used[0] == used[-1] else f"{used[0]} to {used[-1]}"
+    return (f"{span} labelled examples per class for training (all there were outside validation and test; "
+            f"split.labels_per_class asks for {split.labels_per_class})")
+
+
 def _starting_point(paths: Paths, finetune) -> str:
     report = paths.report("candidates")
     if not report.is_file():  # written by every finetune run; missing only if the stage never ran
@@ -100,7 +112,7 @@ def build(params: Params, paths: Paths, name: str, version: str, run_id: str, ha
         f"{n_classes or '?'} classes.",
         f"**Data**: {_data_origin(params)}. DVC hash of `{paths.raw}`: `{_hash(hashes, paths.raw)}`; "
         f"of `{paths.split}`: `{_hash(hashes, paths.split)}`.",
-        f"**Label budget**: {split.labels_per_class} labelled examples per class for training, "
+        f"**Label budget**: {_label_budget(paths, split)}, "
         f"{split.val_per_class} per class for validation; tested on {metrics.get('n_test', '?')} held-out examples.",
         f"**Starting point**: {_starting_point(paths, finetune)}, strategy `{finetune.strategy}`, "
         f"{train.epochs} epochs at lr {train.lr}.",
