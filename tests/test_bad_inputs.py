@@ -17,6 +17,7 @@ import os
 import shutil
 import sqlite3
 import struct
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,7 @@ def snapshot(folder: Path) -> dict[str, str]:
 def project(tmp: Path, raw: dict) -> Path:
     """A project folder: dvc.yaml, params.yaml, a DVC remote in .dvc/config, a checkpoint and a
     registry database that must survive every case."""
+    subprocess.run(["git", "init", "-q", str(tmp)], check=True)
     shutil.copy(ROOT / "dvc.yaml", tmp / "dvc.yaml")
     (tmp / ".dvc").mkdir()
     (tmp / ".dvc/config").write_text("[core]\n    remote = local\n['remote \"local\"']\n    url = ../.remote\n")
@@ -85,6 +87,10 @@ def csv_rows(n_per_class: int = 12, classes: tuple[str, ...] = ("pos", "neg")) -
 
 
 # --- the cases: (id, set-up, command, exit code, words the message must hold) ---
+
+def _no_git(t):
+    shutil.rmtree(t / ".git")  # a project copied without its .git: every dvc status would fail
+
 
 def _not_a_project(t):
     (t / "dvc.yaml").unlink()  # a folder that is no project (the user's data folder, say)
@@ -292,6 +298,9 @@ CASES = [
     ("folder: too few images", _few_images, RUN, 2, ["dog (3)", "validate.image.min_per_class"]),
     ("folder: label budget over the smallest class", _budget_too_large, RUN, 2,
      ["= 30, but the smallest class has only 27 images", "lower split.image.labels_per_class to 22"]),
+    ("--dry-run: what would stop the run", _budget_too_large, [*RUN, "--dry-run"], 2,
+     ["pre-flight found 1 problem(s)", "lower split.image.labels_per_class to 22"]),
+    ("not in a git repository", _no_git, RUN, 2, ["is not in a git repository, which DVC needs", "git init"]),
     ("folder: not an image", lambda t: (_not_an_image(t), write_params(t, folder_params())), RUN, 2,
      ["dog/notes.png", "not an image"]),
     ("folder: decompression bomb", _bomb, RUN, 2, ["dog/huge.png", "too large", "ingest.image.max_pixels"]),

@@ -98,6 +98,24 @@ def remote_problems(root: Path = Path(".")) -> list[str]:
     return []
 
 
+def scm_problems(root: Path = Path(".")) -> list[str]:
+    """DVC keeps its pipeline in a git work tree (unless core.no_scm): elsewhere every `dvc
+    status` fails, and the run did so inside Prefect with a task traceback."""
+    import subprocess
+
+    config = configparser.ConfigParser()
+    config.read([root / ".dvc" / "config", root / ".dvc" / "config.local"])
+    if config.getboolean("core", "no_scm", fallback=False):
+        return []
+    try:
+        inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=root, capture_output=True,
+                                text=True).stdout.strip() == "true"
+    except FileNotFoundError:
+        return ["git is not installed, and DVC needs it here; install git (or: dvc config core.no_scm true)"]
+    return [] if inside else [f"{root.resolve()} is not in a git repository, which DVC needs; make it one "
+                              "(git init && git add -A && git commit -m start) or run dvc config core.no_scm true"]
+
+
 def shared_problems(tracking: TrackingParams, push: bool, root: Path = Path(".")) -> list[str]:
-    """Every problem with the servers and stores a run needs."""
-    return tracking_problems(tracking) + (remote_problems(root) if push else [])
+    """Every problem with the repository, servers and stores a run needs."""
+    return scm_problems(root) + tracking_problems(tracking) + (remote_problems(root) if push else [])

@@ -64,8 +64,8 @@ def log_levels(
 
 
 def preflight_or_exit(params: Params, push: bool) -> None:
-    """Every problem the pre-flight finds (servers, remote, the modality's data and weights),
-    all at once, then exit 2: before Prefect starts or any stage runs."""
+    """Every problem the pre-flight finds (the repository, servers, remote, the modality's data
+    and weights), all at once, then exit 2: before Prefect starts or any stage runs."""
     import importlib
 
     from transferline.preflight import PreflightFailed, shared_problems

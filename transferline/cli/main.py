@@ -61,7 +61,8 @@ def run(
     """
     sets = ([f"modality={modality.value}"] if modality is not None else []) + list(set_ or [])
     cfg, new_raw, changes = steer.validate_sets(sets)  # params.yaml with the sets, validated; nothing written yet
-    if dry_run:
+    if dry_run:  # what would stop the run before it starts, else the plan
+        preflight_or_exit(cfg, push=push and until is None)
         info = steer.plan(changes, new_raw, until.value if until else None)
         print_json(info) if as_json else steer.print_plan(info)
         return
