@@ -59,6 +59,25 @@ def test_folder_ingest_reads_formats_and_reports_unreadable(tmp_path):
     assert len(bad) == 1 and bad[0].startswith("dog/broken.png")
 
 
+def test_large_jpegs_decode_at_a_reduced_scale_and_small_ones_exactly(tmp_path):
+    """A photo is decoded at 1/8 scale (load_folder: img.draft) and still matches the full decode
+    within a few grey levels; a small JPEG is decoded whole, so its pixels are unchanged."""
+    rng = np.random.default_rng(0)
+    for name, side in (("big", 1600), ("small", 64)):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            smooth = Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8))
+            smooth.resize((side * 4 // 3, side), Image.Resampling.BICUBIC).save(tmp_path / name / f"{i}.jpg", quality=90)
+    x, y, classes, bad = load_folder(tmp_path, 28, 1)
+    assert classes == ["big", "small"] and not bad
+    for img, label, file in zip(x, y, sorted(tmp_path.glob("*/*.jpg"))):
+        with Image.open(file) as full:
+            whole = np.asarray(full.convert("L").resize((28, 28), Image.Resampling.BILINEAR), np.int16)
+        diff = np.abs(img[0].astype(np.int16) - whole)
+        # big: not the full decode (so it was not decoded whole), yet close to it
+        assert (0 < diff.mean() <= 1 and diff.max() <= 8) if label == 0 else diff.max() == 0, (file, diff.mean())
+
+
 def test_validate_passes_real_slice(tiny_raw, tiny_params):
     report = validate.run(tiny_params, tiny_params.paths)
     assert report["ok"] and report["target"]["leaked_train_test"] == 0
