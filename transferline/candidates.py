@@ -69,12 +69,12 @@ def choose(rows: Sequence[Mapping], min_gain: float = 0.0) -> dict:
         best = base
     gain = round(best["val_acc"] - base["val_acc"], 5)
     decision = {"winner": best["candidate"], "val_gain_over_scratch": gain}
-    if best["candidate"] == SCRATCH:
+    if best["candidate"] == SCRATCH and base["val_acc"] >= 1.0:  # "does not help" would be untested
+        decision["verdict"] = (f"{NO_GAIN_AT_CEILING} {base['val_acc']:.4f} on validation (a smaller label "
+                               "budget, split.labels_per_class, would tell whether the source helps)")
+    elif best["candidate"] == SCRATCH:
         decision["verdict"] = NO_GAIN
-        if base["val_acc"] >= 1.0:  # the claim that the source does not help would be untested
-            decision["verdict"] = (f"{NO_GAIN_AT_CEILING} {base['val_acc']:.4f} on validation (a smaller label "
-                                   "budget, split.labels_per_class, would tell whether the source helps)")
-        elif lead > 0:
+        if lead > 0:
             decision["verdict"] += f" (the best start led by {lead:+.4f} on validation, under min_val_gain {min_gain})"
     else:
         decision["verdict"] = (f"{best['candidate']} won on validation: {best['val_acc']:.4f} vs scratch "

@@ -77,10 +77,15 @@ def redacted(uri: str) -> str:
     return uri.replace(f"{url.password}@", "***@") if url.password else uri
 
 
-def remote_problems(root: Path = Path(".")) -> list[str]:
-    """A default DVC remote is configured (the run pushes to it) and a local one can be written."""
+def _dvc_config(root: Path) -> configparser.ConfigParser:
+    """The project's DVC config, its local overrides read over it."""
     config = configparser.ConfigParser()
     config.read([root / ".dvc" / "config", root / ".dvc" / "config.local"])
+    return config
+
+
+def remote_problems(root: Path, config: configparser.ConfigParser) -> list[str]:
+    """A default DVC remote is configured (the run pushes to it) and a local one can be written."""
     name = config.get("core", "remote", fallback=None)
     fix = "add one (dvc remote add -d storage /path/or/s3://bucket) or run with --no-push"
     if name is None:
@@ -98,24 +103,20 @@ def remote_problems(root: Path = Path(".")) -> list[str]:
     return []
 
 
-def scm_problems(root: Path = Path(".")) -> list[str]:
+def scm_problems(root: Path, config: configparser.ConfigParser) -> list[str]:
     """DVC keeps its pipeline in a git work tree (unless core.no_scm): elsewhere every `dvc
-    status` fails, and the run did so inside Prefect with a task traceback."""
-    import subprocess
-
-    config = configparser.ConfigParser()
-    config.read([root / ".dvc" / "config", root / ".dvc" / "config.local"])
+    status` fails, and the run did so inside Prefect with a task traceback. A `.git` here or
+    above is enough to know (no git process on every run's start)."""
     if config.getboolean("core", "no_scm", fallback=False):
         return []
-    try:
-        inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=root, capture_output=True,
-                                text=True).stdout.strip() == "true"
-    except FileNotFoundError:
-        return ["git is not installed, and DVC needs it here; install git (or: dvc config core.no_scm true)"]
-    return [] if inside else [f"{root.resolve()} is not in a git repository, which DVC needs; make it one "
-                              "(git init && git add -A && git commit -m start) or run dvc config core.no_scm true"]
+    here = root.resolve()
+    if any((folder / ".git").exists() for folder in (here, *here.parents)):
+        return []
+    return [f"{here} is not in a git repository, which DVC needs; make it one "
+            "(git init && git add -A && git commit -m start) or run dvc config core.no_scm true"]
 
 
 def shared_problems(tracking: TrackingParams, push: bool, root: Path = Path(".")) -> list[str]:
     """Every problem with the repository, servers and stores a run needs."""
-    return scm_problems(root) + tracking_problems(tracking) + (remote_problems(root) if push else [])
+    config = _dvc_config(root)
+    return scm_problems(root, config) + tracking_problems(tracking) + (remote_problems(root, config) if push else [])
