@@ -59,6 +59,21 @@ def test_folder_ingest_reads_formats_and_reports_unreadable(tmp_path):
     assert len(bad) == 1 and bad[0].startswith("dog/broken.png")
 
 
+def test_folder_ingest_skips_what_operating_systems_leave(tmp_path):
+    """Thumbnail caches, folder settings and unzipped macOS resource forks are not images the
+    user meant: skipped like hidden files, never reported as unreadable or taken for a class."""
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        Image.new("L", (30, 30), 90).save(tmp_path / cls / "a.png")
+        (tmp_path / cls / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0 thumbnail cache")
+        (tmp_path / cls / "desktop.ini").write_text("[.ShellClassInfo]\n")
+        (tmp_path / cls / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (tmp_path / "__MACOSX" / "cat").mkdir(parents=True)
+    (tmp_path / "__MACOSX" / "cat" / "._a.png").write_bytes(b"\0\5\x16\7 resource fork")
+    x, y, classes, bad = load_folder(tmp_path, size=28, channels=1)
+    assert classes == ["cat", "dog"] and bad == [] and y.tolist() == [0, 1]
+
+
 def test_large_jpegs_decode_at_a_reduced_scale_and_small_ones_exactly(tmp_path):
     """A photo is decoded at 1/8 scale (load_folder: img.draft) and still matches the full decode
     within a few grey levels; a small JPEG is decoded whole, so its pixels are unchanged."""

@@ -107,7 +107,9 @@ def _bring_data(root: Path, modality: str, source: str, how: str, repo: str | No
         (root / folder).mkdir(parents=True, exist_ok=True)
     if how == "copy":
         if modality == "image":
-            shutil.copytree(source, root / dest, ignore=shutil.ignore_patterns(".*"))
+            from transferline.image.data import os_file
+
+            shutil.copytree(source, root / dest, ignore=lambda _, names: [n for n in names if os_file(n)])
         else:
             shutil.copy(source, root / dest)
         _run(root, *dvc, "add", "--quiet", str(folder))

@@ -53,6 +53,14 @@ def load_animal_mnist() -> tuple[np.ndarray, np.ndarray]:
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm")
+# What operating systems leave in a folder of photos, never the user's data: Windows' thumbnail
+# caches and folder settings, macOS's resource forks unzipped elsewhere (__MACOSX); hidden files too.
+OS_FILES = frozenset({"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini", "__macosx"})
+
+
+def os_file(name: str) -> bool:
+    """True for a hidden file or folder, or one an operating system made (OS_FILES): skipped, not data."""
+    return name.startswith(".") or name.lower() in OS_FILES
 
 
 def folder_files(folder: Path) -> tuple[list[str], list[list[Path]], list[str]]:
@@ -64,7 +72,7 @@ def folder_files(folder: Path) -> tuple[list[str], list[list[Path]], list[str]]:
     problems: list[str] = []
     classes, per_class = [], []
     for entry in sorted(folder.iterdir()):
-        if entry.name.startswith(".") or not _usable(entry, folder, problems) or not entry.is_dir():
+        if os_file(entry.name) or not _usable(entry, folder, problems) or not entry.is_dir():
             continue
         files: list[Path] = []
         top, seen = folder.resolve(), {entry.resolve()}
@@ -73,7 +81,7 @@ def folder_files(folder: Path) -> tuple[list[str], list[list[Path]], list[str]]:
             keep = []
             for d in sorted(dirs):
                 sub = here / d
-                if d.startswith(".") or not _usable(sub, folder, problems):
+                if os_file(d) or not _usable(sub, folder, problems):
                     continue
                 real = sub.resolve()
                 if real in seen or real == top or real in top.parents:
@@ -83,7 +91,7 @@ def folder_files(folder: Path) -> tuple[list[str], list[list[Path]], list[str]]:
                 keep.append(d)
             dirs[:] = keep
             files += [here / n for n in sorted(names)
-                      if not n.startswith(".") and _usable(here / n, folder, problems)]
+                      if not os_file(n) and _usable(here / n, folder, problems)]
         classes.append(entry.name)
         per_class.append(files)
     if not classes:
