@@ -323,7 +323,7 @@ CASES = [
     ("text: file missing", _text("r.csv", None), RUN, 2, ["ingest.text.file", "r.csv", "not found"]),
     ("text: empty file", _text("r.csv", b""), RUN, 2, ["r.csv", "is empty"]),
     ("text: header only", _text("r.csv", "text,label\n"), RUN, 2, ["r.csv", "no data rows"]),
-    ("text: unknown extension", _text("r.txt", "x"), RUN, 2, ["r.txt", ".csv, .jsonl or .parquet"]),
+    ("text: unknown extension", _text("r.txt", "x"), RUN, 2, ["r.txt", ".csv, .tsv, .jsonl or .parquet"]),
     ("text: no label column", _text("r.csv", csv_rows(), label_column="sentiment"), RUN, 2,
      ["no column 'sentiment'", "ingest.text.label_column", "--set ingest.text.label_column=COLUMN"]),
     ("text: neither column", _text("r.csv", csv_rows(), text_column="review", label_column="sentiment"), RUN, 2,

@@ -62,7 +62,7 @@ def test_init_refuses_bad_input_with_one_line_naming_the_path(tmp_path):
         ("new", "--image-folder", "missing"): "--image-folder missing: no such folder",
         ("new", "--image-folder", "flat"): "--image-folder flat: 0 class sub-folder(s)",
         ("new", "--text-file", "missing.csv"): "--text-file missing.csv: no such file",
-        ("new", "--text-file", "flat/a.png"): "not a .csv, .jsonl, .parquet file",
+        ("new", "--text-file", "flat/a.png"): "not a .csv, .tsv, .jsonl or .parquet file",
         ("new", "--image-folder", "flat", "--text-file", "x.csv"): "choose one data source",
     }
     for args, expected in cases.items():

@@ -52,6 +52,17 @@ def test_user_file_with_configured_columns_ingests_and_validates(tmp_path, fmt):
     assert len(corpus) == 32 and not corpus & test_texts  # the MLM corpus never holds a test text
 
 
+@pytest.mark.parametrize(("name", "sep", "encoding"), [("semicolon.csv", ";", "utf-8-sig"), ("tabs.tsv", "\t", "utf-8"),
+                                                   ("tabs.csv", "\t", "utf-8"), ("comma.csv", ",", "utf-8-sig")])
+def test_spreadsheet_exports_read_with_their_own_separator(tmp_path, name, sep, encoding):
+    """A spreadsheet set to a decimal-comma locale saves ';'-separated CSV (with a byte-order
+    mark), others save tabs: each reads as the same rows, commas inside the texts kept."""
+    rows = [{"text": f"{t}, honestly", "label": y} for t, y in REVIEWS]
+    pd.DataFrame(rows).to_csv(tmp_path / name, sep=sep, index=False, encoding=encoding)
+    read = td.read_user_file(tmp_path / name, "text", "label")
+    assert [(r["text"], r["label"]) for r in read] == [(r["text"], r["label"]) for r in rows]
+
+
 def test_wrong_column_name_is_named(tmp_path):
     path = tmp_path / "reviews.csv"
     write_user_file(path, "csv", [{"text": t, "label": y} for t, y in REVIEWS])

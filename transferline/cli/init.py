@@ -20,7 +20,6 @@ import typer
 
 from transferline.cli.common import console
 
-TEXT_SUFFIXES = (".csv", ".jsonl", ".parquet")
 GITIGNORE = "# transferline's local state: MLflow DB and artifacts, Prefect home, downloads\n.transferline/\n" \
             "__pycache__/\n.venv/\n"
 WEIGHTS_README = ("Put external pretrained weights here (safetensors, or a torch state dict) and set\n"
@@ -56,11 +55,19 @@ def _check_image_folder(folder: Path, option: str) -> None:
               f"sub-folder ({folder}/<class>/<image>), at least 2 classes")
 
 
+def _is_text_file(name: str) -> bool:
+    from transferline.text.data import FORMATS  # the suffixes ingest reads
+
+    return Path(name).suffix.lower() in FORMATS
+
+
 def _check_text_file(name: str, option: str, path: Path | None = None) -> None:
-    if not name.endswith(TEXT_SUFFIXES):
-        _fail(f"{option} {name}: not a {', '.join(TEXT_SUFFIXES)} file; convert it to one of those")
+    from transferline.text.data import KNOWN
+
+    if not _is_text_file(name):
+        _fail(f"{option} {name}: not a {KNOWN} file; convert it to one of those")
     if path is not None and not path.is_file():
-        _fail(f"{option} {path}: no such file; give a {'/'.join(TEXT_SUFFIXES)} file with a text and a label column")
+        _fail(f"{option} {path}: no such file; give a {KNOWN} file with a text and a label column")
 
 
 def _source(image_folder: str | None, text_file: str | None, from_dvc: str | None,
@@ -73,7 +80,7 @@ def _source(image_folder: str | None, text_file: str | None, from_dvc: str | Non
     if from_dvc:
         if not path:
             _fail(f"--from-dvc {from_dvc}: add --path PATH, the folder or file inside that DVC repository")
-        modality = "text" if path.endswith(TEXT_SUFFIXES) else "image"
+        modality = "text" if _is_text_file(path) else "image"
         return modality, path, "import"
     if path:
         _fail("--path is the path inside the repository given with --from-dvc REPO; add --from-dvc")
@@ -147,11 +154,11 @@ def init(
     directory: Path = typer.Argument(..., help="The new project's folder (absent or empty)."),
     image_folder: str = typer.Option(None, help="Your images, one sub-folder per class: a local folder "
                                      "(copied, `dvc add`) or a URL s3://, gs://, https:// (`dvc import-url`)."),
-    text_file: str = typer.Option(None, help="Your texts: a .csv/.jsonl/.parquet file with text and label "
+    text_file: str = typer.Option(None, help="Your texts: a .csv/.tsv/.jsonl/.parquet file with text and label "
                                   "columns, local (copied) or a URL (`dvc import-url`)."),
     from_dvc: str = typer.Option(None, "--from-dvc", metavar="REPO", help="Import the data from another DVC "
                                  "repository (git URL or local path) with `dvc import`; needs --path."),
-    path: str = typer.Option(None, help="With --from-dvc: the folder (images) or .csv/.jsonl/.parquet file "
+    path: str = typer.Option(None, help="With --from-dvc: the folder (images) or .csv/.tsv/.jsonl/.parquet file "
                              "(text) inside that repository."),
     remote: str = typer.Option(None, help="DVC remote (default: a sibling folder ../DIR-dvc-remote)."),
 ) -> None:

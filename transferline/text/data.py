@@ -1,5 +1,5 @@
 """Text data sets: read the built-in Rotten Tomatoes set or a user's
-CSV/JSONL/Parquet file, check it can train, split it without leaking test
+CSV/TSV/JSONL/Parquet file, check it can train, split it without leaking test
 texts, and read back what preprocess cached (`processed_meta`, `load_set`).
 The names of the text files inside each `Paths` folder are spelled here once.
 
@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 RT_UNLABELLED = "plot"
 SPLITS = ("train", "val", "test")
-FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+KNOWN = ".csv, .tsv, .jsonl or .parquet"  # FORMATS as a user reads them
 
 
 class TextDataError(ValueError):
@@ -119,12 +120,13 @@ def read_user_file(path: Path, text_column: str, label_column: str, split_column
         raise TextDataError(f"ingest.text.file: {path} not found; put the file there or fix the path")
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise TextDataError(f"ingest.text.file: {path} has extension {path.suffix!r}; use .csv, .jsonl or .parquet")
+        raise TextDataError(f"ingest.text.file: {path} has extension {path.suffix!r}; use {KNOWN}")
     if path.stat().st_size == 0:
         raise TextDataError(f"ingest.text.file: {path} is empty; put the data in it (a header row, then one row per text)")
     try:
         if fmt == "csv":
-            df = pd.read_csv(path, dtype=object, keep_default_na=True, encoding="utf-8", encoding_errors="replace")
+            df = pd.read_csv(path, sep=separator(path), dtype=object, keep_default_na=True, encoding="utf-8",
+                             encoding_errors="replace")
         elif fmt == "jsonl":
             df = pd.DataFrame.from_records(_jsonl_records(path))
         else:
@@ -149,6 +151,16 @@ def read_user_file(path: Path, text_column: str, label_column: str, split_column
         rows.append({"text": _clean(rec[text_column]), "label": None if label is None else str(label),
                      "row": i, "split": None if split is None else str(split).strip().lower(), "unlabelled": False})
     return rows
+
+
+def separator(path: Path) -> str:
+    """A .tsv's tab; for a .csv, what its header line holds: a comma, else a semicolon (what a
+    spreadsheet writes where the decimal mark is a comma), a tab or a pipe; a comma for one column."""
+    if path.suffix.lower() == ".tsv":
+        return "\t"
+    with path.open(encoding="utf-8-sig", errors="replace") as f:
+        header = f.readline()
+    return next((sep for sep in ",;\t|" if sep in header), ",")
 
 
 def _jsonl_records(path: Path) -> list[dict]:
