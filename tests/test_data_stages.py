@@ -16,10 +16,11 @@ from PIL import Image
 from conftest import DOWNLOADS, MLFLOW_ENV, ROOT, tiny_raw_params
 from transferline.artifacts import fetch_member
 from transferline.config import parse_params
-from transferline.config.image import ANIMAL_MNIST
+from transferline.config.image import ANIMAL_MNIST, SplitParams
 from transferline.errors import StageError
 from transferline.image import preprocess, split, validate
 from transferline.image.data import image_hashes, load_folder, load_set
+from transferline.image.validate import budget_problem, fitting_budget
 from transferline.io import load_arrays, read_json, save_arrays
 from test_cli_light import import_chains, who_imported
 
@@ -167,3 +168,16 @@ def test_data_stages_never_import_torch(tiny_raw):
         torch_chain = who_imported(import_chains(done.stderr), "torch")
         assert torch_chain is None, f"{stage} imported torch via {torch_chain}"
     assert load_set(parse_params(tiny_raw_params()).paths, "target")["x_train"].dtype == torch.float16
+
+
+@pytest.mark.parametrize(("labels", "val"), [(50, 20), (25, 5), (1, 30), (200, 1)])
+def test_the_budget_a_refusal_suggests_fits(labels, val):
+    """Whatever the smallest class, the values budget_problem suggests (fitting_budget) pass it,
+    never rise, and keep both budgets at one or more."""
+    for smallest in range(3, 400):
+        cfg = SplitParams(labels_per_class=labels, val_per_class=val, test_fraction=0.2)
+        fit = fitting_budget(smallest, cfg)
+        assert (budget_problem(smallest, cfg) is None) == (fit == {})
+        fitted = cfg.model_copy(update=fit)
+        assert budget_problem(smallest, fitted) is None, (smallest, fit)
+        assert 1 <= fitted.labels_per_class <= labels and 1 <= fitted.val_per_class <= val

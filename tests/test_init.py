@@ -72,6 +72,33 @@ def test_init_refuses_bad_input_with_one_line_naming_the_path(tmp_path):
     assert not (tmp_path / "new").exists() and os.listdir(tmp_path / "full") == ["notes.txt"]
 
 
+def test_init_fits_the_label_budget_to_small_data_so_the_first_run_starts(tmp_path):
+    """The package's defaults ask 50 + 20 images (150 validation texts) per class: init lowers
+    what the smallest class cannot hold, says so, and the run's pre-flight passes; what fits stays."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, n in (("few", 40), ("many", 70)):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(tmp_path / "photos" / name / f"{i}.png")
+    rows = "".join(f"a {'good' if i % 3 else 'bad'} film, number {i};{'pos' if i % 3 else 'neg'}\n" for i in range(300))
+    (tmp_path / "reviews.csv").write_text("text;label\n" + rows)  # a spreadsheet's export: 100 'neg'
+    expected = {("img", "--image-folder", "photos"): {"split.image.labels_per_class": "22", "split.image.val_per_class": "10"},
+                ("txt", "--text-file", "reviews.csv"): {"split.text.val_per_class": "16"}}
+    for (name, *args), fitted in expected.items():
+        made = transferline(tmp_path, "init", name, *args)
+        assert made.returncode == 0, made.stderr
+        for key, value in fitted.items():
+            assert f"set {key}: {value} in params.yaml" in " ".join(made.stderr.split()), made.stderr
+        raw = yaml.safe_load((tmp_path / name / "params.yaml").read_text())
+        modality = raw["modality"]
+        assert {k: str(raw["split"][modality][k.rsplit(".", 1)[1]]) for k in fitted} == fitted
+        assert raw["split"][modality]["test_fraction"] == 0.2  # what fit is left as it was
+        dry = transferline(tmp_path / name, "run", "--dry-run")
+        assert dry.returncode == 0 and "would run ingest" in dry.stdout + dry.stderr, dry.stderr[-2000:]
+
+
 def _champion(project: Path) -> str | None:
     from mlflow import MlflowClient
 

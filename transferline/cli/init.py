@@ -143,6 +143,21 @@ def _write_files(root: Path, modality: str) -> None:
     write_code(root)
 
 
+def _fit_split(root: Path) -> dict[str, tuple[int, int]]:
+    """Lower the split's label budget where the defaults do not fit the data just brought (the
+    run's pre-flight would refuse them): {key: (default, value)} for what changed."""
+    import importlib
+
+    from transferline.config import load_params
+    from transferline.config.edit import set_values
+
+    params = load_params(root / "params.yaml")
+    preflight = importlib.import_module(f"transferline.{params.modality}.preflight")
+    fitted = preflight.fitted_split(params, root)
+    set_values(root / "params.yaml", fitted)
+    return {key: (getattr(params.values.split, key.rsplit(".", 1)[1]), value) for key, value in fitted.items()}
+
+
 def _commit(root: Path) -> bool:
     """Commit the new project; False leaves it staged (git does not know who the user is)."""
     _run(root, "git", "add", "-A")
@@ -201,10 +216,13 @@ def _create(root: Path, modality: str, source: str | None, how: str, repo: str |
         (root / "data/external/image").mkdir(parents=True)
         (root / "data/external/image/README.md").write_text(DEMO_README)
     set_values(root / "params.yaml", values)
+    fitted = _fit_split(root) if source is not None else {}
     committed = _commit(root)
     what = {"copy": "copied and tracked with `dvc add`", "import-url": "imported with `dvc import-url`",
             "import": "imported with `dvc import`", "demo": "none: the built-in demo data"}[how]
     console.print(f"created {root} ({modality}); data: {what}")
+    for key, (default, value) in fitted.items():
+        console.print(f"set {key}: {value} in params.yaml (the default {default} does not fit your smallest class)")
     if not committed:
         console.print("not committed (git does not know who you are: git config user.email); the files are staged")
     console.print(f"next: cd {root} && transferline run")

@@ -11,7 +11,7 @@ from transferline.config import Params
 from transferline.config.image import BUILT_STARTS, SplitParams
 from transferline.errors import StageError
 from transferline.image import data
-from transferline.image.validate import budget_problem
+from transferline.image.validate import budget_problem, fitting_budget
 
 SHOWN = 10  # problems of one kind listed before "and N more"
 
@@ -59,6 +59,19 @@ def folder_problems(folder: Path, max_pixels: int, min_per_class: int, split: Sp
     elif len(classes) >= 2 and (budget := budget_problem(min(counts), split)):
         problems.append(budget)
     return problems
+
+
+def fitted_split(params: Params, root: Path) -> dict[str, int]:
+    """The split values (dotted keys) that fit the folder under `root` where params' do not, for
+    `transferline init`: {} when they fit or the folder cannot tell (the pre-flight then says why)."""
+    try:
+        _, per_class, _ = data.folder_files(root / params.image.ingest.folder)
+    except StageError:
+        return {}
+    if len(per_class) < 2:
+        return {}
+    fit = fitting_budget(min(map(len, per_class)), params.image.split)
+    return {f"split.image.{key}": value for key, value in fit.items()}
 
 
 def weights_problems(path: Path) -> list[str]:

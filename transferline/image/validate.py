@@ -24,15 +24,30 @@ def class_counts(y: np.ndarray, n_classes: int) -> np.ndarray:
     return np.bincount(y[(y >= 0) & (y < n_classes)], minlength=max(n_classes, 1))
 
 
+def fitting_budget(smallest_class: int, cfg: SplitParams) -> dict[str, int]:
+    """split.image values that fit the smallest class outside the test set where the current ones
+    do not: the room shared between labels_per_class and val_per_class in their current
+    proportion (the values that change). {} when they fit, or under 2 images are left (more data
+    is the fix)."""
+    available = int(smallest_class * (1 - cfg.test_fraction))
+    wanted = cfg.labels_per_class + cfg.val_per_class
+    if wanted <= available or available < 2:
+        return {}
+    labels = min(max(available * cfg.labels_per_class // wanted, 1), available - 1)
+    fit = {"labels_per_class": labels, "val_per_class": available - labels}
+    return {key: value for key, value in fit.items() if value != getattr(cfg, key)}
+
+
 def budget_problem(smallest_class: int, cfg: SplitParams) -> str | None:
     """Why the label budget and the validation images per class do not fit in the smallest class
-    outside the test set, with the value that would (validate, and pre-flight before any stage)."""
+    outside the test set, with the values that would (validate, and pre-flight before any stage)."""
     available = int(smallest_class * (1 - cfg.test_fraction))
     wanted = cfg.labels_per_class + cfg.val_per_class
     if wanted <= available:
         return None
-    fix = (f"lower split.image.labels_per_class to {available - cfg.val_per_class}" if available > cfg.val_per_class
-           else f"lower split.image.labels_per_class and split.image.val_per_class (to {max(available // 5, 1)}, say)")
+    fit = fitting_budget(smallest_class, cfg)
+    fix = ("lower " + " and ".join(f"split.image.{key} to {value}" for key, value in fit.items())) if fit \
+        else "add images to it"
     return (f"split.image.labels_per_class ({cfg.labels_per_class}) + split.image.val_per_class ({cfg.val_per_class}) "
             f"= {wanted}, but the smallest class has only {available} images outside the test set; {fix}")
 

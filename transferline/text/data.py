@@ -241,6 +241,14 @@ def length_stats(texts: list[str]) -> dict:
     return {"chars": stat(chars), "words": stat(words)}
 
 
+def fitting_val_per_class(smallest_class: int, val_per_class: int, test_fraction: float) -> int | None:
+    """A split.text.val_per_class that leaves training texts in the smallest class (a fifth of what
+    the test set leaves), or None when the current one does. labels_per_class needs no fit: a
+    class with fewer texts trains on all it has."""
+    available = int(smallest_class * (1 - test_fraction))
+    return max(available // 5, 1) if val_per_class + 1 > available else None
+
+
 def check_rows(rows: list[dict], origin: str, classes: list[str], split_rows: list[dict] | None,
                cfg: Any, labels_per_class: int, val_per_class: int, test_fraction: float, seed: int) -> tuple[list[str], dict]:
     """(problems, report) for the ingested rows; every problem names the origin and rows."""
@@ -295,10 +303,10 @@ def check_rows(rows: list[dict], origin: str, classes: list[str], split_rows: li
         labels_of.setdefault(k, set()).add(r["label"])
     conflicting = sum(len(v) > 1 for v in labels_of.values())
     if len(classes) >= 2 and counts:
-        available = int(min(counts.values()) * (1 - test_fraction))
-        if val_per_class + 1 > available:
+        smallest = min(counts.values())
+        if (fit := fitting_val_per_class(smallest, val_per_class, test_fraction)) is not None:
             problems.append(f"split.text.val_per_class ({val_per_class}) leaves no training text in the smallest "
-                            f"class ({available} outside the test set); lower it: {max(available // 5, 1)} "
+                            f"class ({int(smallest * (1 - test_fraction))} outside the test set); lower it: {fit} "
                             "(a fifth) leaves the rest to train")
     report = {
         "ok": not problems,

@@ -4,6 +4,7 @@ way ingest reads it, so what passes here is what ingest will see."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from transferline.config import Params
@@ -53,6 +54,19 @@ def file_problems(params: Params) -> list[str]:
     s = v.split
     return td.check_rows(rows, str(path), classes, None, v.validate_, s.labels_per_class, s.val_per_class,
                          s.test_fraction, params.seed)[0]
+
+
+def fitted_split(params: Params, root: Path) -> dict[str, int]:
+    """The split values (dotted keys) that fit the file under `root` where params' do not, for
+    `transferline init`: {} when they fit or the file cannot tell (the pre-flight then says why)."""
+    cfg, s = params.text.ingest, params.text.split
+    try:
+        rows = td.read_user_file(root / cfg.file, cfg.text_column, cfg.label_column, cfg.split_column)
+    except td.TextDataError:
+        return {}
+    counts = Counter(r["label"] for r in rows if r["label"] is not None and td.text_problem(r["text"]) is None)
+    fit = td.fitting_val_per_class(min(counts.values()), s.val_per_class, s.test_fraction) if len(counts) > 1 else None
+    return {} if fit is None else {"split.text.val_per_class": fit}
 
 
 def folder_problems(key: str, spec: str, needs: tuple[str, ...]) -> list[str]:
