@@ -180,7 +180,9 @@ def init(
     """Create a project for your own data: params.yaml, dvc.yaml, git and DVC with a remote, the data tracked.
 
     The stages run the installed transferline package; the project holds your
-    values and data. Without a data option it runs the built-in demo. Then:
+    values and data. Where the default label budget does not fit your smallest
+    class, params.yaml gets one that does. Without a data option it runs the
+    built-in demo. Then:
     cd DIR && transferline run
     """
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
