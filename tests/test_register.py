@@ -141,3 +141,43 @@ def test_card_says_how_many_labels_trained_where_the_data_held_fewer(tmp_path: P
     assert "split.labels_per_class asks for 1500" in _label_budget(paths, split)
     write_json(paths.report("split"), {"target_train_per_class": {"negative": 1500, "positive": 1500}})
     assert _label_budget(paths, split) == "1500 labelled examples per class for training"
+
+
+def test_predict_labels_files_as_ingest_reads_them(env: Path) -> None:
+    """`transferline predict` labels photos of any size with the champion exactly as the served
+    model labels ingest's own arrays of them; an unreadable file is named and the exit code is 1."""
+    import mlflow
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from transferline.cli.main import app
+    from transferline.image import register as register_stage
+    from transferline.image.data import load_folder
+    from transferline.image.predict import model_inputs
+
+    params = make_params(env)
+    write_inputs()
+    register_stage.run(params, params.paths)
+    mlflow.MlflowClient().set_registered_model_alias(MODEL_NAME, "champion", "1")
+    Path("params.yaml").write_text(yaml.safe_dump(params.to_raw()))
+    Path("dvc.yaml").write_text("stages: {}\n")
+    rng = np.random.default_rng(1)
+    for cls in ("a", "b"):
+        Path("new", cls).mkdir(parents=True)
+        for i, (w, h) in enumerate(((300, 200), (28, 28), (64, 90))):
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(f"new/{cls}/{i}.jpg")
+    Path("new/a/notes.txt").write_text("not an image")
+    Path("new/b/Thumbs.db").write_bytes(b"a thumbnail cache")  # skipped, as ingest skips it
+
+    done = CliRunner().invoke(app, ["predict", "new", "--json"], env={"COLUMNS": "250", "NO_COLOR": "1"})
+    assert done.exit_code == 1, done.output
+    assert "new/a/notes.txt: not an image Pillow can read" in done.stderr
+    assert "6 input(s) labelled by test-image version 1 (champion)" in done.stderr
+    got = json.loads(done.stdout)
+    x, _, _, unreadable = load_folder(Path("new"), 28, 1)
+    assert len(x) == 6 and len(unreadable) == 1
+    served = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    names, pixels, _ = model_inputs([Path("new")], params, served.unwrap_python_model())
+    assert np.array_equal(pixels, x[:, 0])  # ingest's pixels, in the layout the signature promises
+    assert got == [{"input": f"new/{c}/{i}.jpg", "label": label}
+                   for (c, i), label in zip([(c, i) for c in "ab" for i in range(3)], served.predict(x[:, 0]))]

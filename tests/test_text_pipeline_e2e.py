@@ -50,3 +50,12 @@ def test_text_pipeline_end_to_end(tmp_path, shared_prefect):
     assert list(model.predict(pd.DataFrame({"text": texts}))) == labels
     version = mlflow.MlflowClient().get_model_version("transferline-text", "1")
     assert version.tags["modality"] == "text" and "git.commit" in version.tags
+
+    # `transferline predict` labels a .txt (a text a line) and a spreadsheet's ';' CSV with the champion
+    (tmp_path / "new.txt").write_text("\n".join(texts[:2]) + "\n\n")
+    (tmp_path / "new.csv").write_text("id;text\n1;" + texts[2] + "\n2;\n")
+    done = transferline(project, "predict", str(tmp_path / "new.txt"), str(tmp_path / "new.csv"), "--json")
+    assert done.returncode == 1 and f"{tmp_path / 'new.csv'} row 2: the text is missing" in done.stderr, done.stderr
+    assert json.loads(done.stdout) == [{"input": f"{tmp_path / 'new.txt'} line {n}", "label": label}
+                                       for n, label in zip((1, 2), labels)] + [
+        {"input": f"{tmp_path / 'new.csv'} row 1", "label": labels[2]}]

@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from transferline.cli import card, experiment, init, registry, server, steer
+from transferline.cli import card, experiment, init, predict, registry, server, steer
 from transferline.cli.common import (
     console, ctrl_c_exits, log_levels, no_flow_heartbeats, params_or_exit, preflight_or_exit, print_json, tracking_or_exit,
     use_local_server,
@@ -299,6 +299,7 @@ app.command()(registry.history)
 app.command()(registry.lineage)
 app.command()(card.card)
 app.command()(card.ui)
+app.command()(predict.predict)
 app.add_typer(experiment.app, name="experiment")
 app.add_typer(server.app, name="server")
 

@@ -134,30 +134,50 @@ def _to_8bit(img: Any, mode: str) -> Any:
     return img.convert(mode)
 
 
+def read_image(file: Path, size: int, channels: int, max_pixels: int = 25_000_000) -> np.ndarray:
+    """One image file as uint8 (channels, size, size), decoded the one way ingest and `transferline
+    predict` both read files. Raises OSError, ValueError, SyntaxError or DecompressionBombError."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow then refuses bigger images before decoding them
+    with Image.open(file) as img:
+        if img.width * img.height > max_pixels:
+            raise ValueError(f"{img.width}x{img.height} pixels, over ingest.image.max_pixels={max_pixels}")
+        # A JPEG decodes at 1/2, 1/4 or 1/8 scale where that leaves 4x the target side for the
+        # resize to average: 6 MP photos read at 36 images/s decoding every pixel, 116/s so (0.1
+        # grey level apart on average). Small JPEGs, other formats: unchanged.
+        img.draft(img.mode, (4 * size, 4 * size))
+        arr = np.asarray(_to_8bit(img, "L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR),
+                         np.uint8)
+    return arr.reshape(size, size, channels).transpose(2, 0, 1)
+
+
+def unreadable_errors() -> tuple[type[BaseException], ...]:
+    """What read_image raises for a file that is not a usable image (Pillow imported only here)."""
+    from PIL import Image
+
+    return Image.DecompressionBombError, OSError, ValueError, SyntaxError
+
+
+def served_layout(x: np.ndarray) -> np.ndarray:
+    """Images as a client sends them to the registered model: greyscale (N, H, W), colour as
+    they are (N, C, H, W); the layout its signature promises (image/register.py)."""
+    return x[:, 0] if x.ndim == 4 and x.shape[1] == 1 else x
+
+
 def load_folder(folder: Path, size: int, channels: int,
                 max_pixels: int = 25_000_000) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
     """Images from folder/<class>/<file>; returns x, y, class names, unreadable files (with why)."""
-    from PIL import Image
-
     classes, per_class, bad = folder_files(folder)
-    mode = "L" if channels == 1 else "RGB"
+    unreadable = unreadable_errors()
     xs, ys = [], []
-    Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow then refuses bigger images before decoding them
     for label, files in enumerate(per_class):
         for file in files:
             try:
-                with Image.open(file) as img:
-                    if img.width * img.height > max_pixels:
-                        raise ValueError(f"{img.width}x{img.height} pixels, over ingest.image.max_pixels={max_pixels}")
-                    # A JPEG decodes at 1/2, 1/4 or 1/8 scale where that leaves 4x the target side for
-                    # the resize to average: 6 MP photos read at 36 images/s decoding every pixel,
-                    # 116/s so (0.1 grey level apart on average). Small JPEGs, other formats: unchanged.
-                    img.draft(img.mode, (4 * size, 4 * size))
-                    arr = np.asarray(_to_8bit(img, mode).resize((size, size), Image.Resampling.BILINEAR), np.uint8)
-            except (Image.DecompressionBombError, OSError, ValueError, SyntaxError) as err:
+                xs.append(read_image(file, size, channels, max_pixels))
+            except unreadable as err:
                 bad.append(f"{file.relative_to(folder)}: {type(err).__name__}: {str(err)[:200]}")
                 continue
-            xs.append(arr.reshape(size, size, channels).transpose(2, 0, 1))
             ys.append(label)
     x = np.stack(xs) if xs else np.zeros((0, channels, size, size), np.uint8)
     return x, np.asarray(ys, dtype=np.int64), classes, bad

@@ -6,7 +6,7 @@ images and class names), and the champion/challenger gate
 from __future__ import annotations
 
 from transferline.config import Params
-from transferline.image.data import processed_meta
+from transferline.image.data import processed_meta, served_layout
 from transferline.io import load_arrays
 from transferline.paths import Paths
 from transferline.promotion import PromotionError, TestSet, promote_registered
@@ -21,10 +21,7 @@ def test_set(paths: Paths) -> TestSet:
     if "x_test" not in arrays or "y_test" not in arrays:
         raise PromotionError(f"{split}: no x_test/y_test arrays; re-run the split stage")
     classes = [str(c) for c in processed_meta(paths)["classes"]]
-    x = arrays["x_test"]
-    if x.ndim == 4 and x.shape[1] == 1:
-        x = x[:, 0]
-    return TestSet(x, [classes[int(i)] for i in arrays["y_test"]], str(split))
+    return TestSet(served_layout(arrays["x_test"]), [classes[int(i)] for i in arrays["y_test"]], str(split))
 
 
 def run(params: Params, paths: Paths) -> dict:

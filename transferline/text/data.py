@@ -83,7 +83,7 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
     return path
 
 
-def _clean(value: Any) -> Any:
+def missing_as_none(value: Any) -> Any:
     """NaN/None -> None; everything else unchanged (validate judges it)."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None
@@ -111,9 +111,9 @@ def rotten_tomatoes_rows(csv_bz2: bytes) -> tuple[list[dict], dict]:
     return rows, dropped
 
 
-def read_user_file(path: Path, text_column: str, label_column: str, split_column: str = "") -> list[dict]:
-    """Rows of a CSV, JSONL or Parquet file; bytes that are not UTF-8 become U+FFFD
-    (validate reports those rows as non-decodable)."""
+def read_table(path: Path) -> Any:
+    """A CSV, TSV, JSONL or Parquet file as a pandas DataFrame of objects; bytes that are not
+    UTF-8 become U+FFFD (validate reports those rows as non-decodable)."""
     import pandas as pd
 
     if not path.is_file():
@@ -137,6 +137,12 @@ def read_user_file(path: Path, text_column: str, label_column: str, split_column
         raise TextDataError(f"{path}: cannot be read as {fmt}: {err}") from None
     if df.empty:
         raise TextDataError(f"ingest.text.file: {path} has no data rows")
+    return df
+
+
+def read_user_file(path: Path, text_column: str, label_column: str, split_column: str = "") -> list[dict]:
+    """Rows of the user's file (read_table), as ingest keeps them."""
+    df = read_table(path)
     missing = [(key, col) for key, col in (("text_column", text_column), ("label_column", label_column),
                                            ("split_column", split_column)) if col and col not in df.columns]
     if missing:  # every wrong name at once, and the command that renames them
@@ -146,9 +152,9 @@ def read_user_file(path: Path, text_column: str, label_column: str, split_column
                             f"`transferline run {fix}`")
     rows = []
     for i, rec in enumerate(df.to_dict("records"), start=1):
-        label = _clean(rec[label_column])
-        split = _clean(rec[split_column]) if split_column else None
-        rows.append({"text": _clean(rec[text_column]), "label": None if label is None else str(label),
+        label = missing_as_none(rec[label_column])
+        split = missing_as_none(rec[split_column]) if split_column else None
+        rows.append({"text": missing_as_none(rec[text_column]), "label": None if label is None else str(label),
                      "row": i, "split": None if split is None else str(split).strip().lower(), "unlabelled": False})
     return rows
 

@@ -1,0 +1,48 @@
+"""predict (images): the files given to `transferline predict`, read the way ingest reads a
+folder (transferline.image.data.read_image: the same decode, resize and channels), at the size
+and channels of the model that will label them, so a photo is labelled as it would have trained."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transferline.config import Params
+from transferline.image.data import os_file, read_image, served_layout, unreadable_errors
+
+
+def files_under(paths: list[Path]) -> tuple[list[Path], list[str]]:
+    """(each file given and every file under each folder given, in order; 'path: why' for a path
+    that is neither). Hidden files and what operating systems leave behind are skipped."""
+    found, problems = [], []
+    for path in paths:
+        if path.is_dir():
+            for root, dirs, names in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not os_file(d))
+                found += [Path(root) / n for n in sorted(names) if not os_file(n)]
+        elif path.is_file():
+            found.append(path)
+        else:
+            problems.append(f"{path}: no such file or folder")
+    return found, problems
+
+
+def model_inputs(paths: list[Path], params: Params | None, model: Any) -> tuple[list[str], np.ndarray, list[str]]:
+    """(names, uint8 images at the model's size and channels in its layout, 'name: why' for each path
+    that is not a readable image). `model` is the served ImageClassifier; `params` gives the pixel
+    limit (the default where the project is a text one)."""
+    files, problems = files_under(paths)
+    max_pixels = params.image.ingest.max_pixels if params is not None and params.image is not None else 25_000_000
+    names, images = [], []
+    for file in files:
+        try:
+            images.append(read_image(file, model.size, model.channels, max_pixels))
+        except unreadable_errors() as err:
+            problems.append(f"{file}: not an image Pillow can read ({type(err).__name__}: {str(err)[:200]})")
+            continue
+        names.append(str(file))
+    x = np.stack(images) if images else np.zeros((0, model.channels, model.size, model.size), np.uint8)
+    return names, served_layout(x), problems
