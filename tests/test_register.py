@@ -157,10 +157,12 @@ def test_predict_labels_files_as_ingest_reads_them(env: Path) -> None:
 
     params = make_params(env)
     write_inputs()
-    register_stage.run(params, params.paths)
-    mlflow.MlflowClient().set_registered_model_alias(MODEL_NAME, "champion", "1")
     Path("params.yaml").write_text(yaml.safe_dump(params.to_raw()))
     Path("dvc.yaml").write_text("stages: {}\n")
+    before = CliRunner().invoke(app, ["predict", "."], env={"COLUMNS": "250", "NO_COLOR": "1"})
+    assert before.exit_code == 1 and "no model 'test-image' is registered yet; `transferline run`" in before.stderr
+    register_stage.run(params, params.paths)
+    mlflow.MlflowClient().set_registered_model_alias(MODEL_NAME, "champion", "1")
     rng = np.random.default_rng(1)
     for cls in ("a", "b"):
         Path("new", cls).mkdir(parents=True)

@@ -81,17 +81,20 @@ def log_files(client: Any, run_id: str, params_path: Path = Path("params.yaml"),
 
 def resolve(client: Any, ref: str) -> Any:
     """NAME@ALIAS, NAME/VERSION or NAME (= NAME@champion) -> the ModelVersion."""
+    name = ref.split("@", 1)[0].partition("/")[0]
     try:
         if "@" in ref:
-            name, alias = ref.split("@", 1)
-            return client.get_model_version_by_alias(name, alias)
-        name, _, version = ref.partition("/")
+            return client.get_model_version_by_alias(name, ref.split("@", 1)[1])
+        version = ref.partition("/")[2]
         if version:
             return client.get_model_version(name, version)
         return client.get_model_version_by_alias(name, "champion")
     except Exception as err:
         if mlflow_error_code(err) is None:
             raise
+        if not client.search_registered_models(filter_string=f"name = '{name}'"):
+            raise LineageError(f"{ref}: no model {name!r} is registered yet; `transferline run` trains and "
+                               "registers one") from None
         raise LineageError(f"{ref}: not found in the registry ({err.message.splitlines()[0]}); "
                            "use NAME@ALIAS or NAME/VERSION") from None
 
