@@ -136,7 +136,8 @@ def _to_8bit(img: Any, mode: str) -> Any:
 
 def read_image(file: Path, size: int, channels: int, max_pixels: int = 25_000_000) -> np.ndarray:
     """One image file as uint8 (channels, size, size), decoded the one way ingest and `transferline
-    predict` both read files. Raises OSError, ValueError, SyntaxError or DecompressionBombError."""
+    predict` both read files. Raises OSError, ValueError, SyntaxError or DecompressionBombError
+    for a file that is not a usable image."""
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow then refuses bigger images before decoding them
@@ -152,11 +153,29 @@ def read_image(file: Path, size: int, channels: int, max_pixels: int = 25_000_00
     return arr.reshape(size, size, channels).transpose(2, 0, 1)
 
 
-def unreadable_errors() -> tuple[type[BaseException], ...]:
-    """What read_image raises for a file that is not a usable image (Pillow imported only here)."""
-    from PIL import Image
+PROGRESS_FROM = 1000  # files: reading fewer takes seconds, more shows a progress bar on stderr
 
-    return Image.DecompressionBombError, OSError, ValueError, SyntaxError
+
+def read_images(files: list[Path], size: int, channels: int,
+                max_pixels: int = 25_000_000) -> tuple[np.ndarray, list[int], list[tuple[Path, BaseException]]]:
+    """(uint8 (N, C, size, size) of the files that read, their indices in `files`, (file, error)
+    for each of the others), read by read_image; a progress bar from PROGRESS_FROM files."""
+    import sys
+
+    from PIL import Image
+    from tqdm import tqdm
+
+    images, kept, failed = [], [], []
+    bar = tqdm(files, desc="reading images", unit="image", disable=len(files) < PROGRESS_FROM,
+               mininterval=0.5 if sys.stderr.isatty() else 30)
+    for i, file in enumerate(bar):
+        try:
+            images.append(read_image(file, size, channels, max_pixels))
+        except (Image.DecompressionBombError, OSError, ValueError, SyntaxError) as err:
+            failed.append((file, err))
+            continue
+        kept.append(i)
+    return (np.stack(images) if images else np.zeros((0, channels, size, size), np.uint8)), kept, failed
 
 
 def served_layout(x: np.ndarray) -> np.ndarray:
@@ -169,18 +188,11 @@ def load_folder(folder: Path, size: int, channels: int,
                 max_pixels: int = 25_000_000) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
     """Images from folder/<class>/<file>; returns x, y, class names, unreadable files (with why)."""
     classes, per_class, bad = folder_files(folder)
-    unreadable = unreadable_errors()
-    xs, ys = [], []
-    for label, files in enumerate(per_class):
-        for file in files:
-            try:
-                xs.append(read_image(file, size, channels, max_pixels))
-            except unreadable as err:
-                bad.append(f"{file.relative_to(folder)}: {type(err).__name__}: {str(err)[:200]}")
-                continue
-            ys.append(label)
-    x = np.stack(xs) if xs else np.zeros((0, channels, size, size), np.uint8)
-    return x, np.asarray(ys, dtype=np.int64), classes, bad
+    files = [file for class_files in per_class for file in class_files]
+    labels = np.repeat(np.arange(len(per_class), dtype=np.int64), [len(class_files) for class_files in per_class])
+    x, kept, failed = read_images(files, size, channels, max_pixels)
+    bad += [f"{file.relative_to(folder)}: {type(err).__name__}: {str(err)[:200]}" for file, err in failed]
+    return x, labels[kept], classes, bad
 
 
 # --- the split ---------------------------------------------------------------

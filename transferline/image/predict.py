@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from transferline.config import Params
-from transferline.image.data import os_file, read_image, served_layout, unreadable_errors
+from transferline.image.data import os_file, read_images, served_layout
 
 
 def files_under(paths: list[Path]) -> tuple[list[Path], list[str]]:
@@ -36,13 +36,6 @@ def model_inputs(paths: list[Path], params: Params | None, model: Any) -> tuple[
     limit (the default where the project is a text one)."""
     files, problems = files_under(paths)
     max_pixels = params.image.ingest.max_pixels if params is not None and params.image is not None else 25_000_000
-    names, images = [], []
-    for file in files:
-        try:
-            images.append(read_image(file, model.size, model.channels, max_pixels))
-        except unreadable_errors() as err:
-            problems.append(f"{file}: not an image Pillow can read ({type(err).__name__}: {str(err)[:200]})")
-            continue
-        names.append(str(file))
-    x = np.stack(images) if images else np.zeros((0, model.channels, model.size, model.size), np.uint8)
-    return names, served_layout(x), problems
+    x, kept, failed = read_images(files, model.size, model.channels, max_pixels)
+    problems += [f"{file}: not an image Pillow can read ({type(err).__name__}: {str(err)[:200]})" for file, err in failed]
+    return [str(files[i]) for i in kept], served_layout(x), problems
