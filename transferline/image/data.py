@@ -134,7 +134,7 @@ def _to_8bit(img: Any, mode: str) -> Any:
     return img.convert(mode)
 
 
-def read_image(file: Path, size: int, channels: int, max_pixels: int = 25_000_000) -> np.ndarray:
+def read_image(file: Path, size: int, channels: int, max_pixels: int) -> np.ndarray:
     """One image file as uint8 (channels, size, size), decoded the one way ingest and `transferline
     predict` both read files. Raises OSError, ValueError, SyntaxError or DecompressionBombError
     for a file that is not a usable image."""
@@ -157,7 +157,7 @@ PROGRESS_FROM = 1000  # files: reading fewer takes seconds, more shows a progres
 
 
 def read_images(files: list[Path], size: int, channels: int,
-                max_pixels: int = 25_000_000) -> tuple[np.ndarray, list[int], list[tuple[Path, BaseException]]]:
+                max_pixels: int) -> tuple[np.ndarray, list[int], list[tuple[Path, BaseException]]]:
     """(uint8 (N, C, size, size) of the files that read, their indices in `files`, (file, error)
     for each of the others), read by read_image; a progress bar from PROGRESS_FROM files."""
     import sys

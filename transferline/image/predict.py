@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from transferline.config import Params
+from transferline.config.image import IngestParams
 from transferline.image.data import os_file, read_images, served_layout
 
 
@@ -33,9 +34,9 @@ def files_under(paths: list[Path]) -> tuple[list[Path], list[str]]:
 def model_inputs(paths: list[Path], params: Params | None, model: Any) -> tuple[list[str], np.ndarray, list[str]]:
     """(names, uint8 images at the model's size and channels in its layout, 'name: why' for each path
     that is not a readable image). `model` is the served ImageClassifier; `params` gives the pixel
-    limit (the default where the project is a text one)."""
+    limit (ingest.image.max_pixels; its default where the project is a text one)."""
     files, problems = files_under(paths)
-    max_pixels = params.image.ingest.max_pixels if params is not None and params.image is not None else 25_000_000
-    x, kept, failed = read_images(files, model.size, model.channels, max_pixels)
+    ingest = params.image.ingest if params is not None and params.image is not None else IngestParams()
+    x, kept, failed = read_images(files, model.size, model.channels, ingest.max_pixels)
     problems += [f"{file}: not an image Pillow can read ({type(err).__name__}: {str(err)[:200]})" for file, err in failed]
     return [str(files[i]) for i in kept], served_layout(x), problems
