@@ -159,6 +159,8 @@ def test_predict_labels_files_as_ingest_reads_them(env: Path) -> None:
     write_inputs()
     Path("params.yaml").write_text(yaml.safe_dump(params.to_raw()))
     Path("dvc.yaml").write_text("stages: {}\n")
+    missing = CliRunner().invoke(app, ["predict", "nowhere.png"], env={"COLUMNS": "250", "NO_COLOR": "1"})
+    assert missing.exit_code == 2 and "no such file or folder: nowhere.png" in missing.stderr
     before = CliRunner().invoke(app, ["predict", "."], env={"COLUMNS": "250", "NO_COLOR": "1"})
     assert before.exit_code == 1 and "no model 'test-image' is registered yet; `transferline run`" in before.stderr
     register_stage.run(params, params.paths)

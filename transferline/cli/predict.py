@@ -34,6 +34,9 @@ def predict(
     pyfunc model, exactly what `mlflow models serve` would answer.
     """
     cfg = params_or_exit(params)
+    if missing := [str(path) for path in paths if not path.exists()]:  # before seconds of loading the model
+        console.print(f"[red]error:[/] no such file or folder: {', '.join(missing)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
     tracking_or_exit(cfg)
     apply_env_defaults()
     import mlflow
