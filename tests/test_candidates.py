@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from transferline.candidates import NO_GAIN, NO_GAIN_AT_CEILING, choose, folder_name, shortlist
+from transferline.candidates import NO_GAIN, NO_GAIN_AT_CEILING, OTHER_STARTS, choose, folder_name, shortlist
 from transferline.transferability import logme
 
 
@@ -17,7 +17,7 @@ def _row(name, acc, loss=1.0):
 def test_scratch_wins_unless_beaten():
     assert choose([_row("scratch", 0.80), _row("pretrain", 0.85)])["winner"] == "pretrain"
     tie = choose([_row("scratch", 0.80, 0.5), _row("pretrain", 0.80, 0.5)])
-    assert tie["winner"] == "scratch" and tie["verdict"] == NO_GAIN
+    assert tie["winner"] == "scratch" and tie["verdict"] == NO_GAIN + OTHER_STARTS
     lost = choose([_row("scratch", 0.83), _row("pretrain", 0.82), {"candidate": "adapt", "skipped": "LogME"}])
     assert lost["winner"] == "scratch" and lost["val_gain_over_scratch"] == 0
     assert choose([_row("scratch", 0.8, 0.6), _row("pretrain", 0.8, 0.4)])["winner"] == "pretrain"  # loss breaks a tie

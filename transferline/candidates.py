@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 SCRATCH = "scratch"
 NO_GAIN = "no transfer gain: the source does not help this target"
 NO_GAIN_AT_CEILING = "no transfer gain possible: scratch already scores"
+# where a user goes next when the source does not help (README: Which starting point)
+OTHER_STARTS = "; other starting points can be listed in finetune.candidates (a weights file or model folder closer to this data)"
 
 
 def folder_name(candidate: str) -> str:
@@ -76,6 +78,7 @@ def choose(rows: Sequence[Mapping], min_gain: float = 0.0) -> dict:
         decision["verdict"] = NO_GAIN
         if lead > 0:
             decision["verdict"] += f" (the best start led by {lead:+.4f} on validation, under min_val_gain {min_gain})"
+        decision["verdict"] += OTHER_STARTS
     else:
         decision["verdict"] = (f"{best['candidate']} won on validation: {best['val_acc']:.4f} vs scratch "
                                f"{base['val_acc']:.4f} ({gain:+.4f})")
