@@ -43,21 +43,22 @@ def make_params(tmp_path: Path) -> Params:
         return parse_params({**FALLBACK, **overrides})
 
 
-def write_inputs() -> None:
+def write_inputs(channels: int = 1) -> None:
     save_weights(
-        SmallCNN(num_classes=len(CLASSES)),
+        SmallCNN(num_classes=len(CLASSES), in_channels=channels),
         "models/finetune/model.safetensors",
-        meta={"arch": "small_cnn", "num_classes": len(CLASSES), "in_channels": 1},
+        meta={"arch": "small_cnn", "num_classes": len(CLASSES), "in_channels": channels},
     )
-    target = {"mean": [0.3], "std": [0.25], "classes": CLASSES, "image_size": 28, "channels": 1, "n": 99}
-    Path("data/processed").mkdir(parents=True)
+    target = {"mean": [0.3] * channels, "std": [0.25] * channels, "classes": CLASSES, "image_size": 28,
+              "channels": channels, "n": 99}
+    Path("data/processed").mkdir(parents=True, exist_ok=True)
     Path("data/processed/meta.json").write_text(json.dumps({"target": target}))
     metrics = {
         "finetune": {"accuracy": 0.8, "macro_f1": 0.78},
         "scratch": {"accuracy": 0.6, "macro_f1": 0.55},
         "transfer_gain": {"accuracy": 0.2, "macro_f1": 0.23},
     }
-    Path("reports").mkdir()
+    Path("reports").mkdir(exist_ok=True)
     Path("reports/metrics.json").write_text(json.dumps(metrics))
 
 
@@ -185,3 +186,29 @@ def test_predict_labels_files_as_ingest_reads_them(env: Path) -> None:
     assert np.array_equal(pixels, x[:, 0])  # ingest's pixels, in the layout the signature promises
     assert got == [{"input": f"new/{c}/{i}.jpg", "label": label}
                    for (c, i), label in zip([(c, i) for c in "ab" for i in range(3)], served.predict(x[:, 0]))]
+
+
+def test_a_champion_that_cannot_take_the_current_data_is_kept_with_the_reason(env: Path) -> None:
+    """Greyscale before, colour now: the champion cannot score the current test split. The gate
+    cannot compare, so the alias stays (its clients send greyscale) and the report says why in a
+    line, with the command that moves it anyway; the stage does not fail."""
+    import mlflow
+
+    from transferline import promotion
+    from transferline.image import register as register_stage
+
+    params = make_params(env)
+    write_inputs(channels=1)
+    register_stage.run(params, params.paths)
+    mlflow.MlflowClient().set_registered_model_alias(MODEL_NAME, "champion", "1")
+    write_inputs(channels=3)
+    assert register_stage.run(params, params.paths)["version"] == "2"
+    x = np.random.default_rng(0).integers(0, 256, size=(30, 3, 28, 28), dtype=np.uint8)
+    test = promotion.TestSet(x, [CLASSES[i % 3] for i in range(30)], "data/split/target.npz")
+    report = promotion.run_gate(params, test, "2")
+    assert report["decision"] == "kept" and report["champion_after"] == "1"
+    assert report["reason"].startswith("the champion (version 1) cannot take the current test split")
+    assert "does not match expected shape" in report["reason"] and "--force --version 2" in report["reason"]
+    assert len(report["reason"]) < 600  # not the whole input array, as MLflow prints it
+    assert report["champion"] == {"version": "1"} and set(report["challenger"]) == {"version", "accuracy", "macro_f1"}
+    assert mlflow.MlflowClient().get_model_version(MODEL_NAME, "2").tags["promote.decision"] == "kept"

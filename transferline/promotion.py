@@ -79,8 +79,16 @@ def score_version(name: str, version: str, test: TestSet) -> dict[str, float]:
         raw = test.x.tolist() if test.x.dtype == object else test.x  # strings go as a list, images as an array
         predicted = [str(p) for p in model.predict(raw)]
     except Exception as err:  # a broken or incompatible model: say which one
-        raise PromotionError(f"{uri} cannot score the current test split: {err}") from err
+        raise PromotionError(f"{uri} cannot score the current test split: {_reason(err)}") from err
     return classification_scores(test.y, predicted)
+
+
+def _reason(err: Exception) -> str:
+    """An error in a line: MLflow's schema errors start with the whole input array, printed."""
+    text = str(err)
+    if "Failed to enforce schema" in text and "Error: " in text:
+        text = text.rsplit("Error: ", 1)[1]
+    return " ".join(text.split())[:300]
 
 
 def decide(gates: dict[str, MetricGate], challenger: dict[str, float],
@@ -111,12 +119,16 @@ def decide(gates: dict[str, MetricGate], challenger: dict[str, float],
     return "promoted", f"challenger passes the thresholds and beats the champion ({gains})", checks
 
 
+def _force(version: str) -> str:
+    return f"`transferline promote --force --version {version} --reason ...` if it should be champion anyway"
+
+
 def cannot_decide(client: Any, name: str, version: str, champion_version: str | None, test: TestSet,
                   min_test_size: int) -> str | None:
     """Why the gate may not move the alias on its own, or None: a test split too small to
     tell, or a challenger whose label set is not the champion's (a model scores 0 on classes
     it never knew, so the comparison says nothing). `transferline promote --force` still can."""
-    force = f"`transferline promote --force --version {version} --reason ...` if it should be champion anyway"
+    force = _force(version)
     if test.n < min_test_size:
         return (f"the test split {test.path} has {test.n} examples, fewer than promote.min_test_size={min_test_size}: "
                 f"too few to decide; add data, or {force}")
@@ -205,9 +217,16 @@ def run_gate(params: Params, test: TestSet, version: str | None = None) -> dict:
             decision, reason, checks = "already_champion", f"version {version} is already the champion", []
             champion = dict(challenger)
         else:
-            champion = score_version(name, champion_version, test) if champion_version else None
+            unscored = None
+            try:
+                champion = score_version(name, champion_version, test) if champion_version else None
+            except PromotionError as err:  # e.g. greyscale before, colour now: no comparison on current data
+                champion, unscored = None, (f"the champion (version {champion_version}) cannot take the current "
+                                            f"test split, so they cannot be compared ({err}); {_force(version)}")
             decision, reason, checks = decide(gates, challenger, champion)
-            if refusal and decision in ("promoted", "first_champion"):
+            if unscored:
+                decision, reason = "kept", unscored
+            elif refusal and decision in ("promoted", "first_champion"):
                 decision, reason = ("kept" if champion_version else "rejected"), refusal
         timings["champion_scoring_s"] = round(time.perf_counter() - t2, 3)
         report = {
@@ -215,7 +234,7 @@ def run_gate(params: Params, test: TestSet, version: str | None = None) -> dict:
             "reason": reason,
             "model": name,
             "challenger": {"version": version, **challenger},
-            "champion": None if champion is None else {"version": champion_version, **champion},
+            "champion": None if champion_version is None else {"version": champion_version, **(champion or {})},
             "checks": checks,
             "test_set": {"path": test.path, "n": test.n},
             "tracking_uri": redact(mlflow.get_tracking_uri()),
