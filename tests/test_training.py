@@ -156,3 +156,25 @@ def test_finetune_streams_the_target_train_split_to_the_same_choice(tiny_raw):
         done = finetune.run(params, params.paths)
         results[workers] = [{k: v for k, v in r.items() if k != "seconds"} for r in done["candidates"]], done["winner"]
     assert results[0] == results[2] and len(results[0][0]) == 2
+
+
+def test_augmentation_fills_what_it_uncovers_with_each_images_own_background():
+    """A shifted photo's uncovered border takes its backdrop's colour, per channel, not a fixed
+    value (a frame of another colour around every coloured image); MNIST-like sets, dark at the
+    edge, keep their darkest value as before."""
+    from torchvision.transforms import v2
+
+    from transferline.image.train import augmented, background
+
+    colours = torch.tensor([[0.2, 0.5, 0.9], [0.7, 0.1, 0.3]])
+    x = colours[:, :, None, None].repeat(1, 1, 16, 16)
+    x[:, :, 5:11, 5:11] = torch.tensor([1.0, 1.0, 0.0])[None, :, None, None]  # a yellow square
+    assert torch.equal(background(x), colours[:, :, None, None])
+    torch.manual_seed(0)
+    out = augmented(x, v2.RandomAffine(degrees=0, translate=(0.3, 0.3)))
+    for img, colour in zip(out, colours):
+        pixels = {tuple(p.tolist()) for p in img.flatten(1).T}
+        assert pixels <= {tuple(colour.tolist()), (1.0, 1.0, 0.0)}, pixels
+    digits = torch.zeros(3, 1, 28, 28) - 0.4
+    digits[:, :, 8:20, 10:18] = 2.5
+    assert torch.equal(background(digits), digits.amin(dim=(1, 2, 3), keepdim=True))

@@ -45,7 +45,7 @@ from transferline.checkpoint import load_checkpoint, load_weights, resume_state,
 from transferline.errors import check_finite_loss
 from transferline.image.strategies import warmup_cosine
 from transferline.image.models import build_model
-from transferline.image.train import fingerprint, finish
+from transferline.image.train import background, fingerprint, finish
 from transferline.runtime import autocast, memory_format, place
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class SSLModel(nn.Module):
 def corrupt(x: torch.Tensor, mask_ratio: float, noise_std: float) -> torch.Tensor:
     """Blank a share of PATCHxPATCH patches to each image's background, then add noise."""
     n, _, h, w = x.shape
-    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    lo = background(x)
     grid = torch.rand(n, 1, math.ceil(h / PATCH), math.ceil(w / PATCH), device=x.device) < mask_ratio
     mask = grid.repeat_interleave(PATCH, 2).repeat_interleave(PATCH, 3)[:, :, :h, :w]
     out = torch.where(mask, lo, x)
@@ -126,7 +126,7 @@ def view_transform(image_size: int) -> Any:
 
 def two_views(x: torch.Tensor, transform: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Two independent augmented views of every image (each image its own draw)."""
-    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    lo = background(x)
     z = x - lo  # background at 0, the fill value of the geometric transforms
 
     def view() -> torch.Tensor:

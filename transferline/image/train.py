@@ -47,6 +47,22 @@ def augmenter() -> Any:
     return v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))
 
 
+def background(x: torch.Tensor) -> torch.Tensor:
+    """Each image's background colour, (N, C, 1, 1): the median of its border pixels per channel
+    (a photo's backdrop; on MNIST-like sets the darkest value, as every image there is dark at the edge)."""
+    edge = torch.cat([x[..., 0, :], x[..., -1, :], x[..., 1:-1, 0], x[..., 1:-1, -1]], dim=-1)
+    return edge.median(dim=-1).values[..., None, None]
+
+
+def augmented(x: torch.Tensor, augment: Any) -> torch.Tensor:
+    """Each image its own random transform, the area it uncovers filled with the image's background
+    (0, torchvision's fill, after the shift): the darkest value as fill drew a frame of another
+    colour around every coloured photo (synthetic RGB shapes on coloured backdrops, 3 seeds:
+    validation 0.70 -> 0.76; bit-identical on the built-in sets, dark at every edge)."""
+    bg = background(x)
+    return torch.stack([augment(img) for img in x - bg]) + bg
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -66,9 +82,7 @@ def train_one_epoch(
     for x, y in loader:
         x, y = x.to(device, torch.float32, non_blocking=True), y.to(device, non_blocking=True)
         if augment is not None:
-            # per image, so each gets its own transform; shifted so the fill (0) is the background
-            lo = x.amin(dim=(1, 2, 3), keepdim=True)
-            x = torch.stack([augment(img) for img in x - lo]) + lo
+            x = augmented(x, augment)
         if fmt is not torch.contiguous_format:
             x = x.contiguous(memory_format=fmt)
         with autocast(device):
