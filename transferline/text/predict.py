@@ -1,6 +1,7 @@
 """predict (text): the files given to `transferline predict`: a .txt file holds one text a
 line; a .csv, .tsv, .jsonl or .parquet file is read the way ingest reads one
-(transferline.text.data.read_user_file), its texts in ingest.text.text_column."""
+(transferline.text.data.read_table: the same formats, separators and encoding), its texts
+in ingest.text.text_column; no label column needed."""
 
 from __future__ import annotations
 
