@@ -156,6 +156,20 @@ def _not_an_image(t):
     (folder / "dog/notes.png").write_text("not a picture")
 
 
+def _cut_short(t):
+    """A JPEG and a PNG whose copy stopped half-way: their headers read, the pixels do not; and a
+    JPEG with a video after its end (a phone's motion photo), which reads and must pass."""
+    folder = image_folder(t, {"cat": 20, "dog": 20})  # enough for the label budget: the 2 files are all
+    picture = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    for name, fmt in (("half.jpg", "JPEG"), ("half.png", "PNG"), ("motion.jpg", "JPEG")):
+        picture.save(folder / "dog" / name, fmt)
+    for name in ("half.jpg", "half.png"):
+        whole = (folder / "dog" / name).read_bytes()
+        (folder / "dog" / name).write_bytes(whole[: len(whole) // 2])
+    with open(folder / "dog/motion.jpg", "ab") as f:
+        f.write(b"\x00\x00\x00\x18ftypmp42" + bytes(100))
+
+
 def _bomb(t):
     folder = image_folder(t, {"cat": 12, "dog": 12})
     Image.new("L", (400, 400)).save(folder / "dog/huge.png")
@@ -303,6 +317,8 @@ CASES = [
     ("not in a git repository", _no_git, RUN, 2, ["is not in a git repository, which DVC needs", "git init"]),
     ("folder: not an image", lambda t: (_not_an_image(t), write_params(t, folder_params())), RUN, 2,
      ["dog/notes.png", "not an image"]),
+    ("folder: images cut short", lambda t: (_cut_short(t), write_params(t, folder_params())), RUN, 2,
+     ["2 problem(s)", "dog/half.jpg stops before the image's end", "dog/half.png stops", "copy it again"]),
     ("folder: decompression bomb", _bomb, RUN, 2, ["dog/huge.png", "too large", "ingest.image.max_pixels"]),
     ("folder: name not UTF-8", lambda t: (_bad_name(t), write_params(t, folder_params())), RUN, 2,
      ["caf\\xe9.png", "not valid UTF-8"]),

@@ -1,6 +1,7 @@
 """Pre-flight for images: the target folder and a weights file, checked in seconds
-before any stage runs (`transferline run` calls `check`). Image headers only:
-nothing is decoded, so a folder of thousands of images takes about a second."""
+before any stage runs (`transferline run` calls `check`). Image headers and the last bytes of
+JPEG and PNG files only: nothing else is decoded, so a folder of thousands of images takes about
+a second."""
 
 from __future__ import annotations
 
@@ -14,6 +15,26 @@ from transferline.image import data
 from transferline.image.validate import budget_problem, fitting_budget
 
 SHOWN = 10  # problems of one kind listed before "and N more"
+# How a complete file ends: a JPEG with its end-of-image marker, a PNG with its IEND chunk.
+ENDINGS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+
+
+def cut_short(img, file: Path) -> bool:
+    """Whether an opened JPEG or PNG stops before its end (a copy or download cut off), which its
+    header does not show. A file that ends otherwise (a phone's motion photo carries a video
+    after its JPEG) is decoded whole to tell; every other file costs one small read."""
+    ending = ENDINGS.get(img.format)
+    if ending is None:
+        return False
+    with open(file, "rb") as f:
+        f.seek(max(f.seek(0, 2) - len(ending), 0))
+        if f.read() == ending:
+            return False
+    try:
+        img.load()
+    except OSError:
+        return True
+    return False
 
 
 def folder_problems(folder: Path, max_pixels: int, min_per_class: int, split: SplitParams) -> list[str]:
@@ -38,6 +59,10 @@ def folder_problems(folder: Path, max_pixels: int, min_per_class: int, split: Sp
                     with Image.open(file) as img:  # reads the header only
                         if img.width * img.height > max_pixels:
                             raise ValueError(f"{img.width}x{img.height} pixels")
+                        if cut_short(img, file):
+                            unreadable.append(f"{file.relative_to(folder)} stops before the image's end (a copy "
+                                              "or download cut off?); copy it again or remove it")
+                            continue
                 ok += 1
             except (Image.DecompressionBombError, ValueError) as err:
                 unreadable.append(f"{file.relative_to(folder)} is too large ({err}; ingest.image.max_pixels="
