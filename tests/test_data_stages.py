@@ -19,7 +19,7 @@ from transferline.config import parse_params
 from transferline.config.image import ANIMAL_MNIST, SplitParams
 from transferline.errors import StageError
 from transferline.image import preprocess, split, validate
-from transferline.image.data import image_hashes, load_folder, load_set
+from transferline.image.data import image_hashes, load_folder, load_set, split_folders
 from transferline.image.validate import budget_problem, fitting_budget
 from transferline.io import load_arrays, read_json, save_arrays
 from test_cli_light import import_chains, who_imported
@@ -73,6 +73,30 @@ def test_folder_ingest_skips_what_operating_systems_leave(tmp_path):
     (tmp_path / "__MACOSX" / "cat" / "._a.png").write_bytes(b"\0\5\x16\7 resource fork")
     x, y, classes, bad = load_folder(tmp_path, size=28, channels=1)
     assert classes == ["cat", "dog"] and bad == [] and y.tolist() == [0, 1]
+
+
+def test_a_folder_laid_out_by_split_is_read_by_class(tmp_path):
+    """folder/train/<class>, folder/Val/<class>, folder/test/<class> (as data sets ship): the
+    classes are read across the split folders, pooled, not taken for classes "train" and "test";
+    a class missing from one split still counts. A class folder named like a split that holds
+    images is a class."""
+    layout = {"train": {"cat": 3, "dog": 3}, "Val": {"cat": 1}, "test": {"cat": 2, "dog": 1}}
+    for split_name, counts in layout.items():
+        for cls, n in counts.items():
+            (tmp_path / split_name / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.new("L", (30, 30), 40 * i).save(tmp_path / split_name / cls / f"{i}.png")
+    (tmp_path / "train" / "labels.txt").write_text("a file beside the class folders: not a class")
+    x, y, classes, bad = load_folder(tmp_path, size=28, channels=1)
+    assert classes == ["cat", "dog"] and bad == [] and np.bincount(y).tolist() == [6, 4]
+    assert split_folders(tmp_path) == ["Val", "test", "train"]
+
+    flat = tmp_path / "flat"
+    for cls in ("train", "zebra"):  # "train" holds images: a class, as always
+        (flat / cls).mkdir(parents=True)
+        Image.new("L", (30, 30), 90).save(flat / cls / "a.png")
+    x, y, classes, bad = load_folder(flat, size=28, channels=1)
+    assert classes == ["train", "zebra"] and split_folders(flat) == []
 
 
 def test_large_jpegs_decode_at_a_reduced_scale_and_small_ones_exactly(tmp_path):

@@ -127,6 +127,11 @@ def _bring_data(root: Path, modality: str, source: str, how: str, repo: str | No
         _run(root, *dvc, "import", "--quiet", repo_arg, source, "-o", str(dest))
     if modality == "image":
         _check_image_folder(root / dest, "the imported folder")
+        from transferline.image.data import split_folders
+
+        if splits := split_folders(root / dest):
+            console.print(f"{source} is laid out by split ({', '.join(splits)}): each class is read from all of "
+                          "them, and split.image draws the train, validation and test sets")
         return {"ingest.image.target": "folder", "ingest.image.folder": str(dest)}
     return {"ingest.text.source": "file", "ingest.text.file": str(dest)}
 

