@@ -69,7 +69,7 @@ def main() -> None:
             for how in ("full", "reduced"):
                 with full_decode() if how == "full" else contextlib.nullcontext():
                     t0 = time.perf_counter()
-                    x, _, _, bad = load_folder(folder, args.size, channels)
+                    x, _, _, bad, _ = load_folder(folder, args.size, channels)
                     seconds[how].append(time.perf_counter() - t0)
                 assert not bad and len(x) == args.images
                 if how == "full":

@@ -170,6 +170,16 @@ def _cut_short(t):
         f.write(b"\x00\x00\x00\x18ftypmp42" + bytes(100))
 
 
+def _split_without_a_class(t):
+    """A folder laid out by split whose test folder lacks a class: nothing could measure it."""
+    folder = t / "data/external/image"
+    for side, classes in (("train", ("cat", "dog")), ("test", ("cat",))):
+        image_folder(t, {c: 12 for c in classes})
+        (folder / side).mkdir()
+        for c in classes:
+            (folder / c).rename(folder / side / c)
+
+
 def _bomb(t):
     folder = image_folder(t, {"cat": 12, "dog": 12})
     Image.new("L", (400, 400)).save(folder / "dog/huge.png")
@@ -319,6 +329,8 @@ CASES = [
      ["dog/notes.png", "not an image"]),
     ("folder: images cut short", lambda t: (_cut_short(t), write_params(t, folder_params())), RUN, 2,
      ["2 problem(s)", "dog/half.jpg stops before the image's end", "dog/half.png stops", "copy it again"]),
+    ("folder: laid out by split, a class missing from test", lambda t: (_split_without_a_class(t),
+     write_params(t, folder_params())), RUN, 2, ["1 problem(s)", "class 'dog' has no test images", "test folder"]),
     ("folder: decompression bomb", _bomb, RUN, 2, ["dog/huge.png", "too large", "ingest.image.max_pixels"]),
     ("folder: name not UTF-8", lambda t: (_bad_name(t), write_params(t, folder_params())), RUN, 2,
      ["caf\\xe9.png", "not valid UTF-8"]),

@@ -19,7 +19,7 @@ from transferline.config import parse_params
 from transferline.config.image import ANIMAL_MNIST, SplitParams
 from transferline.errors import StageError
 from transferline.image import preprocess, split, validate
-from transferline.image.data import image_hashes, load_folder, load_set, split_folders
+from transferline.image.data import TEST, TRAIN, VAL, assign_target, image_hashes, load_folder, load_set, split_folders
 from transferline.image.validate import budget_problem, fitting_budget
 from transferline.io import load_arrays, read_json, save_arrays
 from test_cli_light import import_chains, who_imported
@@ -53,7 +53,7 @@ def test_folder_ingest_reads_formats_and_reports_unreadable(tmp_path):
         for i in range(3):
             Image.new("RGB", (40, 30), (i * 40, 80, 160)).save(tmp_path / cls / f"{i}.{fmt.lower()}", fmt)
     (tmp_path / "dog" / "broken.png").write_bytes(b"not an image")
-    x, y, classes, bad = load_folder(tmp_path, size=28, channels=1)
+    x, y, classes, bad, given = load_folder(tmp_path, size=28, channels=1)
     assert classes == ["cat", "cow", "dog"]
     assert x.shape == (9, 1, 28, 28) and x.dtype == np.uint8
     assert np.bincount(y).tolist() == [3, 3, 3]
@@ -71,7 +71,7 @@ def test_folder_ingest_skips_what_operating_systems_leave(tmp_path):
         (tmp_path / cls / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     (tmp_path / "__MACOSX" / "cat").mkdir(parents=True)
     (tmp_path / "__MACOSX" / "cat" / "._a.png").write_bytes(b"\0\5\x16\7 resource fork")
-    x, y, classes, bad = load_folder(tmp_path, size=28, channels=1)
+    x, y, classes, bad, given = load_folder(tmp_path, size=28, channels=1)
     assert classes == ["cat", "dog"] and bad == [] and y.tolist() == [0, 1]
 
 
@@ -87,16 +87,38 @@ def test_a_folder_laid_out_by_split_is_read_by_class(tmp_path):
             for i in range(n):
                 Image.new("L", (30, 30), 40 * i).save(tmp_path / split_name / cls / f"{i}.png")
     (tmp_path / "train" / "labels.txt").write_text("a file beside the class folders: not a class")
-    x, y, classes, bad = load_folder(tmp_path, size=28, channels=1)
+    x, y, classes, bad, given = load_folder(tmp_path, size=28, channels=1)
     assert classes == ["cat", "dog"] and bad == [] and np.bincount(y).tolist() == [6, 4]
     assert split_folders(tmp_path) == ["Val", "test", "train"]
+    assert sorted(zip(y.tolist(), given.tolist())) == [(0, 0)] * 3 + [(0, 1)] + [(0, 2)] * 2 + [(1, 0)] * 3 + [(1, 2)]
 
     flat = tmp_path / "flat"
     for cls in ("train", "zebra"):  # "train" holds images: a class, as always
         (flat / cls).mkdir(parents=True)
         Image.new("L", (30, 30), 90).save(flat / cls / "a.png")
-    x, y, classes, bad = load_folder(flat, size=28, channels=1)
-    assert classes == ["train", "zebra"] and split_folders(flat) == []
+    x, y, classes, bad, given = load_folder(flat, size=28, channels=1)
+    assert classes == ["train", "zebra"] and split_folders(flat) == [] and given is None
+
+
+def test_a_folders_own_split_is_kept():
+    """The folder's test images are the test set, all of them; the validation and training images
+    per class come from its own validation and training images (the budgets still cap them);
+    without a validation folder they are cut from the training images. No split given: the
+    seeded cut as always."""
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 60)
+    given = np.tile(np.repeat([TRAIN, VAL, TEST], [40, 12, 8]), 2).astype(np.int8)
+    hashes = np.array([f"{i}" for i in range(len(y))])
+    cfg = SplitParams(test_fraction=0.2, labels_per_class=30, val_per_class=10)
+    train, val, test = assign_target(y, hashes, cfg, seed=3, given=given)
+    assert (given[test] == TEST).all() and len(test) == 16
+    assert (given[val] == VAL).all() and len(val) == 20 and (given[train] == TRAIN).all() and len(train) == 60
+    no_val = np.where(given == VAL, TRAIN, given).astype(np.int8)
+    train, val, test = assign_target(y, hashes, cfg, seed=3, given=no_val)
+    assert (no_val[test] == TEST).all() and len(test) == 16 and len(val) == 20 and len(train) == 60
+    assert not set(train) & set(val) and (no_val[np.concatenate([train, val])] == TRAIN).all()
+    plain = assign_target(y[rng.permutation(len(y))], hashes, cfg, seed=3)
+    assert [len(p) for p in plain] == [60, 20, 24]  # test_fraction of each class when no split is given
 
 
 def test_large_jpegs_decode_at_a_reduced_scale_and_small_ones_exactly(tmp_path):
@@ -108,7 +130,7 @@ def test_large_jpegs_decode_at_a_reduced_scale_and_small_ones_exactly(tmp_path):
         for i in range(3):
             smooth = Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8))
             smooth.resize((side * 4 // 3, side), Image.Resampling.BICUBIC).save(tmp_path / name / f"{i}.jpg", quality=90)
-    x, y, classes, bad = load_folder(tmp_path, 28, 1)
+    x, y, classes, bad, given = load_folder(tmp_path, 28, 1)
     assert classes == ["big", "small"] and not bad
     for img, label, file in zip(x, y, sorted(tmp_path.glob("*/*.jpg"))):
         with Image.open(file) as full:
@@ -122,6 +144,22 @@ def test_validate_passes_real_slice(tiny_raw, tiny_params):
     report = validate.run(tiny_params, tiny_params.paths)
     assert report["ok"] and report["target"]["leaked_train_test"] == 0
     assert read_json("reports/validate.json")["target"]["class_counts"]["zebra"] == 40
+
+
+def test_validate_and_split_keep_a_folders_own_split(tiny_raw, tiny_params):
+    """A folder's own split (ingest's `split` array): the test set is its test images; a class
+    missing from one side stops validate with the class and the folder to fill."""
+    t = load_arrays("data/raw/target.npz")
+    given = np.tile(np.repeat([TRAIN, VAL, TEST], [28, 6, 6]), 10).astype(np.int8)  # 40 a class, in class order
+    save_arrays("data/raw/target.npz", **t, split=given)
+    assert validate.run(tiny_params, tiny_params.paths)["ok"]
+    counts = split.run(tiny_params, tiny_params.paths)
+    test_images = set(image_hashes(load_arrays("data/split/target.npz")["x_test"]))
+    assert test_images <= set(image_hashes(t["x"][given == TEST])) and counts["target"]["test"] >= 55
+    given[:40][given[:40] == TEST] = TRAIN
+    save_arrays("data/raw/target.npz", **t, split=given)
+    with pytest.raises(StageError, match=f"class '{ANIMAL_MNIST.classes[0]}' has no test images in the folder's split"):
+        validate.run(tiny_params, tiny_params.paths)
 
 
 def test_validate_names_unreadable_files_and_bad_labels(tiny_raw, tiny_params):

@@ -28,7 +28,7 @@ def test_16bit_grey_is_scaled_and_mixed_modes_load(tmp_path):
     Image.new("RGBA", (40, 30), (200, 100, 50, 128)).save(tmp_path / "a/rgba.png")
     Image.new("P", (28, 28), 3).save(tmp_path / "b/palette.png")
     Image.new("CMYK", (28, 28), (0, 0, 0, 0)).save(tmp_path / "b/cmyk.jpg")
-    x, y, classes, bad = load_folder(tmp_path, size=28, channels=1)
+    x, y, classes, bad, given = load_folder(tmp_path, size=28, channels=1)
     assert bad == [] and classes == ["a", "b"] and x.shape == (4, 1, 28, 28)
     grey = x[list(y).index(0)][0]
     assert grey.min() == 0 and grey.max() >= 250

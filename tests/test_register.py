@@ -179,7 +179,7 @@ def test_predict_labels_files_as_ingest_reads_them(env: Path) -> None:
     assert "new/a/notes.txt: not an image Pillow can read" in done.stderr
     assert "6 input(s) labelled by test-image version 1 (champion)" in done.stderr
     got = json.loads(done.stdout)
-    x, _, _, unreadable = load_folder(Path("new"), 28, 1)
+    x, _, _, unreadable, _ = load_folder(Path("new"), 28, 1)
     assert len(x) == 6 and len(unreadable) == 1
     served = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
     names, pixels, _ = model_inputs([Path("new")], params, served.unwrap_python_model())

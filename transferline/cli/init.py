@@ -130,8 +130,9 @@ def _bring_data(root: Path, modality: str, source: str, how: str, repo: str | No
         from transferline.image.data import split_folders
 
         if splits := split_folders(root / dest):
-            console.print(f"{source} is laid out by split ({', '.join(splits)}): each class is read from all of "
-                          "them, and split.image draws the train, validation and test sets")
+            console.print(f"{source} is laid out by split ({', '.join(splits)}): its split is kept (its test images "
+                          "are the test set; split.image.val_per_class and labels_per_class images per class are "
+                          "drawn from its validation and training images)")
         return {"ingest.image.target": "folder", "ingest.image.folder": str(dest)}
     return {"ingest.text.source": "file", "ingest.text.file": str(dest)}
 

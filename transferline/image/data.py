@@ -64,7 +64,10 @@ def os_file(name: str) -> bool:
 
 # Data sets often ship split: folder/train/<class>/..., folder/test/<class>/... (torchvision's
 # ImageFolder sets, Kaggle's). Read as folder/<class>/, that is a classifier of "train" vs "test".
-SPLIT_NAMES = frozenset({"train", "training", "val", "valid", "validation", "dev", "test", "testing"})
+# Each image keeps its split folder's code (GIVEN), and the split stage honours it.
+TRAIN, VAL, TEST = 0, 1, 2
+GIVEN = {"train": TRAIN, "training": TRAIN, "val": VAL, "valid": VAL, "validation": VAL, "dev": VAL,
+         "test": TEST, "testing": TEST}
 
 
 def _subfolders(folder: Path, top: Path, problems: list[str]) -> list[Path]:
@@ -73,11 +76,10 @@ def _subfolders(folder: Path, top: Path, problems: list[str]) -> list[Path]:
 
 def class_folders(folder: Path, problems: list[str]) -> dict[str, list[Path]]:
     """Each class's folders: folder/<class>; or, where every sub-folder is named like a split
-    (SPLIT_NAMES) and holds class folders, folder/<split>/<class> of every split, pooled (the
-    split stage draws its own split from them)."""
+    (GIVEN) and holds class folders, folder/<split>/<class> of every split."""
     tops = _subfolders(folder, folder, problems)
     inside: list[str] = []  # problems below the top: the walk finds them again where no split layout
-    inner = {top: _subfolders(top, folder, inside) for top in tops if top.name.lower() in SPLIT_NAMES}
+    inner = {top: _subfolders(top, folder, inside) for top in tops if top.name.lower() in GIVEN}
     if not tops or len(inner) < len(tops) or not all(inner.values()):
         return {top.name: [top] for top in tops}
     problems += inside
@@ -216,15 +218,20 @@ def served_layout(x: np.ndarray) -> np.ndarray:
     return x[:, 0] if x.ndim == 4 and x.shape[1] == 1 else x
 
 
-def load_folder(folder: Path, size: int, channels: int,
-                max_pixels: int = 25_000_000) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
-    """Images from folder/<class>/<file>; returns x, y, class names, unreadable files (with why)."""
+def load_folder(folder: Path, size: int, channels: int, max_pixels: int = 25_000_000
+                ) -> tuple[np.ndarray, np.ndarray, list[str], list[str], np.ndarray | None]:
+    """Images from folder/<class>/<file> (or folder/<split>/<class>/<file>); returns x, y, class
+    names, unreadable files (with why), and each image's split (TRAIN, VAL, TEST) where the folder
+    gives one, else None."""
     classes, per_class, bad = folder_files(folder)
     files = [file for class_files in per_class for file in class_files]
     labels = np.repeat(np.arange(len(per_class), dtype=np.int64), [len(class_files) for class_files in per_class])
     x, kept, failed = read_images(files, size, channels, max_pixels)
     bad += [f"{file.relative_to(folder)}: {type(err).__name__}: {str(err)[:200]}" for file, err in failed]
-    return x, labels[kept], classes, bad
+    given = None
+    if split_folders(folder):
+        given = np.array([GIVEN[files[i].relative_to(folder).parts[0].lower()] for i in kept], np.int8)
+    return x, labels[kept], classes, bad, given
 
 
 # --- the split ---------------------------------------------------------------
@@ -235,10 +242,13 @@ def image_hashes(x: np.ndarray) -> np.ndarray:
 
 
 def assign_target(
-    y: np.ndarray, hashes: np.ndarray, cfg: SplitParams, seed: int
+    y: np.ndarray, hashes: np.ndarray, cfg: SplitParams, seed: int, given: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Indices (train, val, test): per class, a seeded shuffle cut into test,
-    then val_per_class, then labels_per_class (fewer if the class runs out)."""
+    then val_per_class, then labels_per_class (fewer if the class runs out). Where the folder
+    gives each image's split (`given`): test is its test images, all of them; val_per_class come
+    from its validation images; labels_per_class from its training ones. A folder without a test
+    (or validation) folder has those cut from its training images as above."""
     keep = np.arange(len(y))
     if cfg.dedupe:
         _, first = np.unique(hashes, return_index=True)
@@ -247,11 +257,18 @@ def assign_target(
     parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
     for c in np.unique(y):
         idx = rng.permutation(keep[y[keep] == c])
-        n_test = int(round(cfg.test_fraction * len(idx)))
-        n_val = cfg.val_per_class
-        parts["test"].append(idx[:n_test])
-        parts["val"].append(idx[n_test : n_test + n_val])
-        parts["train"].append(idx[n_test + n_val : n_test + n_val + cfg.labels_per_class])
+        side = idx if given is None else idx[given[idx] == TRAIN]
+        if given is not None and (given == TEST).any():
+            test = idx[given[idx] == TEST]
+        else:
+            test, side = np.split(side, [int(round(cfg.test_fraction * len(side)))])
+        if given is not None and (given == VAL).any():
+            val = idx[given[idx] == VAL][: cfg.val_per_class]
+        else:
+            val, side = np.split(side, [cfg.val_per_class])
+        parts["test"].append(test)
+        parts["val"].append(val)
+        parts["train"].append(side[: cfg.labels_per_class])
     return tuple(np.sort(np.concatenate(parts[k])) for k in ("train", "val", "test"))  # type: ignore[return-value]
 
 

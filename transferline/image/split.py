@@ -2,7 +2,8 @@
 
 The target's label budget (labels per class for training, plus a small
 labelled validation set per class) is applied here; the test set is a fixed
-share of every class. With `dedupe`, exact duplicate images are dropped first
+share of every class (a folder laid out by split keeps its own: ingest's
+`split` array). With `dedupe`, exact duplicate images are dropped first
 so no image can sit on both sides of the split. Target images left over
 (neither labelled train/val nor test, nor a copy of one) form the unlabelled
 pool that self-supervised pretraining may use. Outputs:
@@ -30,7 +31,7 @@ def run(params: Params, paths: Paths) -> dict:
     save_arrays(paths.split / "source.npz", x_train=src["x"][s_train], y_train=src["y"][s_train],
                 x_val=src["x"][s_val], y_val=src["y"][s_val])
     hashes = image_hashes(tgt["x"])
-    t_idx = assign_target(tgt["y"], hashes, cfg, seed)
+    t_idx = assign_target(tgt["y"], hashes, cfg, seed, tgt.get("split"))  # a folder's own split, if it gives one
     save_arrays(paths.split / "target.npz",
                 **{f"{a}_{k}": tgt[a][i] for k, i in zip(("train", "val", "test"), t_idx) for a in ("x", "y")})
     pool = assign_pool(hashes, *t_idx)

@@ -12,7 +12,7 @@ import numpy as np
 from transferline.config import Params
 from transferline.config.image import SplitParams
 from transferline.errors import StageError
-from transferline.image.data import assign_target, image_hashes
+from transferline.image.data import TEST, TRAIN, VAL, assign_target, image_hashes
 from transferline.io import load_arrays, read_json, write_json
 from transferline.paths import Paths
 
@@ -76,6 +76,15 @@ def check_set(name: str, x: np.ndarray, y: np.ndarray, classes: list[str], param
     return problems
 
 
+SIDES = {TRAIN: "training", VAL: "validation", TEST: "test"}
+
+
+def empty_side(name: str, side: int) -> str:
+    """A class without images on one side of a folder's own split cannot train or be measured."""
+    return (f"target: class {name!r} has no {SIDES[side]} images in the folder's split; add some to its "
+            f"{SIDES[side]} folder")
+
+
 def run(params: Params, paths: Paths) -> dict:
     """Check the raw sets; write the report; raise StageError if they cannot train."""
     v = params.image
@@ -99,12 +108,16 @@ def run(params: Params, paths: Paths) -> dict:
         problems.append(f"target: {conflicting} image(s) appear with different labels; fix their labels")
 
     counts = class_counts(tgt["y"], len(classes))
-    if budget := budget_problem(int(counts.min()), v.split):
+    given = tgt.get("split")  # a folder laid out by split: its sides decide, not the budget's room
+    if given is None and (budget := budget_problem(int(counts.min()), v.split)):
         problems.append(budget)
 
     leaked = 0
     if not problems:
-        train, val, test = assign_target(tgt["y"], hashes, v.split, params.seed)
+        train, val, test = assign_target(tgt["y"], hashes, v.split, params.seed, given)
+        if given is not None:
+            problems += [empty_side(name, side) for side, idx in zip((TRAIN, VAL, TEST), (train, val, test))
+                         for c, name in enumerate(classes) if not (tgt["y"][idx] == c).any()]
         leaked = len(set(hashes[test]) & set(hashes[np.concatenate([train, val])]))
         if leaked > v.validate_.max_leaked:
             problems.append(f"target: {leaked} test image(s) also appear in train/val (leakage); "
