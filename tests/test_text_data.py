@@ -94,6 +94,22 @@ def test_validation_names_file_and_rows_of_empty_texts_missing_labels_and_leaks(
     assert not (tmp_path / "data/split").exists()
 
 
+def test_a_split_column_decides_sides_and_the_budgets_still_cap():
+    """Rows with a split value stay on that side: every test row is tested, val and train rows
+    come first and are capped by val_per_class and labels_per_class, as the image folders' own
+    split (no given row ever moves to another side); rows without one are cut as always."""
+    rows = []
+    for c in ("pos", "neg"):
+        for i, side in enumerate(["train"] * 8 + ["val"] * 2 + ["test"] * 2 + [None] * 10):
+            rows.append({"text": f"{c} review {i}", "label": c, "split": side, "row": len(rows) + 1})
+    parts = td.assign(rows, ["pos", "neg"], test_fraction=0.2, val_per_class=3, labels_per_class=5, seed=1)
+    side = {i: rows[i]["split"] for i in range(len(rows))}
+    assert len(parts.test) == 2 * (2 + 2) and [side[i] for i in parts.test].count("test") == 4
+    assert len(parts.val) == 2 * 3 and [side[i] for i in parts.val].count("val") == 4
+    assert len(parts.train) == 2 * 5 and all(side[i] == "train" for i in parts.train)
+    assert all(side[i] in (s, None) for s, idx in zip(("train", "val", "test"), (parts.train, parts.val, parts.test)) for i in idx)
+
+
 def test_rotten_tomatoes_builtin_labelled_and_corpus(tmp_path):
     params = parse_params(tiny_text_raw())
     paths = params.paths.under(tmp_path)

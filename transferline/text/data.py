@@ -212,9 +212,10 @@ class TextSplit:
 
 def assign(rows: list[dict], classes: list[str], test_fraction: float, val_per_class: int,
            labels_per_class: int, seed: int) -> TextSplit:
-    """Per class: seeded shuffle, cut into test / val / train (label budget). A
-    user's split column wins for the rows that have one. Duplicate texts keep
-    their first row only, so a text can never sit on both sides."""
+    """Per class: seeded shuffle, cut into test / val / train (label budget). A user's split
+    column decides the side of the rows that have one: its test rows are all tested; its val
+    and train rows come first, capped by the budgets like the rest. Duplicate texts keep their
+    first row only, so a text can never sit on both sides."""
     usable = [i for i, r in enumerate(rows) if text_problem(r["text"]) is None]
     seen, keep = set(), []
     for i in usable:
@@ -223,17 +224,18 @@ def assign(rows: list[dict], classes: list[str], test_fraction: float, val_per_c
             seen.add(key)
             keep.append(i)
     rng = np.random.default_rng(seed)
+    shuffled = lambda idx: [int(i) for i in rng.permutation(np.asarray(idx, dtype=np.int64))] if idx else []  # noqa: E731
     parts: dict[str, list[int]] = {s: [] for s in SPLITS}
-    given = [i for i in keep if rows[i]["label"] is not None and rows[i]["split"] in SPLITS]
-    for i in given:
-        parts[rows[i]["split"]].append(i)
     for c in classes:
-        idx = [i for i in keep if rows[i]["label"] == c and rows[i]["split"] not in SPLITS]
-        idx = list(rng.permutation(np.asarray(idx, dtype=np.int64))) if idx else []
-        n_test = int(round(test_fraction * len(idx)))
-        parts["test"] += idx[:n_test]
-        parts["val"] += idx[n_test : n_test + val_per_class]
-        parts["train"] += idx[n_test + val_per_class : n_test + val_per_class + labels_per_class]
+        mine = [i for i in keep if rows[i]["label"] == c]
+        given = {s: shuffled([i for i in mine if rows[i]["split"] == s]) for s in SPLITS}
+        free = shuffled([i for i in mine if rows[i]["split"] not in SPLITS])
+        n_test = int(round(test_fraction * len(free)))
+        val = given["val"][:val_per_class]
+        n_val = n_test + val_per_class - len(val)
+        parts["test"] += given["test"] + free[:n_test]
+        parts["val"] += val + free[n_test:n_val]
+        parts["train"] += (given["train"] + free[n_val:])[:labels_per_class]
     test = set(parts["test"])
     corpus = [i for i in keep if i not in test]
     return TextSplit(*(sorted(int(i) for i in parts[s]) for s in SPLITS), corpus=corpus)
