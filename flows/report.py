@@ -16,6 +16,7 @@ from uuid import UUID
 
 from transferline.candidates import candidates_table
 from transferline.dvcrun import RESTORED, outcome
+from transferline.metrics import gain_statement
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -110,6 +111,9 @@ def markdown(stages: list[str], results: list[dict], link: str, seconds: float,
                   f"| scratch | {sc.get('accuracy', float('nan')):.4f} | {sc.get('macro_f1', float('nan')):.4f} |",
                   f"| **transfer gain** | **{gain.get('accuracy', float('nan')):+.4f}** | "
                   f"{gain.get('macro_f1', float('nan')):+.4f} |"]
+        if gain:
+            statement = gain_statement(metrics)
+            lines += ["", statement[:1].upper() + statement[1:]]
     candidates = _read(CANDIDATES)
     if candidates and not error:
         test = {c: s.get("accuracy") for c, s in (metrics or {}).get("candidates", {}).items()}

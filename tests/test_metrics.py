@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
-from transferline.metrics import classification_scores, confusion, per_class_scores
+from transferline.metrics import classification_scores, confusion, paired_gain_interval, per_class_scores
 
 CASES = [(n_classes, n, seed) for n_classes in (2, 3, 10) for n in (1, 7, 200) for seed in range(4)]
 
@@ -47,3 +47,23 @@ def test_scores_are_scikit_learns(n_classes, n, seed):
 def test_confusion_refuses_unequal_lengths():
     with pytest.raises(ValueError, match="3 true labels but 2 predictions"):
         confusion([0, 1, 1], [0, 1])
+
+
+@pytest.mark.parametrize("n, favour", [(75, 0.02), (400, 0.0), (1941, 0.015)])
+def test_the_gain_interval_is_scipys_paired_bootstrap(n, favour):
+    """The multinomial shortcut gives the interval SciPy's paired percentile bootstrap gives for
+    the same test set, and it holds the gain; a test set the models agree on has no spread."""
+    from scipy.stats import bootstrap
+
+    rng = np.random.default_rng(n)
+    y = rng.integers(0, 3, n)
+    baseline = np.where(rng.random(n) < 0.85, y, (y + 1) % 3)
+    finetuned = np.where(rng.random(n) < favour * 4, y, baseline)  # fixes some of the baseline's errors
+    finetuned = np.where(rng.random(n) < 0.03, (y + 2) % 3, finetuned)  # and makes a few of its own
+    ours = paired_gain_interval(y, finetuned, baseline, seed=1)
+    diff = (finetuned == y).astype(float) - (baseline == y)
+    theirs = bootstrap((diff,), np.mean, n_resamples=10_000, method="percentile", rng=2).confidence_interval
+    assert ours["accuracy_low"] == pytest.approx(theirs.low, abs=0.004)
+    assert ours["accuracy_high"] == pytest.approx(theirs.high, abs=0.004)
+    assert ours["accuracy_low"] <= diff.mean() <= ours["accuracy_high"]
+    assert paired_gain_interval(y, baseline, baseline) == {"accuracy_low": 0.0, "accuracy_high": 0.0}

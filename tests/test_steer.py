@@ -86,7 +86,10 @@ def test_dvc_experiment_never_touches_the_champion(tmp_path):
     card = cli(project, "card", "transferline-image@champion")
     assert card.returncode == 0, card.stderr
     gain, scratch = metrics["transfer_gain"]["accuracy"], metrics["scratch"]["accuracy"]
-    assert f"transfer gain in accuracy: **{gain:+.4f}**" in card.stdout, card.stdout
+    low, high = metrics["transfer_gain_ci95"]["accuracy_low"], metrics["transfer_gain_ci95"]["accuracy_high"]
+    assert low <= gain <= high, metrics
+    assert f"**transfer gain {gain:+.4f} (95% interval {low:+.4f} .. {high:+.4f} over {metrics['n_test']} test" \
+        in card.stdout, card.stdout
     assert f"| accuracy | {metrics['finetune']['accuracy']:.4f} | {scratch:.4f} | {gain:.4f} |" in card.stdout
     assert "**first_champion**" in card.stdout and "scratch baseline" in card.stdout
 

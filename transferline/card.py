@@ -17,6 +17,7 @@ from typing import Any
 from transferline.candidates import candidates_table, read_candidates
 from transferline.config import Params
 from transferline.io import read_json
+from transferline.metrics import gain_statement
 from transferline.paths import Paths
 
 ARTIFACT_DIR = "card"
@@ -120,8 +121,8 @@ def build(params: Params, paths: Paths, name: str, version: str, run_id: str, ha
         "",
         "## Test metrics",
         "",
-        f"Fine-tuned vs the same model trained from scratch on the same labels (the scratch baseline); "
-        f"transfer gain in accuracy: **{gain:+.4f}**." if isinstance(gain, float) else "",
+        f"Fine-tuned vs the same model trained from scratch on the same labels (the scratch baseline): "
+        f"**{gain_statement(metrics)}**." if isinstance(gain, float) else "",
         "",
         *_metrics_table(metrics),
         "",

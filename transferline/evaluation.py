@@ -89,12 +89,13 @@ def save_learning_curves(histories: dict[str, list[dict]], path) -> None:
 
 def write_evaluation(y_true: np.ndarray, predictions: dict[str, np.ndarray], classes: Sequence[str],
                      paths: Paths, candidates: dict[str, np.ndarray] | None = None) -> dict:
-    """metrics.json ({finetune, scratch, transfer_gain, n_test, winner, candidates}), per_class.json
+    """metrics.json ({finetune, scratch, transfer_gain, transfer_gain_ci95, n_test, candidates}), per_class.json
     and the plots. `candidates`: every fine-tuned candidate's test predictions, reported beside
     the winner (chosen on validation by finetune; the test split never chooses)."""
     scores = {name: m.classification_scores(y_true, predictions[name]) for name in RUNS}
     per_class = {name: m.per_class_scores(y_true, predictions[name], classes) for name in RUNS}
     result = {**scores, "transfer_gain": m.transfer_gain(scores["finetune"], scores["scratch"]),
+              "transfer_gain_ci95": m.paired_gain_interval(y_true, predictions["finetune"], predictions["scratch"]),
               "n_test": int(len(y_true))}
     if candidates is not None:
         result["candidates"] = {name: m.classification_scores(y_true, pred) for name, pred in candidates.items()}
@@ -103,6 +104,6 @@ def write_evaluation(y_true: np.ndarray, predictions: dict[str, np.ndarray], cla
     save_learning_curves({n: read_json(paths.history(n)) for n in RUNS}, paths.plots / "learning_curves.png")
     write_json(paths.report("metrics"), result)
     write_json(paths.report("per_class"), per_class)
-    log.info("test accuracy: fine-tuned %.4f, scratch %.4f, gain %+.4f", scores["finetune"]["accuracy"],
-             scores["scratch"]["accuracy"], result["transfer_gain"]["accuracy"])
+    log.info("test accuracy: fine-tuned %.4f, scratch %.4f, %s", scores["finetune"]["accuracy"],
+             scores["scratch"]["accuracy"], m.gain_statement(result))
     return result

@@ -78,3 +78,45 @@ def per_class_scores(y_true: Labels, y_pred: Labels, classes: Sequence[str]) -> 
 def transfer_gain(finetuned: dict[str, float], baseline: dict[str, float]) -> dict[str, float]:
     """Fine-tuned minus baseline, per score."""
     return {k: round(finetuned[k] - baseline[k], 5) for k in ("accuracy", "macro_f1")}
+
+
+INTERVAL = 0.95  # the transfer gain's interval: the middle 95 % of its paired bootstrap
+RESAMPLES = 10_000  # enough that the interval's ends move by under 0.001 between seeds
+
+
+def paired_gain_interval(y_true: Labels, finetuned: Labels, baseline: Labels, seed: int = 0) -> dict[str, float]:
+    """{"accuracy_low", "accuracy_high"}: the INTERVAL range of the accuracy gain (finetuned minus
+    baseline) over test sets drawn like this one: a paired bootstrap, both models scored on the
+    same resampled examples. Each example favours the fine-tuned model, the baseline or neither,
+    so one resample is one multinomial draw of those three counts: the distribution of
+    resampling the examples, without a RESAMPLES x n index array (tests/test_metrics.py checks
+    it against SciPy's bootstrap)."""
+    y = np.asarray(y_true)
+    right, base_right = np.asarray(finetuned) == y, np.asarray(baseline) == y
+    n = len(y)
+    if n == 0:
+        return {"accuracy_low": 0.0, "accuracy_high": 0.0}
+    wins, losses = int((right & ~base_right).sum()), int((~right & base_right).sum())
+    draws = np.random.default_rng(seed).multinomial(n, [wins / n, losses / n, (n - wins - losses) / n], RESAMPLES)
+    tail = (1 - INTERVAL) / 2
+    low, high = np.quantile((draws[:, 0] - draws[:, 1]) / n, [tail, 1 - tail])
+    return {"accuracy_low": round(float(low), 5), "accuracy_high": round(float(high), 5)}
+
+
+def gain_statement(metrics: dict) -> str:
+    """The accuracy gain, its interval and what the interval says (metrics.json's figures), as
+    the run summary, the run report and the model card print it."""
+    gain, interval = metrics["transfer_gain"]["accuracy"], metrics.get("transfer_gain_ci95")
+    if interval is None:  # a metrics file from before the interval
+        return f"transfer gain {gain:+.4f}"
+    low, high = interval["accuracy_low"], interval["accuracy_high"]
+    if low == high == 0:
+        meaning = "the two models agree on every test example"
+    elif low > 0:
+        meaning = "a real gain"
+    elif high < 0:
+        meaning = "a real loss"
+    else:
+        meaning = "not proven: the interval holds 0, more test examples would tell"
+    return (f"transfer gain {gain:+.4f} ({INTERVAL:.0%} interval {low:+.4f} .. {high:+.4f} over "
+            f"{metrics['n_test']} test examples: {meaning})")

@@ -155,10 +155,12 @@ def _print_summary(summary: dict) -> None:
     console.print(f"skipped: {', '.join(summary['skipped']) or '-'}")
     metrics = Path("reports/metrics.json")
     if "evaluate" in summary["ran"] + summary["skipped"] and metrics.is_file():
+        from transferline.metrics import gain_statement
+
         m = json.loads(metrics.read_text())
         console.print(
             f"test accuracy: fine-tuned {m['finetune']['accuracy']:.4f}, scratch {m['scratch']['accuracy']:.4f}, "
-            f"transfer gain {m['transfer_gain']['accuracy']:+.4f}"
+            f"{gain_statement(m)}"
         )
     candidates = Path("reports/candidates.json")
     if "finetune" in summary["ran"] + summary["skipped"] and candidates.is_file():
