@@ -90,6 +90,7 @@ def test_gate_worse_keeps_better_takes_rollback_and_force(registry):
     v1 = register_weights(params, bad, project)["version"]
     report = gate(params, v1)
     assert report["decision"] == "rejected" and report["champion"] is None
+    assert report["accuracy_difference_ci95"] is None  # no champion to compare with
     assert report["challenger"]["accuracy"] < GATES["accuracy"]["min"]
     assert champion(params) is None
 
@@ -107,6 +108,11 @@ def test_gate_worse_keeps_better_takes_rollback_and_force(registry):
     on_disk = json.loads(Path("reports/promote.json").read_text())
     assert on_disk["decision"] == "kept" and on_disk["champion"]["version"] == v2
     assert "**Decision: kept**" in Path("reports/promote.md").read_text()
+    # how sure the difference is: a paired interval on the same test split, below 0 for a worse model
+    interval = report["accuracy_difference_ci95"]
+    delta = round(report["challenger"]["accuracy"] - report["champion"]["accuracy"], 5)
+    assert interval["accuracy_low"] <= delta <= interval["accuracy_high"] < 0, (delta, interval)
+    assert f"Challenger minus champion in accuracy: {delta:+.4f} (95% interval" in Path("reports/promote.md").read_text()
     tags = mlflow.MlflowClient().get_model_version(NAME, v3).tags
     assert tags["promote.decision"] == "kept" and tags["promote.champion_version"] == v2
     assert float(tags["promote.champion.accuracy"]) == pytest.approx(medium_acc)

@@ -106,9 +106,14 @@ def paired_gain_interval(y_true: Labels, finetuned: Labels, baseline: Labels, se
 def gain_statement(metrics: dict) -> str:
     """The accuracy gain, its interval and what the interval says (metrics.json's figures), as
     the run summary, the run report and the model card print it."""
-    gain, interval = metrics["transfer_gain"]["accuracy"], metrics.get("transfer_gain_ci95")
-    if interval is None:  # a metrics file from before the interval
-        return f"transfer gain {gain:+.4f}"
+    return difference_statement("transfer gain", metrics["transfer_gain"]["accuracy"],
+                                metrics.get("transfer_gain_ci95"), metrics.get("n_test", 0))
+
+
+def difference_statement(what: str, difference: float, interval: dict | None, n: int) -> str:
+    """`what` (an accuracy difference) with its paired_gain_interval and what that says."""
+    if interval is None:  # figures from before the interval
+        return f"{what} {difference:+.4f}"
     low, high = interval["accuracy_low"], interval["accuracy_high"]
     if low == high == 0:
         meaning = "the two models agree on every test example"
@@ -118,5 +123,4 @@ def gain_statement(metrics: dict) -> str:
         meaning = "a real loss"
     else:
         meaning = "not proven: the interval holds 0, more test examples would tell"
-    return (f"transfer gain {gain:+.4f} ({INTERVAL:.0%} interval {low:+.4f} .. {high:+.4f} over "
-            f"{metrics['n_test']} test examples: {meaning})")
+    return f"{what} {difference:+.4f} ({INTERVAL:.0%} interval {low:+.4f} .. {high:+.4f} over {n} test examples: {meaning})"

@@ -43,7 +43,7 @@ from transferline.config import MetricGate, Params
 from transferline.dvcexp import skip_in_experiment
 from transferline.errors import StageError
 from transferline.io import read_json, write_json
-from transferline.metrics import classification_scores
+from transferline.metrics import classification_scores, difference_statement, paired_gain_interval
 from transferline.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,8 @@ class TestSet:
 _PYFUNC_LOAD = threading.Lock()
 
 
-def score_version(name: str, version: str, test: TestSet) -> dict[str, float]:
-    """Load `models:/name/version` as a pyfunc and score it on raw test images."""
+def predicted_by(name: str, version: str, test: TestSet) -> list[str]:
+    """Load `models:/name/version` as a pyfunc; its predicted class names for the raw test inputs."""
     import mlflow
 
     uri = f"models:/{name}/{version}"
@@ -77,10 +77,14 @@ def score_version(name: str, version: str, test: TestSet) -> dict[str, float]:
         with _PYFUNC_LOAD:
             model = mlflow.pyfunc.load_model(uri)
         raw = test.x.tolist() if test.x.dtype == object else test.x  # strings go as a list, images as an array
-        predicted = [str(p) for p in model.predict(raw)]
+        return [str(p) for p in model.predict(raw)]
     except Exception as err:  # a broken or incompatible model: say which one
         raise PromotionError(f"{uri} cannot score the current test split: {_reason(err)}") from err
-    return classification_scores(test.y, predicted)
+
+
+def score_version(name: str, version: str, test: TestSet) -> dict[str, float]:
+    """`models:/name/version`'s scores on the raw test inputs."""
+    return classification_scores(test.y, predicted_by(name, version, test))
 
 
 def _reason(err: Exception) -> str:
@@ -207,19 +211,24 @@ def run_gate(params: Params, test: TestSet, version: str | None = None) -> dict:
     check_version(client, name, version)
     gates = params.promote.metrics
     t1 = time.perf_counter()
-    challenger = score_version(name, version, test)  # outside the lock: it does not depend on the champion
+    challenger_says = predicted_by(name, version, test)  # outside the lock: it does not depend on the champion
+    challenger = classification_scores(test.y, challenger_says)
     timings = {"challenger_scoring_s": round(time.perf_counter() - t1, 3)}
     with gate_lock(params.promote, name) as lock:
         champion_version = current_champion(client, name)  # re-read inside the lock
         t2 = time.perf_counter()
         refusal = cannot_decide(client, name, version, champion_version, test, params.promote.min_test_size)
+        interval = None
         if champion_version == version:
             decision, reason, checks = "already_champion", f"version {version} is already the champion", []
             champion = dict(challenger)
         else:
             unscored = None
             try:
-                champion = score_version(name, champion_version, test) if champion_version else None
+                champion_says = predicted_by(name, champion_version, test) if champion_version else None
+                champion = None if champion_says is None else classification_scores(test.y, champion_says)
+                if champion_says is not None:  # how sure the accuracy difference is, on this test split
+                    interval = paired_gain_interval(test.y, challenger_says, champion_says)
             except PromotionError as err:  # e.g. greyscale before, colour now: no comparison on current data
                 champion, unscored = None, (f"the champion (version {champion_version}) cannot take the current "
                                             f"test split, so they cannot be compared ({err}); {_force(version)}")
@@ -236,6 +245,7 @@ def run_gate(params: Params, test: TestSet, version: str | None = None) -> dict:
             "challenger": {"version": version, **challenger},
             "champion": None if champion_version is None else {"version": champion_version, **(champion or {})},
             "checks": checks,
+            "accuracy_difference_ci95": interval,  # challenger minus champion; None without a scored champion
             "test_set": {"path": test.path, "n": test.n},
             "tracking_uri": redact(mlflow.get_tracking_uri()),
             "at": now(),
@@ -252,6 +262,9 @@ def run_gate(params: Params, test: TestSet, version: str | None = None) -> dict:
     report["seconds"] = round(time.perf_counter() - t0, 3)
     report["timings"] = timings
     log.info("%s version %s: %s (%s); champion is %s", name, version, decision, reason, champion_version)
+    if interval is not None:
+        log.info(difference_statement("challenger minus champion in accuracy:",
+                                      round(challenger["accuracy"] - champion["accuracy"], 5), interval, test.n))
     return report
 
 
@@ -281,6 +294,10 @@ def markdown(report: dict) -> str:
         for c in report["checks"]:
             lines.append("| " + " | ".join(_fmt(c.get(k)) for k in (
                 "metric", "challenger", "champion", "delta", "required_delta", "min", "passes_min", "beats")) + " |")
+    if (interval := report.get("accuracy_difference_ci95")) is not None:
+        delta = round(ch["accuracy"] - champ["accuracy"], 5)
+        lines += ["", difference_statement("Challenger minus champion in accuracy:", delta, interval,
+                                           report["test_set"]["n"]) + "."]
     seconds = report.get("seconds")
     if seconds is not None:
         lines += ["", f"Gate time: {seconds:.2f} s (lock: {report['lock']['kind']}, "
