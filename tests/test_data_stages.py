@@ -98,6 +98,11 @@ def test_a_folder_laid_out_by_split_is_read_by_class(tmp_path):
         Image.new("L", (30, 30), 90).save(flat / cls / "a.png")
     x, y, classes, bad, given = load_folder(flat, size=28, channels=1)
     assert classes == ["train", "zebra"] and split_folders(flat) == [] and given is None
+    for cls, sub in (("train", "2021"), ("val", "2022")):  # classes named like splits, their own sub-folders
+        (tmp_path / "dated" / cls / sub).mkdir(parents=True)
+        Image.new("L", (30, 30), 90).save(tmp_path / "dated" / cls / sub / "a.png")
+    x, y, classes, bad, given = load_folder(tmp_path / "dated", size=28, channels=1)
+    assert classes == ["train", "val"] and given is None
 
 
 def test_a_folders_own_split_is_kept():

@@ -76,11 +76,13 @@ def _subfolders(folder: Path, top: Path, problems: list[str]) -> list[Path]:
 
 def class_folders(folder: Path, problems: list[str]) -> dict[str, list[Path]]:
     """Each class's folders: folder/<class>; or, where every sub-folder is named like a split
-    (GIVEN) and holds class folders, folder/<split>/<class> of every split."""
+    (GIVEN) and holds class folders, some of them in every split, folder/<split>/<class> of
+    every split."""
     tops = _subfolders(folder, folder, problems)
     inside: list[str] = []  # problems below the top: the walk finds them again where no split layout
     inner = {top: _subfolders(top, folder, inside) for top in tops if top.name.lower() in GIVEN}
-    if not tops or len(inner) < len(tops) or not all(inner.values()):
+    shared = set.intersection(*({sub.name for sub in subs} for subs in inner.values())) if inner else set()
+    if not tops or len(inner) < len(tops) or not shared:  # "train" and "val" of other things: classes
         return {top.name: [top] for top in tops}
     problems += inside
     by_class: dict[str, list[Path]] = {}
