@@ -108,6 +108,12 @@ def test_a_split_column_decides_sides_and_the_budgets_still_cap():
     assert len(parts.val) == 2 * 3 and [side[i] for i in parts.val].count("val") == 4
     assert len(parts.train) == 2 * 5 and all(side[i] == "train" for i in parts.train)
     assert all(side[i] in (s, None) for s, idx in zip(("train", "val", "test"), (parts.train, parts.val, parts.test)) for i in idx)
+    for r in rows:  # no val rows named: val comes from the rows without a split, then from train rows
+        r["split"] = "train" if r["split"] == "val" else r["split"]
+    parts = td.assign(rows, ["pos", "neg"], test_fraction=0.2, val_per_class=12, labels_per_class=5, seed=1)
+    val_sides = [rows[i]["split"] for i in parts.val]
+    assert len(parts.val) == 24 and val_sides.count(None) == 16 and val_sides.count("train") == 8
+    assert not set(parts.val) & set(parts.train) and len(parts.train) == 10
 
 
 def test_rotten_tomatoes_builtin_labelled_and_corpus(tmp_path):

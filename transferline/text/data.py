@@ -214,8 +214,9 @@ def assign(rows: list[dict], classes: list[str], test_fraction: float, val_per_c
            labels_per_class: int, seed: int) -> TextSplit:
     """Per class: seeded shuffle, cut into test / val / train (label budget). A user's split
     column decides the side of the rows that have one: its test rows are all tested; its val
-    and train rows come first, capped by the budgets like the rest. Duplicate texts keep their
-    first row only, so a text can never sit on both sides."""
+    and train rows come first, capped by the budgets like the rest (a file without val rows
+    has val cut from its train rows). Duplicate texts keep their first row only, so a text can
+    never sit on both sides."""
     usable = [i for i, r in enumerate(rows) if text_problem(r["text"]) is None]
     seen, keep = set(), []
     for i in usable:
@@ -226,16 +227,19 @@ def assign(rows: list[dict], classes: list[str], test_fraction: float, val_per_c
     rng = np.random.default_rng(seed)
     shuffled = lambda idx: [int(i) for i in rng.permutation(np.asarray(idx, dtype=np.int64))] if idx else []  # noqa: E731
     parts: dict[str, list[int]] = {s: [] for s in SPLITS}
+    gives_val = any(rows[i]["split"] == "val" for i in keep)
     for c in classes:
         mine = [i for i in keep if rows[i]["label"] == c]
         given = {s: shuffled([i for i in mine if rows[i]["split"] == s]) for s in SPLITS}
         free = shuffled([i for i in mine if rows[i]["split"] not in SPLITS])
         n_test = int(round(test_fraction * len(free)))
-        val = given["val"][:val_per_class]
-        n_val = n_test + val_per_class - len(val)
+        rest = free[n_test:]
+        # a file that names no val rows has them cut from its train rows, as a folder without val/
+        val = (given["val"] + rest + ([] if gives_val else given["train"]))[:val_per_class]
         parts["test"] += given["test"] + free[:n_test]
-        parts["val"] += val + free[n_test:n_val]
-        parts["train"] += (given["train"] + free[n_val:])[:labels_per_class]
+        parts["val"] += val
+        taken = set(val)
+        parts["train"] += [i for i in given["train"] + rest if i not in taken][:labels_per_class]
     test = set(parts["test"])
     corpus = [i for i in keep if i not in test]
     return TextSplit(*(sorted(int(i) for i in parts[s]) for s in SPLITS), corpus=corpus)
