@@ -99,6 +99,33 @@ def test_init_fits_the_label_budget_to_small_data_so_the_first_run_starts(tmp_pa
         assert dry.returncode == 0 and "would run ingest" in dry.stdout + dry.stderr, dry.stderr[-2000:]
 
 
+def test_init_keeps_the_split_a_folder_or_a_file_ships_with(tmp_path):
+    """A folder laid out train/<class>, test/<class> and a table with a `split` column: init says
+    their split is kept (the file's through ingest.text.split_column), fits no budget to it, and
+    the run's pre-flight passes."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for side, n in (("train", 30), ("test", 8)):
+        for name in ("ant", "bee"):
+            (tmp_path / "photos" / side / name).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(
+                    tmp_path / "photos" / side / name / f"{i}.png")
+    rows = "".join(f"film {i} was {'good' if i % 2 else 'bad'},{'pos' if i % 2 else 'neg'},"
+                   f"{'test' if i % 5 == 0 else 'train'}\n" for i in range(1200))
+    (tmp_path / "reviews.csv").write_text("text,label,split\n" + rows)
+    for name, args, said, key in (("img", ("--image-folder", "photos"), "photos is laid out by split (test, train)", None),
+                                  ("txt", ("--text-file", "reviews.csv"), "reviews.csv has a 'split' column", "split_column")):
+        made = transferline(tmp_path, "init", name, *args)
+        assert made.returncode == 0 and said in " ".join(made.stderr.split()), made.stderr
+        assert "set split." not in made.stderr  # the data's own split: no budget fitted to it
+        raw = yaml.safe_load((tmp_path / name / "params.yaml").read_text())
+        assert key is None or raw["ingest"]["text"][key] == "split"
+        dry = transferline(tmp_path / name, "run", "--dry-run")
+        assert dry.returncode == 0 and "would run ingest" in dry.stdout + dry.stderr, dry.stderr[-2000:]
+
+
 def _champion(project: Path) -> str | None:
     from mlflow import MlflowClient
 

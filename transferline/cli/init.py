@@ -134,7 +134,18 @@ def _bring_data(root: Path, modality: str, source: str, how: str, repo: str | No
                           "are the test set; split.image.val_per_class and labels_per_class images per class are "
                           "drawn from its validation and training images)")
         return {"ingest.image.target": "folder", "ingest.image.folder": str(dest)}
-    return {"ingest.text.source": "file", "ingest.text.file": str(dest)}
+    values = {"ingest.text.source": "file", "ingest.text.file": str(dest)}
+    from transferline.text.data import TextDataError, read_table
+
+    try:
+        columns = list(read_table(root / dest).columns)
+    except TextDataError:  # the run's pre-flight names what is wrong with the file
+        columns = []
+    if "split" in columns:  # as an image folder laid out by split: the file's split is kept
+        values["ingest.text.split_column"] = "split"
+        console.print(f"{source} has a 'split' column: its train, val and test rows stay on their side "
+                      "(ingest.text.split_column: split)")
+    return values
 
 
 def _write_files(root: Path, modality: str) -> None:
