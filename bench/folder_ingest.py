@@ -1,7 +1,7 @@
 """Benchmark: reading a folder of photos (the ingest of `ingest.image.target: folder`).
 
 Writes N smooth JPEG photos (default 80 of 3000x2000, two classes) to a throw-away
-folder, then times `transferline.image.data.load_folder` as shipped (a JPEG decodes
+folder, then times `transferline.image.files.load_folder` as shipped (a JPEG decodes
 at a reduced scale, Pillow's draft) against the same call decoding every pixel
 (draft switched off for the run), alternately, REPEAT times each, in one process.
 Reports images per second for each, their ratio and how far the pixels are apart.
@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--size", type=int, default=28, help="ingest.image.image_size")
     args = parser.parse_args()
-    from transferline.image.data import load_folder
+    from transferline.image.files import load_folder
 
     folder = Path(tempfile.mkdtemp(prefix="transferline-ingest-bench-"))
     write_photos(folder, args.images)

@@ -19,7 +19,8 @@ from transferline.config import parse_params
 from transferline.config.image import ANIMAL_MNIST, SplitParams
 from transferline.errors import StageError
 from transferline.image import preprocess, split, validate
-from transferline.image.data import TEST, TRAIN, VAL, assign_target, image_hashes, load_folder, load_set, split_folders
+from transferline.image.data import TEST, TRAIN, VAL, assign_target, image_hashes, load_set
+from transferline.image.files import load_folder, split_folders
 from transferline.image.validate import budget_problem, fitting_budget
 from transferline.io import load_arrays, read_json, save_arrays
 from test_cli_light import import_chains, who_imported

@@ -19,7 +19,7 @@ from transferline.errors import StageError
 
 
 def test_16bit_grey_is_scaled_and_mixed_modes_load(tmp_path):
-    from transferline.image.data import load_folder
+    from transferline.image.files import load_folder
 
     ramp = (np.arange(28 * 28, dtype=np.uint16).reshape(28, 28) * 83)  # 0 .. 65,000: a 16-bit gradient
     (tmp_path / "a").mkdir()
@@ -184,8 +184,8 @@ def test_a_source_that_changes_while_ingest_reads_it_is_refused(tmp_path, monkey
         source.write_text("text,label\n" + "".join(f"text {i},{'pos' if i % 2 else 'neg'}\n" for i in range(20)))
         raw["modality"] = "text"
         raw["ingest"]["text"].update(source="file", file=str(source))
-    data = importlib.import_module(f"transferline.{modality}.data")
-    read = getattr(data, reader)
+    files = importlib.import_module(f"transferline.{modality}.files")
+    read = getattr(files, reader)
 
     def read_while_another_program_writes(*args, **kwargs):
         out = read(*args, **kwargs)
@@ -196,7 +196,7 @@ def test_a_source_that_changes_while_ingest_reads_it_is_refused(tmp_path, monkey
                 f.write("a late row,pos\n")
         return out
 
-    monkeypatch.setattr(data, reader, read_while_another_program_writes)
+    monkeypatch.setattr(files, reader, read_while_another_program_writes)
     params = parse_params(raw)
     with pytest.raises(StageError, match=f"{source} changed while ingest was reading it"):
         importlib.import_module(f"transferline.{modality}.ingest").run(params, params.paths)

@@ -153,7 +153,7 @@ def test_predict_labels_files_as_ingest_reads_them(env: Path) -> None:
 
     from transferline.cli.main import app
     from transferline.image import register as register_stage
-    from transferline.image.data import load_folder
+    from transferline.image.files import load_folder
     from transferline.image.predict import model_inputs
 
     params = make_params(env)

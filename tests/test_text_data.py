@@ -12,6 +12,7 @@ from text_helpers import tiny_text_raw
 from transferline.config import ParamsError, parse_params
 from transferline.errors import StageError
 from transferline.text import data as td
+from transferline.text import files as tf
 from transferline.text import ingest, split, validate
 
 REVIEWS = [(f"review number {i} {'loved it' if i % 2 else 'hated it'}", "pos" if i % 2 else "neg") for i in range(40)]
@@ -59,7 +60,7 @@ def test_spreadsheet_exports_read_with_their_own_separator(tmp_path, name, sep, 
     mark), others save tabs: each reads as the same rows, commas inside the texts kept."""
     rows = [{"text": f"{t}, honestly", "label": y} for t, y in REVIEWS]
     pd.DataFrame(rows).to_csv(tmp_path / name, sep=sep, index=False, encoding=encoding)
-    read = td.read_user_file(tmp_path / name, "text", "label")
+    read = tf.read_user_file(tmp_path / name, "text", "label")
     assert [(r["text"], r["label"]) for r in read] == [(r["text"], r["label"]) for r in rows]
 
 

@@ -41,7 +41,7 @@ def _is_url(source: str) -> bool:
 
 def _check_image_folder(folder: Path, option: str) -> None:
     from transferline.errors import StageError
-    from transferline.image.data import folder_files  # numpy only: no torch
+    from transferline.image.files import folder_files  # numpy only: no torch
 
     if not folder.is_dir():
         _fail(f"{option} {folder}: no such folder; give a folder with one sub-folder per class "
@@ -56,13 +56,13 @@ def _check_image_folder(folder: Path, option: str) -> None:
 
 
 def _is_text_file(name: str) -> bool:
-    from transferline.text.data import FORMATS  # the suffixes ingest reads
+    from transferline.text.files import FORMATS  # the suffixes ingest reads
 
     return Path(name).suffix.lower() in FORMATS
 
 
 def _check_text_file(name: str, option: str, path: Path | None = None) -> None:
-    from transferline.text.data import KNOWN
+    from transferline.text.files import KNOWN
 
     if not _is_text_file(name):
         _fail(f"{option} {name}: not a {KNOWN} file; convert it to one of those")
@@ -114,7 +114,7 @@ def _bring_data(root: Path, modality: str, source: str, how: str, repo: str | No
         (root / folder).mkdir(parents=True, exist_ok=True)
     if how == "copy":
         if modality == "image":
-            from transferline.image.data import os_file
+            from transferline.image.files import os_file
 
             shutil.copytree(source, root / dest, ignore=lambda _, names: [n for n in names if os_file(n)])
         else:
@@ -127,7 +127,7 @@ def _bring_data(root: Path, modality: str, source: str, how: str, repo: str | No
         _run(root, *dvc, "import", "--quiet", repo_arg, source, "-o", str(dest))
     if modality == "image":
         _check_image_folder(root / dest, "the imported folder")
-        from transferline.image.data import split_folders
+        from transferline.image.files import split_folders
 
         if splits := split_folders(root / dest):
             console.print(f"{source} is laid out by split ({', '.join(splits)}): its split is kept (its test images "
@@ -135,7 +135,8 @@ def _bring_data(root: Path, modality: str, source: str, how: str, repo: str | No
                           "drawn from its validation and training images)")
         return {"ingest.image.target": "folder", "ingest.image.folder": str(dest)}
     values = {"ingest.text.source": "file", "ingest.text.file": str(dest)}
-    from transferline.text.data import TextDataError, read_table
+    from transferline.text.data import TextDataError
+    from transferline.text.files import read_table
 
     try:
         columns = list(read_table(root / dest).columns)

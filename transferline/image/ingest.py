@@ -5,7 +5,7 @@ before anything is unpickled. A target can also be a local folder with one
 sub-folder per class (or one per split, train/<class>/..., test/<class>/...),
 images in any format Pillow reads. Outputs: `${paths.raw}/{source,target}.npz`
 (x: uint8 N,C,H,W; y: int64; for a folder laid out by split, split: int8, each
-image's data.GIVEN code) and `meta.json` (class names, origin, unreadable files).
+image's files.GIVEN code) and `meta.json` (class names, origin, unreadable files).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 
 from transferline.config import Params
 from transferline.config.image import ANIMAL_MNIST, MNIST
-from transferline.image import data
+from transferline.image import data, files
 from transferline.io import save_arrays, write_json
 from transferline.paths import Paths
 from transferline.sources import unchanged_while_read
@@ -48,7 +48,7 @@ def run(params: Params, paths: Paths) -> dict:
         classes, bad, origin = list(ANIMAL_MNIST.classes), [], ANIMAL_MNIST.artifact.requirement
     else:
         with unchanged_while_read(Path(cfg.folder)):
-            xt, yt, classes, bad, given = data.load_folder(Path(cfg.folder), cfg.image_size, cfg.channels,
+            xt, yt, classes, bad, given = files.load_folder(Path(cfg.folder), cfg.image_size, cfg.channels,
                                                            cfg.max_pixels)
         origin = f"folder:{cfg.folder}"
     save_arrays(paths.raw / "source.npz", x=xs, y=ys)
@@ -61,7 +61,7 @@ def run(params: Params, paths: Paths) -> dict:
         meta["target"]["given_split"] = {side: int((given == code).sum())
                                          for side, code in (("train", data.TRAIN), ("val", data.VAL), ("test", data.TEST))}
         log.info("%s is laid out by split (%s): its split is kept (images %s)", cfg.folder,
-                 ", ".join(data.split_folders(Path(cfg.folder))), meta["target"]["given_split"])
+                 ", ".join(files.split_folders(Path(cfg.folder))), meta["target"]["given_split"])
     write_json(paths.raw_meta, meta)
     log.info("source %s, target %s (%d classes, %d unreadable)", xs.shape, xt.shape, len(classes), len(bad))
     return meta

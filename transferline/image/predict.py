@@ -1,5 +1,5 @@
 """predict (images): the files given to `transferline predict`, read the way ingest reads a
-folder (transferline.image.data.read_image: the same decode, resize and channels), at the size
+folder (transferline.image.files.read_image: the same decode, resize and channels), at the size
 and channels of the model that will label them, so a photo is labelled as it would have trained."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import numpy as np
 
 from transferline.config import Params
 from transferline.config.image import IngestParams
-from transferline.image.data import os_file, read_images, served_layout
+from transferline.image.data import served_layout
+from transferline.image.files import os_file, read_images
 
 
 def files_under(paths: list[Path]) -> tuple[list[Path], list[str]]:

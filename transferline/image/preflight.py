@@ -12,6 +12,7 @@ from transferline.config import Params
 from transferline.config.image import BUILT_STARTS, SplitParams
 from transferline.errors import StageError
 from transferline.image import data
+from transferline.image.files import GIVEN, folder_files, split_folders
 from transferline.image.validate import budget_problem, empty_side, fitting_budget
 
 SHOWN = 10  # problems of one kind listed before "and N more"
@@ -43,7 +44,7 @@ def folder_problems(folder: Path, max_pixels: int, min_per_class: int, split: Sp
     from PIL import Image
 
     try:
-        classes, per_class, problems = data.folder_files(folder)
+        classes, per_class, problems = folder_files(folder)
     except StageError as err:
         return [str(err)]
     problems = [f"{folder}/{p}" for p in problems]
@@ -81,8 +82,8 @@ def folder_problems(folder: Path, max_pixels: int, min_per_class: int, split: Sp
     if small:
         problems.append(f"ingest.image.folder: classes with fewer than validate.image.min_per_class="
                         f"{min_per_class} readable images: {', '.join(small)}; add images or lower the minimum")
-    elif (splits := data.split_folders(folder)) and len(classes) >= 2:  # its own split: each side needs each class
-        problems += missing_sides(folder, classes, per_class, {data.GIVEN[s.lower()] for s in splits})
+    elif (splits := split_folders(folder)) and len(classes) >= 2:  # its own split: each side needs each class
+        problems += missing_sides(folder, classes, per_class, {GIVEN[s.lower()] for s in splits})
     elif len(classes) >= 2 and (budget := budget_problem(min(counts), split)):
         problems.append(budget)
     return problems
@@ -91,7 +92,7 @@ def folder_problems(folder: Path, max_pixels: int, min_per_class: int, split: Sp
 def missing_sides(folder: Path, classes: list[str], per_class: list[list[Path]], given: set[int]) -> list[str]:
     """Classes a folder laid out by split leaves without training images, or without validation or
     test images where it has such folders (else those are cut from the training images)."""
-    present = [{data.GIVEN[f.relative_to(folder).parts[0].lower()] for f in files} for files in per_class]
+    present = [{GIVEN[f.relative_to(folder).parts[0].lower()] for f in files} for files in per_class]
     return [empty_side(name, side) for side in sorted(given | {data.TRAIN}) for name, has in zip(classes, present)
             if side not in has]
 
@@ -100,10 +101,10 @@ def fitted_split(params: Params, root: Path) -> dict[str, int]:
     """The split values (dotted keys) that fit the folder under `root` where params' do not, for
     `transferline init`: {} when they fit or the folder cannot tell (the pre-flight then says why)."""
     try:
-        _, per_class, _ = data.folder_files(root / params.image.ingest.folder)
+        _, per_class, _ = folder_files(root / params.image.ingest.folder)
     except StageError:
         return {}
-    if len(per_class) < 2 or data.split_folders(root / params.image.ingest.folder):  # its own split decides
+    if len(per_class) < 2 or split_folders(root / params.image.ingest.folder):  # its own split decides
         return {}
     fit = fitting_budget(min(map(len, per_class)), params.image.split)
     return {f"split.image.{key}": value for key, value in fit.items()}

@@ -15,6 +15,7 @@ from transferline.io import write_json
 from transferline.paths import Paths
 from transferline.sources import unchanged_while_read
 from transferline.text import data as td
+from transferline.text import files
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def run(params: Params, paths: Paths) -> dict:
     else:
         try:
             with unchanged_while_read(Path(cfg.file)):
-                rows = td.read_user_file(Path(cfg.file), cfg.text_column, cfg.label_column, cfg.split_column)
+                rows = files.read_user_file(Path(cfg.file), cfg.text_column, cfg.label_column, cfg.split_column)
         except td.TextDataError as err:
             raise StageError(str(err)) from None
         origin, dropped = cfg.file, {}

@@ -1,6 +1,6 @@
 """predict (text): the files given to `transferline predict`: a .txt file holds one text a
 line; a .csv, .tsv, .jsonl or .parquet file is read the way ingest reads one
-(transferline.text.data.read_table: the same formats, separators and encoding), its texts
+(transferline.text.files.read_table: the same formats, separators and encoding), its texts
 in ingest.text.text_column; no label column needed."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Any
 
 from transferline.config import Params
 from transferline.text import data as td
+from transferline.text import files
 
 
 def model_inputs(paths: list[Path], params: Params | None, model: Any) -> tuple[list[str], list[str], list[str]]:
@@ -22,7 +23,7 @@ def model_inputs(paths: list[Path], params: Params | None, model: Any) -> tuple[
     problems: list[str] = []
     for path in paths:
         if not path.is_file():
-            problems.append(f"{path}: no such file (give a .txt file, one text a line, or a {td.KNOWN} file)")
+            problems.append(f"{path}: no such file (give a .txt file, one text a line, or a {files.KNOWN} file)")
             continue
         if path.suffix.lower() == ".txt":
             lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
@@ -30,7 +31,7 @@ def model_inputs(paths: list[Path], params: Params | None, model: Any) -> tuple[
             where = "line"
         else:
             try:
-                table = td.read_table(path)
+                table = files.read_table(path)
             except td.TextDataError as err:
                 problems.append(str(err).removeprefix("ingest.text.file: "))
                 continue
@@ -38,7 +39,7 @@ def model_inputs(paths: list[Path], params: Params | None, model: Any) -> tuple[
                 problems.append(f"{path}: no column {column!r} (the texts' column, ingest.text.text_column); its "
                                 f"columns are {list(table.columns)}: rename the texts' column to {column!r}")
                 continue
-            rows = [{"row": n, "text": td.missing_as_none(text)} for n, text in enumerate(table[column], start=1)]
+            rows = [{"row": n, "text": files.missing_as_none(text)} for n, text in enumerate(table[column], start=1)]
             where = "row"
         for row in rows:
             if (why := td.text_problem(row["text"])) is not None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from transferline.config import Params
 from transferline.config.text import MINILM
 from transferline.text import data as td
+from transferline.text import files
 
 SHOWN = 10
 
@@ -31,7 +32,7 @@ def file_problems(params: Params) -> list[str]:
     cfg, v = params.text.ingest, params.text
     path = Path(cfg.file)
     try:
-        rows = td.read_user_file(path, cfg.text_column, cfg.label_column, cfg.split_column)
+        rows = files.read_user_file(path, cfg.text_column, cfg.label_column, cfg.split_column)
     except td.TextDataError as err:
         return [str(err)]
     problems = []
@@ -61,7 +62,7 @@ def fitted_split(params: Params, root: Path) -> dict[str, int]:
     `transferline init`: {} when they fit or the file cannot tell (the pre-flight then says why)."""
     cfg, s = params.text.ingest, params.text.split
     try:
-        rows = td.read_user_file(root / cfg.file, cfg.text_column, cfg.label_column, cfg.split_column)
+        rows = files.read_user_file(root / cfg.file, cfg.text_column, cfg.label_column, cfg.split_column)
     except td.TextDataError:
         return {}
     counts = Counter(r["label"] for r in rows if r["label"] is not None and td.text_problem(r["text"]) is None)
