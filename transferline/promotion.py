@@ -225,9 +225,10 @@ def run_gate(params: Params, test: TestSet, version: str | None = None) -> dict:
         else:
             unscored = None
             try:
-                champion_says = predicted_by(name, champion_version, test) if champion_version else None
-                champion = None if champion_says is None else classification_scores(test.y, champion_says)
-                if champion_says is not None:  # how sure the accuracy difference is, on this test split
+                champion = None
+                if champion_version:  # scored on this test split, with how sure the accuracy difference is
+                    champion_says = predicted_by(name, champion_version, test)
+                    champion = classification_scores(test.y, champion_says)
                     interval = paired_gain_interval(test.y, challenger_says, champion_says)
             except PromotionError as err:  # e.g. greyscale before, colour now: no comparison on current data
                 champion, unscored = None, (f"the champion (version {champion_version}) cannot take the current "
