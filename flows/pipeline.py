@@ -25,9 +25,9 @@ from flows import report
 from flows.policy import push_options, stage_options
 from transferline import runguard
 from transferline.config import PARAMS_FILE, load_params
-from transferline.dvcrun import (FLOW_RUN_ENV, RUN_ID_ENV, STAGES, DvcProcess, StageFailed, StalePlan, StageResult,
-                                 dag_stages, outcome)
+from transferline.dvcrun import STAGES, DvcProcess, StageFailed, StalePlan, StageResult, dag_stages, outcome
 from transferline.errors import connection_failure
+from transferline.lineage import FLOW_RUN_ENV, RUN_ID_ENV
 from transferline.project import prepare
 from transferline.runlock import run_lock
 from transferline.runlog import log_stage, read_yaml
@@ -108,7 +108,8 @@ def pipeline(until: str | None = None, push_remote: bool = True) -> dict:
             get_run_logger().info("changed: %s", path)
         # the data is in place: DVC's status runs on the other core while MLflow loads here, and the
         # same DVC process then reproduces the stages
-        dvc_process = stack.enter_context(DvcProcess(plan=True))
+        warm = params.modality if params.orchestrate.warm_stages else None  # transferline.warmstart
+        dvc_process = stack.enter_context(DvcProcess(plan=True, warm=warm))
         import mlflow
         from mlflow.exceptions import MlflowException
 

@@ -45,8 +45,6 @@ class StageRefused(StageFailed):
 # The flow's stage order; a test checks it is a topological order of dvc.yaml.
 STAGES = ("ingest", "validate", "split", "preprocess", "pretrain", "finetune", "evaluate", "register",
           "promote")
-RUN_ID_ENV = "TRANSFERLINE_MLFLOW_RUN_ID"  # tells a stage which MLflow run is its own
-FLOW_RUN_ENV = "TRANSFERLINE_PREFECT_FLOW_RUN_ID"  # the Prefect flow run a stage belongs to (lineage)
 
 # What a stage says when its work is done (tasks/_stage.py).
 WORK_DONE = re.compile(r"\[(\w+)\] done in ([\d.]+) s$")
@@ -131,16 +129,18 @@ class DvcProcess:
     a timeout or an interrupt stops them together; the next stage then starts a new one.
     Output streams through while a tail is kept for the error."""
 
-    def __init__(self, root: str | Path = ".", plan: bool = False):
+    def __init__(self, root: str | Path = ".", plan: bool = False, warm: str | None = None):
         self.root = Path(root)
+        self.warm = warm  # a modality: its stages forked from the DVC process (transferline.warmstart)
         self.proc: subprocess.Popen | None = None
         self._start(plan)
 
     def _start(self, plan: bool) -> None:
         # Stage commands say `python`: make it this interpreter, venv or not.
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        options = [*(["--plan"] if plan else []), *(["--warm", self.warm] if self.warm else [])]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "transferline.dvcrun", str(self.root), *(["--plan"] if plan else [])],
+            [sys.executable, "-m", "transferline.dvcrun", str(self.root), *options],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, "PATH": path, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
 
@@ -250,11 +250,13 @@ def _error_text(err: BaseException) -> str:
     return ": ".join(parts)
 
 
-def _serve(root: str, plan: bool) -> None:
+def _serve(root: str, plan: bool, warm: str | None) -> None:
     """The DVC process: the plan first (`plan`), then one `Repo.reproduce` per request line on stdin.
 
     Every reply is one line (REPLY + JSON) on stdout; DVC's messages and the stage's output
-    (its process inherits both streams: DvcProcess joins them) come before it, in order."""
+    (its process inherits both streams: DvcProcess joins them) come before it, in order.
+    `warm` (a modality): its slow libraries imported once and the stages forked from here
+    (transferline.warmstart), unless the plan found nothing stale."""
     if plan:
         try:
             found = stale_plan(root)
@@ -263,7 +265,13 @@ def _serve(root: str, plan: bool) -> None:
             print(REPLY + json.dumps({"error": _error_text(err)}), flush=True)
             return
         print(REPLY + json.dumps(reply, default=str), flush=True)
+        warm = warm if found.stale else None
     from dvc.repo import Repo
+
+    if warm:
+        from transferline.warmstart import warm_up
+
+        warm_up(warm)
 
     base = dict(os.environ)
     for line in sys.stdin:
@@ -280,4 +288,5 @@ def _serve(root: str, plan: bool) -> None:
 
 
 if __name__ == "__main__":  # DvcProcess
-    _serve(sys.argv[1], "--plan" in sys.argv[2:])
+    options = sys.argv[2:]
+    _serve(sys.argv[1], "--plan" in options, options[options.index("--warm") + 1] if "--warm" in options else None)

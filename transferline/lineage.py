@@ -33,10 +33,12 @@ from typing import Any
 
 import yaml
 
-from transferline.dvcrun import FLOW_RUN_ENV
 from transferline.errors import mlflow_error_code
 from transferline.runlog import flatten
 
+# Set by the flow for each stage it runs (flows/pipeline.py), read by register here and in transferline.registry.
+RUN_ID_ENV = "TRANSFERLINE_MLFLOW_RUN_ID"  # tells a stage which MLflow run is its own
+FLOW_RUN_ENV = "TRANSFERLINE_PREFECT_FLOW_RUN_ID"  # the Prefect flow run a stage belongs to
 ARTIFACTS = "lineage"
 RESTORED_PREFIXES = ("data/", "models/")  # which dvc.lock outs are "data and checkpoints"
 BACKUPS = Path(".transferline/lineage")

@@ -21,9 +21,9 @@ from typing import Any
 import transferline
 from transferline.champion import CLASSES_TAG
 from transferline.config import Params
-from transferline.dvcrun import RUN_ID_ENV
 from transferline.errors import StageError
 from transferline.io import read_json, write_json
+from transferline.lineage import RUN_ID_ENV
 from transferline.paths import Paths
 
 log = logging.getLogger(__name__)

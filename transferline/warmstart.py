@@ -1,0 +1,133 @@
+"""A stage's command run in a fork of the DVC process, which has imported torch and MLflow once.
+
+DVC runs a stage's `cmd` (`python -m tasks.<stage>`) in a new shell and a new interpreter,
+which imports torch (and MLflow for the registry stages) all over again: 1.5-3 s a stage on
+2 cores, paid by five of the nine stages (bench/overhead.py). The flow's DVC process
+(transferline.dvcrun) imports those libraries once (`warm_up`) and has DVC run such a
+command through `run_forked`: a fork of that process runs the same module as `__main__`,
+as `python -m` would, with DVC's working directory and environment. DVC still decides
+what runs, hashes the outputs and writes dvc.lock; any other command goes to DVC's own
+runner. `dvc repro` from a shell never comes here.
+
+Only third-party libraries are imported ahead: the stage imports the project's code
+afresh, after DVC hashed it, so the code that runs is the code dvc.lock records.
+`orchestrate.warm_stages: false` turns this off.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import logging
+import os
+import re
+import runpy
+import signal
+import sys
+import threading
+import traceback
+
+log = logging.getLogger(__name__)
+
+# What the stages import that is slow to import; none of it reads the environment a stage
+# changes (its MLflow run is read when used). pydantic, yaml: every stage's params.
+WARM_IMPORTS = {
+    "image": ("numpy", "yaml", "pydantic", "PIL.Image", "sklearn.model_selection", "torch", "torchvision",
+              "safetensors.torch", "tqdm", "matplotlib.pyplot", "mlflow", "mlflow.pyfunc", "mlflow.models"),
+    "text": ("numpy", "yaml", "pydantic", "pandas", "torch", "transformers", "safetensors.torch", "tqdm",
+             "matplotlib.pyplot", "mlflow", "mlflow.pyfunc", "mlflow.models"),
+}
+_monitor_interval = [10]  # tqdm's, restored in a forked stage
+# The stage commands dvc.yaml writes; anything else runs as DVC would run it.
+STAGE_CMD = re.compile(r"python -m (tasks\.\w+)")
+
+
+def warm_up(modality: str) -> threading.Thread | None:
+    """Import the modality's slow libraries (in a thread) and point DVC's command runner at `run_forked`.
+
+    Until the imports are done (the first stages need none of them) and whenever another thread
+    runs, a command goes to DVC's own runner: a fork copies only the thread that forks. None
+    (and DVC's runner untouched) where this DVC has no `dvc.stage.run._run` to replace."""
+    import dvc.stage.run as dvc_run
+    from tqdm import tqdm
+    from tqdm._monitor import TMonitor
+
+    original = getattr(dvc_run, "_run", None)
+    if original is None:
+        log.warning("this DVC has no dvc.stage.run._run: stages start in new interpreters")
+        return None
+    # DVC's progress bars start tqdm's monitor thread: none from now on (a stage's own bars may)
+    tqdm.monitor_interval, _monitor_interval[0] = 0, tqdm.monitor_interval
+    for thread in threading.enumerate():
+        if isinstance(thread, TMonitor):
+            thread.exit()
+            thread.tqdm_cls.monitor = None
+    imports = threading.Thread(target=_import, args=(WARM_IMPORTS.get(modality, ()),), name="warm-up", daemon=True)
+    imports.start()
+
+    def run(executable: str | None, cmd: str, **kwargs: object) -> None:
+        if (match := STAGE_CMD.fullmatch(cmd.strip())) is None or imports.is_alive() or threading.active_count() > 1:
+            return original(executable, cmd, **kwargs)
+        run_forked(match[1], cmd, str(kwargs["cwd"]), dict(kwargs["env"]))  # type: ignore[arg-type]
+
+    dvc_run._run = run
+    return imports
+
+
+def _import(modules: tuple[str, ...]) -> None:
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # noqa: BLE001 - a stage that needs it says so in its own words
+            log.debug("warm-up: %s not imported (%s)", name, err)
+
+
+def run_forked(module: str, cmd: str, cwd: str, env: dict[str, str]) -> None:
+    """Run `module` as `__main__` in a fork; raise DVC's StageCmdFailedError where it exits non-zero."""
+    from dvc.stage.exceptions import StageCmdFailedError
+
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()  # or the child writes what is buffered here a second time
+    pid = os.fork()
+    if pid == 0:
+        _child(module, cwd, env)  # never returns
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as DVC's runner: Ctrl-C is the stage's to handle
+    try:
+        _, status = os.waitpid(pid, 0)
+    finally:
+        signal.signal(signal.SIGINT, ignored)
+    if (code := os.waitstatus_to_exitcode(status)) != 0:
+        raise StageCmdFailedError(cmd, code)
+
+
+def _child(module: str, cwd: str, env: dict[str, str]) -> None:
+    """The forked stage: a new interpreter's state where it matters, the module as `python -m` runs it."""
+    code = 1
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        from tqdm import tqdm
+
+        tqdm.monitor_interval = _monitor_interval[0]
+        atexit._clear()  # the DVC process's exit handlers are not this process's
+        for handler in logging.root.handlers[:]:  # the stage configures logging itself
+            logging.root.removeHandler(handler)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)  # the DVC process's stdin carries the flow's requests
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(env)
+        sys.path[0] = cwd  # `python -m` puts the working directory first
+        for name in [m for m in sys.modules if m.split(".")[0] in ("transferline", "tasks")]:
+            del sys.modules[name]  # the project's code as it is now, the code DVC has just hashed
+        sys.argv = [module]
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as err:
+        code = err.code if isinstance(err.code, int) else int(err.code is not None)
+    except BaseException:  # noqa: BLE001 - printed as the interpreter would, then exit 1
+        traceback.print_exc()
+    finally:
+        atexit._run_exitfuncs()  # the stage's own (tasks._stage exits from here itself)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(code)
