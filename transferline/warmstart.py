@@ -17,6 +17,7 @@ afresh, after DVC hashed it, so the code that runs is the code dvc.lock records.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import logging
 import os
@@ -30,12 +31,15 @@ import traceback
 log = logging.getLogger(__name__)
 
 # What the stages import that is slow to import; none of it reads the environment a stage
-# changes (its MLflow run is read when used). pydantic, yaml: every stage's params.
+# changes (its MLflow run is read when used). pydantic, yaml: every stage's params; MLflow's
+# SQL stores: register and promote on the default tracking URI (1 s to import).
+MLFLOW = ("mlflow", "mlflow.pyfunc", "mlflow.models", "mlflow.store.tracking.sqlalchemy_store",
+          "mlflow.store.model_registry.sqlalchemy_store")
 WARM_IMPORTS = {
     "image": ("numpy", "yaml", "pydantic", "PIL.Image", "sklearn.model_selection", "torch", "torchvision",
-              "safetensors.torch", "tqdm", "matplotlib.pyplot", "mlflow", "mlflow.pyfunc", "mlflow.models"),
+              "safetensors.torch", "tqdm", "matplotlib.pyplot", *MLFLOW),
     "text": ("numpy", "yaml", "pydantic", "pandas", "torch", "transformers", "safetensors.torch", "tqdm",
-             "matplotlib.pyplot", "mlflow", "mlflow.pyfunc", "mlflow.models"),
+             "matplotlib.pyplot", *MLFLOW),
 }
 _monitor_interval = [10]  # tqdm's, restored in a forked stage
 # The stage commands dvc.yaml writes; anything else runs as DVC would run it.
@@ -80,6 +84,12 @@ def _import(modules: tuple[str, ...]) -> None:
             importlib.import_module(name)
         except Exception as err:  # noqa: BLE001 - a stage that needs it says so in its own words
             log.debug("warm-up: %s not imported (%s)", name, err)
+    # MLflow maps every installed module to its package (0.7 s) to check a model's requirements
+    # when it logs or loads one (register, promote); the installed packages do not change in a run.
+    with contextlib.suppress(Exception):
+        from mlflow.utils import requirements_utils
+
+        requirements_utils._init_modules_to_packages_map()
 
 
 def run_forked(module: str, cmd: str, cwd: str, env: dict[str, str]) -> None:
