@@ -11,7 +11,9 @@ machine in the same run:
 3. the full default image run (`transferline run --no-push`, the project's
    Prefect server up) vs one plain Python process that calls the same stage
    functions (ingest .. evaluate) with no orchestration, tracking, registry or
-   versioning: the overhead in %, and stage by stage where it goes;
+   versioning: the overhead in %, and stage by stage where it goes; then the
+   same run again with each stage in a new interpreter
+   (`orchestrate.warm_stages: false`);
 4. `fit` (the shared training loop) vs a bare PyTorch loop: same model,
    batch size, optimizer and validation pass per epoch, images/s each;
    the same set streamed from its cache file by DataLoader workers vs in
@@ -121,11 +123,11 @@ ASK_MLFLOW = [PY, "-c", "import sys, transferline.storeview as v; v.SCHEMA = 'no
 DVC = [PY, "-m", "dvc"]
 
 
-def set_local_server(project: Path, on: bool) -> None:
-    """params.yaml `orchestrate.local_server` (no stage reads it: DVC sees no change)."""
+def set_orchestrate(project: Path, key: str, on: bool) -> None:
+    """params.yaml `orchestrate.<key>`, a boolean (no stage reads it: DVC sees no change)."""
     path = project / "params.yaml"
-    text, n = re.subn(r"(?m)^(\s+local_server:) \w+", rf"\1 {str(on).lower()}", path.read_text())
-    assert n == 1, "params.yaml has no orchestrate.local_server"
+    text, n = re.subn(rf"(?m)^(\s+{key}:) \w+", rf"\1 {str(on).lower()}", path.read_text())
+    assert n == 1, f"params.yaml has no orchestrate.{key}"
     path.write_text(text)
 
 
@@ -144,12 +146,12 @@ def noop_block(project: Path, repeat: int) -> dict:
         out["run_starting_server_s"] = round(seconds, 3)
     finally:
         timed([*TL, "server", "stop"], project, check=False)
-    set_local_server(project, False)
+    set_orchestrate(project, "local_server", False)
     try:
         out["run_ephemeral_s"] = median([*TL, "run", "--no-push"], project, repeat, "ran: nothing")
         out["check_ephemeral_s"] = median([*TL, "check", "--no-push"], project, repeat, "nothing to do")
     finally:
-        set_local_server(project, True)
+        set_orchestrate(project, "local_server", True)
     for key in ("run_server", "check_server", "run_starting_server", "run_ephemeral", "check_ephemeral"):
         out[f"{key}_over_dvc_repro"] = round(out[f"{key}_s"] / out["dvc_repro_s"], 2)
         out[f"{key}_over_dvc_status"] = round(out[f"{key}_s"] / out["dvc_status_s"], 2)
@@ -199,10 +201,25 @@ def full_block(project: Path, plain: Path) -> dict:
     # The same run's own work (each stage times it inside its process): unlike the plain script,
     # no second training run whose speed differs by a few % (noise larger than what is measured).
     work = sum(r["work_seconds"] for r in summary["stages"] if r["stage"] in PLAIN_STAGES)
+    # Every stage again in a new interpreter, as before the stages were forked from the warm DVC
+    # process (transferline.warmstart): no dvc.lock and no run cache, so DVC reruns them all.
+    set_orchestrate(project, "warm_stages", False)
+    try:
+        (project / "dvc.lock").unlink()
+        shutil.rmtree(project / ".dvc/cache/runs", ignore_errors=True)
+        cold_s, cold_out = timed([*TL, "run", "--no-push", "--json"], project, stdout_only=True)
+    finally:
+        set_orchestrate(project, "warm_stages", True)
+    cold = json.loads(cold_out)
+    assert cold["ran"] == summary["ran"], cold
+    cold_work = sum(r["work_seconds"] for r in cold["stages"] if r["stage"] in PLAIN_STAGES)
     return {"server_start_s": round(server_start_s, 2), "full_run_s": round(full_s, 1), "plain_script_s": round(plain_s, 1),
             "overhead_pct": round(100 * (full_s - plain_s) / full_s, 1),
             "own_work_s": round(work, 1), "overhead_over_own_work_pct": round(100 * (full_s - work) / full_s, 1),
             "stages": stages, "around_stages_s": round(around, 1),
+            "cold_run_s": round(cold_s, 1), "cold_own_work_s": round(cold_work, 1),
+            "cold_overhead_over_own_work_pct": round(100 * (cold_s - cold_work) / cold_s, 1),
+            "cold_stages": {r["stage"]: {"pipeline_s": r["seconds"], "work_s": r["work_seconds"]} for r in cold["stages"]},
             "finetune_accuracy": ft, "finetune_accuracy_plain": ft_plain}
 
 
@@ -456,6 +473,11 @@ def table(r: dict) -> str:
         *([("... the same run vs its own work (ingest .. evaluate, timed inside each stage's process)",
             f"{f['full_run_s']:.1f} s vs {f['own_work_s']:.1f} s", f"overhead {f['overhead_over_own_work_pct']:.1f} %")]
           if "own_work_s" in f else []),
+        *([("... the same run again, each stage in a new interpreter (`orchestrate.warm_stages: false`, as before "
+            "the stages were forked from the warm DVC process), vs its own work",
+            f"{f['cold_run_s']:.1f} s vs {f['cold_own_work_s']:.1f} s",
+            f"overhead {f['cold_overhead_over_own_work_pct']:.1f} %; the warm run took "
+            f"{f['full_run_s'] / f['cold_run_s']:.2f}x its time")] if "cold_run_s" in f else []),
         (f"`fit` vs a bare PyTorch loop (small_cnn, batch {t['batch_size']}, AdamW, {t['threads']} threads)",
          f"{t['fit_images_per_s']} vs {t['bare_images_per_s']} images/s", f"{t['fit_over_bare_speed']}x the bare speed"),
         *([("... `fit` with channels-last weights (build_model's default) vs contiguous (NCHW) ones",
@@ -487,11 +509,16 @@ def table(r: dict) -> str:
 def stage_table(f: dict) -> str:
     """The full run stage by stage: wall time in the run (DVC, the process, imports, work), the
     work the stage timed inside its process, and the same stage in the plain script."""
-    lines = ["The full run of line 3, stage by stage (seconds):", "",
-             "| stage | in the run | its own work | plain script |", "|---|---|---|---|"]
+    cold = f.get("cold_stages", {})
+    lines = ["The full run of line 3, stage by stage (seconds; in a new interpreter each: the run with "
+             "`orchestrate.warm_stages: false`):", "",
+             "| stage | in the run | its own work | in a new interpreter | its own work | plain script |",
+             "|---|---|---|---|---|---|"]
     for stage, r in f["stages"].items():
         plain = f"{r['plain_s']:.1f}" if r["plain_s"] else "-"  # register and promote: none
-        lines.append(f"| {stage} | {r['pipeline_s']:.1f} | {r['work_s']:.1f} | {plain} |")
+        c = cold.get(stage)
+        again = f"{c['pipeline_s']:.1f} | {c['work_s']:.1f}" if c else "- | -"
+        lines.append(f"| {stage} | {r['pipeline_s']:.1f} | {r['work_s']:.1f} | {again} | {plain} |")
     return "\n".join(lines) + "\n"
 
 
