@@ -34,15 +34,18 @@ if VALUE == "sleep":
 """
 REFUSE = 'import sys\nprint("[refuse] error: row 3 has no label; add one", file=sys.stderr)\nsys.exit(1)\n'
 CRASH = 'raise ValueError("a bug, not the input")\n'
+QUIT = 'import sys\nsys.exit("[quit] error: seed must be a number; set seed: 42")\n'
 
 
 def project(root: Path) -> Path:
     stages = {"probe": {"cmd": "python -m tasks.probe", "deps": ["tasks/probe.py", "tasks/helper.py"],
                         "outs": [{"probe.json": {"cache": False}}]},
               "refuse": {"cmd": "python -m tasks.refuse", "deps": ["tasks/refuse.py"]},
-              "crash": {"cmd": "python -m tasks.crash", "deps": ["tasks/crash.py"]}}
+              "crash": {"cmd": "python -m tasks.crash", "deps": ["tasks/crash.py"]},
+              "quit": {"cmd": "python -m tasks.quit", "deps": ["tasks/quit.py"]}}
     (root / "tasks").mkdir()
-    for name, text in (("__init__", ""), ("probe", PROBE), ("helper", 'VALUE = "one"\n'), ("refuse", REFUSE), ("crash", CRASH)):
+    for name, text in (("__init__", ""), ("probe", PROBE), ("helper", 'VALUE = "one"\n'), ("refuse", REFUSE), ("crash", CRASH),
+                       ("quit", QUIT)):
         (root / "tasks" / f"{name}.py").write_text(text)
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
     for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
@@ -85,6 +88,8 @@ def test_a_stage_runs_forked_from_the_warm_dvc_process_with_its_own_env_and_fres
             dvc.repro("refuse")
         with pytest.raises(StageFailed, match="ValueError: a bug, not the input"):
             dvc.repro("crash")
+        with pytest.raises(StageRefused, match="seed must be a number; set seed: 42"):
+            dvc.repro("quit")
         assert not dvc.repro("probe").ran  # the same DVC process goes on; DVC itself skips the probe now
     status = subprocess.run([sys.executable, "-m", "dvc", "status", "probe"], capture_output=True, text=True, check=True)
     assert status.stdout.strip() == "Data and pipelines are up to date."

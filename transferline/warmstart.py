@@ -132,8 +132,10 @@ def _child(module: str, cwd: str, env: dict[str, str]) -> None:
         sys.argv = [module]
         runpy.run_module(module, run_name="__main__", alter_sys=True)
         code = 0
-    except SystemExit as err:
+    except SystemExit as err:  # as the interpreter ends on it: sys.exit("why") prints why, exits 1
         code = err.code if isinstance(err.code, int) else int(err.code is not None)
+        if isinstance(err.code, str):
+            print(err.code, file=sys.stderr)
     except BaseException:  # noqa: BLE001 - printed as the interpreter would, then exit 1
         traceback.print_exc()
     finally:
