@@ -183,6 +183,11 @@ def reads_block(project: Path, repeat: int) -> dict:
     return out
 
 
+def own_work(summary: dict) -> float:
+    """ingest .. evaluate's own work in a run's --json summary (each stage times it inside its process)."""
+    return sum(r["work_seconds"] for r in summary["stages"] if r["stage"] in PLAIN_STAGES)
+
+
 def rerun_all(project: Path) -> None:
     """No dvc.lock and no run cache: DVC reruns every stage."""
     (project / "dvc.lock").unlink()
@@ -210,7 +215,7 @@ def full_block(project: Path, plain: Path) -> dict:
     around = full_s - sum(r["seconds"] for r in summary["stages"])
     # The same run's own work (each stage times it inside its process): unlike the plain script,
     # no second training run whose speed differs by a few % (noise larger than what is measured).
-    work = sum(r["work_seconds"] for r in summary["stages"] if r["stage"] in PLAIN_STAGES)
+    work = own_work(summary)
     # Every stage again in a new interpreter, as before the stages were forked from the warm DVC
     # process (transferline.warmstart).
     set_orchestrate(project, "warm_stages", False)
@@ -221,7 +226,7 @@ def full_block(project: Path, plain: Path) -> dict:
         set_orchestrate(project, "warm_stages", True)
     cold = json.loads(cold_out)
     assert cold["ran"] == summary["ran"], cold
-    cold_work = sum(r["work_seconds"] for r in cold["stages"] if r["stage"] in PLAIN_STAGES)
+    cold_work = own_work(cold)
     return {"server_start_s": round(server_start_s, 2), "full_run_s": round(full_s, 1), "plain_script_s": round(plain_s, 1),
             "overhead_pct": round(100 * (full_s - plain_s) / full_s, 1),
             "own_work_s": round(work, 1), "overhead_over_own_work_pct": round(100 * (full_s - work) / full_s, 1),

@@ -46,12 +46,12 @@ _monitor_interval = [10]  # tqdm's, restored in a forked stage
 STAGE_CMD = re.compile(r"python -m (tasks\.\w+)")
 
 
-def warm_up(modality: str) -> threading.Thread | None:
+def warm_up(modality: str) -> None:
     """Import the modality's slow libraries (in a thread) and point DVC's command runner at `run_forked`.
 
-    Until the imports are done (the first stages need none of them) and whenever another thread
-    runs, a command goes to DVC's own runner: a fork copies only the thread that forks. None
-    (and DVC's runner untouched) where this DVC has no `dvc.stage.run._run` to replace."""
+    While another thread runs (the imports' own, until they are done: the first stages need
+    none of them), a command goes to DVC's own runner: a fork copies only the thread that forks.
+    DVC's runner stays untouched where this DVC has no `dvc.stage.run._run` to replace."""
     import dvc.stage.run as dvc_run
     from tqdm import tqdm
     from tqdm._monitor import TMonitor
@@ -59,23 +59,21 @@ def warm_up(modality: str) -> threading.Thread | None:
     original = getattr(dvc_run, "_run", None)
     if original is None:
         log.warning("this DVC has no dvc.stage.run._run: stages start in new interpreters")
-        return None
+        return
     # DVC's progress bars start tqdm's monitor thread: none from now on (a stage's own bars may)
     tqdm.monitor_interval, _monitor_interval[0] = 0, tqdm.monitor_interval
     for thread in threading.enumerate():
         if isinstance(thread, TMonitor):
             thread.exit()
             thread.tqdm_cls.monitor = None
-    imports = threading.Thread(target=_import, args=(WARM_IMPORTS.get(modality, ()),), name="warm-up", daemon=True)
-    imports.start()
+    threading.Thread(target=_import, args=(WARM_IMPORTS.get(modality, ()),), name="warm-up", daemon=True).start()
 
     def run(executable: str | None, cmd: str, **kwargs: object) -> None:
-        if (match := STAGE_CMD.fullmatch(cmd.strip())) is None or imports.is_alive() or threading.active_count() > 1:
+        if (match := STAGE_CMD.fullmatch(cmd.strip())) is None or threading.active_count() > 1:
             return original(executable, cmd, **kwargs)
         run_forked(match[1], cmd, str(kwargs["cwd"]), dict(kwargs["env"]))  # type: ignore[arg-type]
 
     dvc_run._run = run
-    return imports
 
 
 def _import(modules: tuple[str, ...]) -> None:

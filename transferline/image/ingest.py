@@ -49,7 +49,7 @@ def run(params: Params, paths: Paths) -> dict:
     else:
         with unchanged_while_read(Path(cfg.folder)):
             xt, yt, classes, bad, given = files.load_folder(Path(cfg.folder), cfg.image_size, cfg.channels,
-                                                           cfg.max_pixels)
+                                                            cfg.max_pixels)
         origin = f"folder:{cfg.folder}"
     save_arrays(paths.raw / "source.npz", x=xs, y=ys)
     save_arrays(paths.raw / "target.npz", x=xt, y=yt, **({} if given is None else {"split": given}))
