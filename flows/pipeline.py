@@ -25,7 +25,8 @@ from flows import report
 from flows.policy import push_options, stage_options
 from transferline import runguard
 from transferline.config import PARAMS_FILE, load_params
-from transferline.dvcrun import STAGES, DvcProcess, StageFailed, StalePlan, StageResult, dag_stages, outcome
+from transferline.dvcrun import (STAGES, DvcProcess, StageFailed, StalePlan, StageResult, dag_stages, outcome,
+                                take_prestarted)
 from transferline.errors import connection_failure
 from transferline.lineage import FLOW_RUN_ENV, RUN_ID_ENV
 from transferline.project import prepare
@@ -104,12 +105,17 @@ def pipeline(until: str | None = None, push_remote: bool = True) -> dict:
     params = load_params()  # fail before any work
     stages = list(STAGES) if until is None else list(STAGES[: STAGES.index(until) + 1])
     with run_lock(params.orchestrate.lock_wait_seconds), contextlib.ExitStack() as stack:  # one run at a time
-        for path in prepare():  # a project made by `transferline init`: the installed code's hashes, its data
+        # `transferline run` prepared the project and started DVC before Prefect loaded (dvcrun.prestart)
+        prestarted = take_prestarted()
+        if prestarted is None:
+            changed = prepare()  # a project made by `transferline init`: the installed code's hashes, its data
+            # the data is in place: DVC's status runs on the other core while MLflow loads here, and
+            # the same DVC process then reproduces the stages
+            warm = params.modality if params.orchestrate.warm_stages else None  # transferline.warmstart
+            prestarted = (DvcProcess(plan=True, warm=warm), changed)
+        dvc_process = stack.enter_context(prestarted[0])
+        for path in prestarted[1]:
             get_run_logger().info("changed: %s", path)
-        # the data is in place: DVC's status runs on the other core while MLflow loads here, and the
-        # same DVC process then reproduces the stages
-        warm = params.modality if params.orchestrate.warm_stages else None  # transferline.warmstart
-        dvc_process = stack.enter_context(DvcProcess(plan=True, warm=warm))
         import mlflow
         from mlflow.exceptions import MlflowException
 

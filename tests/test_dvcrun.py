@@ -16,7 +16,8 @@ import pytest
 import yaml
 from dvc.exceptions import NotDvcRepoError
 
-from transferline.dvcrun import DvcProcess, StageFailed, repro_stage, stale_plan
+from transferline import dvcrun
+from transferline.dvcrun import DvcProcess, StageFailed, prestart, repro_stage, stale_plan, take_prestarted
 
 # a -> b (b reads a's out); c stands alone and reads a params value
 DVC_YAML = {"stages": {
@@ -87,6 +88,28 @@ def test_a_plan_started_in_its_own_process_is_the_same_plan(tmp_path, monkeypatc
         started_here = {p.pid for p in psutil.Process().children()} - before
         assert started_here
     assert not {p.pid for p in psutil.Process().children()} & started_here
+
+
+def test_a_process_prestarted_by_the_cli_is_taken_once_and_ended_with_the_run(tmp_path, monkeypatch):
+    """`transferline run` starts the DVC process before Prefect loads; the flow takes it, or starts
+    its own where nothing was prestarted (a worker's run)."""
+    root = dvc_project(tmp_path)
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.chdir(root)
+    (root / "in.txt").write_text("abcxyz\n")
+    assert take_prestarted() is None
+    with prestart(None):
+        process, changed = take_prestarted()
+        assert take_prestarted() is None  # once
+        assert changed == []  # not a project made by `transferline init`: nothing to refresh
+        assert list(process.plan().stale) == ["a"]
+        assert process.repro("a").ran
+        proc = process.proc
+    assert process.proc is None and proc.poll() is not None  # ended with the run
+    with prestart(None):  # never taken (the flow failed to start): ended all the same
+        [(process, _)] = dvcrun._prestarted
+        proc = process.proc
+    assert proc.poll() is not None and take_prestarted() is None
 
 
 def test_one_dvc_process_reproduces_stage_after_stage(tmp_path, monkeypatch):

@@ -26,7 +26,7 @@ from transferline.cli.common import (
     console, ctrl_c_exits, log_levels, no_flow_heartbeats, params_or_exit, preflight_or_exit, print_json, tracking_or_exit,
     use_local_server,
 )
-from transferline.dvcrun import STAGES, outcome
+from transferline.dvcrun import STAGES, outcome, prestart
 from transferline.env import apply_env_defaults, exit_fast
 
 app = typer.Typer(
@@ -76,12 +76,14 @@ def run(
     runguard.start()  # a killed run takes DVC, its stage and the local Prefect API with it
     with _run_errors(cfg.tracking.uri), run_lock(cfg.orchestrate.lock_wait_seconds), ctrl_c_exits():  # before Prefect
         steer.write_sets(changes)  # under the lock: a run in progress keeps the values it started with
-        from flows.pipeline import pipeline
+        # DVC's status and the stages' warm-up start on the other core while Prefect loads here
+        with prestart(cfg.modality if cfg.orchestrate.warm_stages else None):
+            from flows.pipeline import pipeline
 
-        _quiet_user_errors()
+            _quiet_user_errors()
 
-        with no_flow_heartbeats():
-            summary = pipeline(until=until.value if until else None, push_remote=push)
+            with no_flow_heartbeats():
+                summary = pipeline(until=until.value if until else None, push_remote=push)
     print_json(summary) if as_json else _print_summary(summary)
 
 
