@@ -18,8 +18,8 @@ from transferline.dvcrun import DvcProcess, StageFailed, StageRefused
 
 # What a stage's process had loaded before its own code ran, who started it, what it was told.
 PROBE = """
-import gc, json, os, stat, sys
-seen = {"torch_before": "torch" in sys.modules, "frozen": gc.get_freeze_count(),
+import json, os, stat, sys
+seen = {"torch_before": "torch" in sys.modules,
         "project_before": sorted(m for m in sys.modules if m.split(".")[0] in ("transferline", "tasks.helper")),
         "pid": os.getpid(), "cwd": os.getcwd(), "run": os.environ.get("STAGE_RUN"),
         "stdin_is_a_pipe": stat.S_ISFIFO(os.fstat(0).st_mode)}
@@ -77,8 +77,6 @@ def test_a_stage_runs_forked_from_the_warm_dvc_process_with_its_own_env_and_fres
         assert (seen["run"], seen["cwd"]) == ("run-1", str(root))
         assert not seen["stdin_is_a_pipe"]  # the DVC process's stdin carries the flow's requests
         assert seen["project_before"] == []  # the project's code is imported afresh, not the DVC process's copy
-        # the DVC process's objects are frozen: the stage's collections neither walk nor copy their pages
-        assert seen["frozen"] > 100_000
         assert "probe says one" in lines
         # code changed after the DVC process started: what runs is what DVC hashes now
         (root / "tasks/helper.py").write_text('VALUE = "two"\n')
@@ -104,8 +102,7 @@ def test_without_warm_a_stage_starts_a_new_interpreter(tmp_path, monkeypatch):
     with DvcProcess(plan=True) as dvc:
         dvc.plan()
         assert dvc.repro("probe").ran
-    seen = json.loads((root / "probe.json").read_text())
-    assert not seen["torch_before"] and seen["frozen"] == 0  # DVC's runner: a new interpreter
+    assert not json.loads((root / "probe.json").read_text())["torch_before"]  # DVC's runner: a new interpreter
 
 
 def test_an_interrupted_forked_stage_is_stopped_with_its_dvc_process(tmp_path, monkeypatch):

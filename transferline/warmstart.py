@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import gc
 import importlib
 import logging
 import os
@@ -97,9 +96,6 @@ def run_forked(module: str, cmd: str, cwd: str, env: dict[str, str]) -> None:
 
     for stream in (sys.stdout, sys.stderr):
         stream.flush()  # or the child writes what is buffered here a second time
-    # Every object so far into the permanent generation: the child's collections skip them rather
-    # than write to (and so copy) each page of the DVC process's heap
-    gc.freeze()
     pid = os.fork()
     if pid == 0:
         _child(module, cwd, env)  # never returns
