@@ -26,10 +26,9 @@ from flows.policy import push_options, stage_options
 from transferline import runguard
 from transferline.config import PARAMS_FILE, load_params
 from transferline.dvcrun import (STAGES, DvcProcess, StageFailed, StalePlan, StageResult, dag_stages, outcome,
-                                take_prestarted)
+                                start_run, take_prestarted, warm_modality)
 from transferline.errors import connection_failure
 from transferline.lineage import FLOW_RUN_ENV, RUN_ID_ENV
-from transferline.project import prepare
 from transferline.runlock import run_lock
 from transferline.runlog import log_stage, read_yaml
 from transferline.status import registry_gap
@@ -105,16 +104,12 @@ def pipeline(until: str | None = None, push_remote: bool = True) -> dict:
     params = load_params()  # fail before any work
     stages = list(STAGES) if until is None else list(STAGES[: STAGES.index(until) + 1])
     with run_lock(params.orchestrate.lock_wait_seconds), contextlib.ExitStack() as stack:  # one run at a time
-        # `transferline run` prepared the project and started DVC before Prefect loaded (dvcrun.prestart)
-        prestarted = take_prestarted()
-        if prestarted is None:
-            changed = prepare()  # a project made by `transferline init`: the installed code's hashes, its data
-            # the data is in place: DVC's status runs on the other core while MLflow loads here, and
-            # the same DVC process then reproduces the stages
-            warm = params.modality if params.orchestrate.warm_stages else None  # transferline.warmstart
-            prestarted = (DvcProcess(plan=True, warm=warm), changed)
-        dvc_process = stack.enter_context(prestarted[0])
-        for path in prestarted[1]:
+        # started by `transferline run` before Prefect loaded (dvcrun.prestart), else here: either
+        # way DVC's status runs on the other core while MLflow loads, and the same DVC process
+        # then reproduces the stages
+        dvc_process, changed = take_prestarted() or start_run(warm_modality(params))
+        stack.enter_context(dvc_process)
+        for path in changed:
             get_run_logger().info("changed: %s", path)
         import mlflow
         from mlflow.exceptions import MlflowException

@@ -27,8 +27,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    from transferline.config import Params
 
 log = logging.getLogger(__name__)
 
@@ -234,19 +238,31 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
+def warm_modality(params: Params) -> str | None:
+    """The modality whose libraries a run's DVC process imports ahead (transferline.warmstart);
+    None with `orchestrate.warm_stages: false`."""
+    return params.modality if params.orchestrate.warm_stages else None
+
+
+def start_run(warm: str | None) -> tuple[DvcProcess, list[str]]:
+    """A run's DVC process (its stale plan, then the warm-up of `warm`), started once the project
+    is prepared (a project made by `transferline init`: the installed code's hashes, its data);
+    the paths preparing it changed."""
+    from transferline.project import prepare
+
+    changed = prepare()
+    return DvcProcess(plan=True, warm=warm), changed
+
+
 _prestarted: list[tuple[DvcProcess, list[str]]] = []  # what `prestart` began, until the flow takes it
 
 
 @contextlib.contextmanager
 def prestart(warm: str | None) -> Iterator[None]:
-    """`transferline run`: prepare the project and start the run's DVC process (its stale plan,
-    then the warm-up of `warm`, a modality) before this process loads Prefect and MLflow: 2.5-3 s
-    in which the other core sat idle. The flow takes both (`take_prestarted`); the process is
-    ended here whether it did or not (ending it twice is harmless)."""
-    from transferline.project import prepare
-
-    changed = prepare()
-    process = DvcProcess(plan=True, warm=warm)
+    """`transferline run`: `start_run` before this process loads Prefect and MLflow: 2.5-3 s in
+    which the other core sat idle. The flow takes it (`take_prestarted`); the process is ended
+    here whether it did or not (ending it twice is harmless)."""
+    process, changed = start_run(warm)
     _prestarted.append((process, changed))
     try:
         yield

@@ -26,7 +26,7 @@ from transferline.cli.common import (
     console, ctrl_c_exits, log_levels, no_flow_heartbeats, params_or_exit, preflight_or_exit, print_json, tracking_or_exit,
     use_local_server,
 )
-from transferline.dvcrun import STAGES, outcome, prestart
+from transferline.dvcrun import STAGES, outcome, prestart, warm_modality
 from transferline.env import apply_env_defaults, exit_fast
 
 app = typer.Typer(
@@ -77,7 +77,7 @@ def run(
     with _run_errors(cfg.tracking.uri), run_lock(cfg.orchestrate.lock_wait_seconds), ctrl_c_exits():  # before Prefect
         steer.write_sets(changes)  # under the lock: a run in progress keeps the values it started with
         # DVC's status and the stages' warm-up start on the other core while Prefect loads here
-        with prestart(cfg.modality if cfg.orchestrate.warm_stages else None):
+        with prestart(warm_modality(cfg)):
             from flows.pipeline import pipeline
 
             _quiet_user_errors()
