@@ -217,8 +217,8 @@ def percent_over(total: float, part: float) -> float:
 def full_block(project: Path, plain: Path, pairs: int) -> dict:
     """Line 3: the full run vs one plain process doing the same stages, `pairs` times in alternated
     order, and where the difference goes. Two training runs of the same job differ by a few %,
-    as much as what is measured: the overhead is the median of the pairs' overheads, and the stage
-    table is the pair's with that median. The project's Prefect server is up before the run, as for
+    as much as what is measured: line 3 is the pair with the median overhead (its stages, its
+    parts), each pair's figures beside it. The project's Prefect server is up before the run, as for
     every run but a machine's first (whose start is timed apart: server_start_s)."""
     server_start_s = timed([*TL, "server", "start"], project)[0]
     # No timed run is the project's first: a short one creates the MLflow store and the
@@ -232,13 +232,15 @@ def full_block(project: Path, plain: Path, pairs: int) -> dict:
             bare = plain_run(plain)
             full = pipeline_run(project)
         runs.append((*full, *bare))
-    per_pair = [{"full_run_s": round(full_s, 1), "plain_script_s": round(plain_s, 1),
-                 "overhead_pct": percent_over(full_s, plain_s),
-                 # the same run's own work (each stage times it inside its process): no second training run in it
-                 "overhead_over_own_work_pct": percent_over(full_s, own_work(summary)),
-                 # the plain script's wall time over its stages: its interpreter and imports, paid by any job
-                 "plain_over_its_stages_pct": percent_over(plain_s, sum(plain_stages.values()))}
-                for full_s, summary, plain_s, plain_stages in runs]
+    per_pair = []
+    for full_s, summary, plain_s, plain_stages in runs:
+        work, plain_work = own_work(summary), sum(plain_stages.values())
+        per_pair.append({"full_run_s": round(full_s, 1), "plain_script_s": round(plain_s, 1),
+                         "overhead_pct": percent_over(full_s, plain_s),
+                         # the same run's own work (each stage times it inside its process): no second training run in it
+                         "own_work_s": round(work, 1), "overhead_over_own_work_pct": percent_over(full_s, work),
+                         # the plain script's wall time over its stages: its interpreter and imports, paid by any job
+                         "plain_stages_s": round(plain_work, 1), "plain_over_its_stages_pct": percent_over(plain_s, plain_work)})
     mid = sorted(range(pairs), key=lambda i: per_pair[i]["overhead_pct"])[(pairs - 1) // 2]
     full_s, summary, plain_s, plain_stages = runs[mid]
     ft = json.loads((project / "reports/metrics.json").read_text())["finetune"]["accuracy"]
@@ -255,16 +257,8 @@ def full_block(project: Path, plain: Path, pairs: int) -> dict:
     assert cold["ran"] == summary["ran"], cold
     cold_work = own_work(cold)
 
-    def middle(key: str) -> float:
-        return round(statistics.median(p[key] for p in per_pair), 1)
-
-    return {"server_start_s": round(server_start_s, 2), "pairs": per_pair,
-            "full_run_s": middle("full_run_s"), "plain_script_s": middle("plain_script_s"),
-            "overhead_pct": middle("overhead_pct"),
-            "own_work_s": round(statistics.median(own_work(r[1]) for r in runs), 1),
-            "overhead_over_own_work_pct": middle("overhead_over_own_work_pct"),
-            "plain_stages_s": round(statistics.median(sum(r[3].values()) for r in runs), 1),
-            "plain_over_its_stages_pct": middle("plain_over_its_stages_pct"),
+    # line 3 is the pair with the median overhead, whose stages and parts add up to it
+    return {"server_start_s": round(server_start_s, 2), "pairs": per_pair, **per_pair[mid],
             "stages": stages, "around_stages_s": round(full_s - sum(r["seconds"] for r in summary["stages"]), 1),
             "cold_run_s": round(cold_s, 1), "cold_own_work_s": round(cold_work, 1),
             "cold_overhead_over_own_work_pct": percent_over(cold_s, cold_work),
@@ -523,10 +517,11 @@ def table(r: dict) -> str:
             f"{f['plain_script_s']:.1f} s vs {f['plain_stages_s']:.1f} s",
             f"{f['plain_over_its_stages_pct']:.1f} %" + each_pair(f, "plain_over_its_stages_pct"))]
           if "plain_stages_s" in f else []),
-        ("... of which (the pair with the median overhead): the CLI and Prefect around the stages; ingest .. "
-         "evaluate over the plain script (their processes, DVC, and the noise of a second training run); "
-         "register + promote",
-         f"{f['around_stages_s']:.1f} s; {stage_overhead(f, 'work'):.1f} s; {stage_overhead(f, 'registry'):.1f} s",
+        ("... of which: the CLI and Prefect around the stages; ingest .. evaluate over the plain script "
+         "(their processes, DVC, and the noise of a second training run); register + promote"
+         + ("; less the plain script's interpreter and imports" if "plain_stages_s" in f else ""),
+         f"{f['around_stages_s']:.1f} s; {stage_overhead(f, 'work'):.1f} s; {stage_overhead(f, 'registry'):.1f} s"
+         + (f"; -{f['plain_script_s'] - f['plain_stages_s']:.1f} s" if "plain_stages_s" in f else ""),
          "(no plain counterpart for register and promote)"),
         *([("... every stage's wall time in the run over its own work (its process, imports and DVC)",
             f"{process:.1f} s", f"{process / f['full_run_s'] * 100:.1f} % of the run")] if process is not None else []),
@@ -559,8 +554,8 @@ def table(r: dict) -> str:
             f"{s['uv_help_s'] / s['uv_python_pass_s']:.1f}x")] if "uv_help_s" in s else []),
     ]
     pairs = max(r["repeat"], TRAIN_PAIRS)
-    full_pairs = (f"; the full run and the plain script: {len(f['pairs'])} pairs in alternated order, each "
-                  f"overhead the median of the pairs' overheads" if "pairs" in f else "")
+    full_pairs = (f"; the full run and the plain script: {len(f['pairs'])} pairs in alternated order, line 3 the "
+                  f"pair with the median overhead, each pair's figure in parentheses" if "pairs" in f else "")
     lines = [f"Machine: {r['machine']}. Medians of {r['repeat']} runs after a warm-up run (the training loops: medians of "
              f"{pairs} interleaved pairs, the ratio the median of the pairs' ratios; the fastest-of-each ratio in "
              f"bench/results/overhead.json as *_best_of{full_pairs}). Command: `{r['command']}`.", "",
