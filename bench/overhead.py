@@ -11,7 +11,8 @@ machine in the same run:
 3. the full default image run (`transferline run --no-push`, the project's
    Prefect server up) vs one plain Python process that calls the same stage
    functions (ingest .. evaluate) with no orchestration, tracking, registry or
-   versioning: the overhead in %, and stage by stage where it goes; then the
+   versioning, --repeat times each in alternated pairs: the overhead in %
+   (the pair with the median), and stage by stage where it goes; then the
    same run again with each stage in a new interpreter
    (`orchestrate.warm_stages: false`);
 4. `fit` (the shared training loop) vs a bare PyTorch loop: same model,
@@ -591,7 +592,8 @@ def write_readme(result: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=None, help="where to build the throw-away projects")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per small timing (median)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per small timing (median); pairs of the full run and the plain "
+                        "script (line 3: the pair with the median overhead)")
     parser.add_argument("--small", action="store_true", help="a quarter of the source set, 1 pretraining and "
                         "10 fine-tuning epochs, for a quick look (the issue's figure is the default run)")
     parser.add_argument("--blocks", type=lambda v: v.split(","), default=["full", "noop", "train", "start"],
