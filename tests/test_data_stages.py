@@ -19,7 +19,7 @@ from transferline.config import parse_params
 from transferline.config.image import ANIMAL_MNIST, SplitParams
 from transferline.errors import StageError
 from transferline.image import preprocess, split, validate
-from transferline.image.data import TEST, TRAIN, VAL, assign_target, image_hashes, load_set
+from transferline.image.data import TEST, TRAIN, VAL, assign_target, image_hashes, load_set, uint8_pixels
 from transferline.image.files import load_folder, split_folders
 from transferline.image.validate import budget_problem, fitting_budget
 from transferline.io import load_arrays, read_json, save_arrays
@@ -32,6 +32,13 @@ def test_builtin_target_is_verified_animal_mnist(builtin_sets):
     assert np.bincount(y).tolist() == [1000] * 10
     xs, ys = builtin_sets["source"]
     assert xs.shape == (70000, 1, 28, 28) and set(np.unique(ys)) == set(range(10))
+
+
+def test_uint8_pixels_rounds_as_the_expression_it_replaces():
+    edges = np.array([0, 0.5 / 256, 1.5 / 256, 254.5 / 256, 255.5 / 256, np.nextafter(1, 0)], np.float32)
+    x = np.concatenate([np.random.default_rng(0).random(10_000, dtype=np.float32), edges])
+    expected = np.clip(np.rint(x * 256), 0, 255).astype(np.uint8)  # load_mnist's conversion before
+    assert np.array_equal(uint8_pixels(x.copy()), expected)
 
 
 def test_tampered_artifact_is_refused(tmp_path):

