@@ -257,7 +257,6 @@ def full_block(project: Path, plain: Path, pairs: int) -> dict:
         set_orchestrate(project, "warm_stages", True)
     assert cold["ran"] == summary["ran"], cold
     cold_work = own_work(cold)
-
     # line 3 is the pair with the median overhead, whose stages and parts add up to it
     return {"server_start_s": round(server_start_s, 2), "pairs": per_pair, **per_pair[mid],
             "stages": stages, "around_stages_s": round(full_s - sum(r["seconds"] for r in summary["stages"]), 1),
