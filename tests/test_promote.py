@@ -153,6 +153,44 @@ def test_gate_worse_keeps_better_takes_rollback_and_force(registry):
     assert [m["at_ms"] for m in moves] == sorted(m["at_ms"] for m in moves)
 
 
+def test_the_gate_keeps_a_versions_predictions_for_the_next_gate(registry):
+    """What the gate predicted for a version on the test inputs is kept (transferline.gatecache): the
+    next night's champion is not loaded and run again while it and the inputs are the same, and its
+    figures are the ones a fresh scoring gives; other inputs, or an unreadable entry, score anew."""
+    from transferline import gatecache, promotion
+
+    params, project, model = registry
+    v1 = register_weights(params, graded(model, 3), project)["version"]
+    first = gate(params, v1)
+    assert first["decision"] == "first_champion" and first["predictions_kept_from"] == {"challenger": None, "champion": None}
+
+    v2 = register_weights(params, model, project)["version"]
+    second = gate(params, v2)
+    assert second["champion"]["version"] == v1 and second["decision"] == "promoted"
+    assert second["predictions_kept_from"] == {"challenger": None, "champion": first["at"]}
+    test = current_test_set()
+    fresh = promotion.score_version(NAME, v1, test)
+    assert {k: second["champion"][k] for k in fresh} == fresh
+    assert f"The champion's predictions on these same inputs are the ones the gate made at {first['at']}" in \
+        Path("reports/promote.md").read_text()
+
+    # other inputs (one test image fewer): the champion is scored now
+    v3 = register_weights(params, graded(model, 7), project)["version"]
+    fewer = promotion.TestSet(test.x[:-1], test.y[:-1], test.path)
+    report = promotion.run_gate(params, fewer, v3)
+    assert report["champion"]["version"] == v2 and report["predictions_kept_from"]["champion"] is None
+    assert report["decision"] == "kept"
+
+    # the full inputs again: v2's predictions as challenger are kept; an unreadable entry scores anew
+    assert gate(params, v3)["predictions_kept_from"]["champion"] == second["at"]
+    import mlflow
+
+    gatecache.entry_path(mlflow.MlflowClient(), NAME, v2, test.x).write_text("{not json")
+    again = gate(params, v3)
+    assert again["predictions_kept_from"]["champion"] is None
+    assert {k: again["champion"][k] for k in fresh} == {k: second["challenger"][k] for k in fresh}
+
+
 def cli(project: Path, *args: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in MLFLOW_ENV}
     env["PYTHONPATH"] = str(ROOT)

@@ -3,7 +3,8 @@
 A new model version is a challenger. The gate scores it and the current
 champion side by side on the current test split, both loaded from the
 registry as MLflow pyfunc models and fed raw images (nothing is trusted from
-old metrics), then moves the `champion` alias only if the challenger passes
+old metrics; a version's predictions on these exact inputs are kept for the
+next gate, transferline.gatecache), then moves the `champion` alias only if the challenger passes
 every absolute threshold and beats the champion by every margin in
 params.yaml `promote`. The decision and both sets of figures go onto the
 challenger's version tags and into a report. The alias itself, its log,
@@ -39,6 +40,7 @@ from transferline.champion import (  # PromotionError: tasks/promote.py imports 
     move_alias,
     now,
 )
+from transferline import gatecache
 from transferline.config import MetricGate, Params
 from transferline.dvcexp import skip_in_experiment
 from transferline.errors import StageError
@@ -202,7 +204,7 @@ def run_gate(params: Params, test: TestSet, version: str | None = None) -> dict:
     from transferline import tracking
     from transferline.locks import gate_lock
 
-    t0 = time.perf_counter()
+    t0, at = time.perf_counter(), now()  # `at`: the report's time, and the stamp of predictions it keeps
     tracking.configure(params.tracking)
     client = mlflow.MlflowClient()
     name = params.model_name
@@ -211,9 +213,12 @@ def run_gate(params: Params, test: TestSet, version: str | None = None) -> dict:
     check_version(client, name, version)
     gates = params.promote.metrics
     t1 = time.perf_counter()
-    challenger_says = predicted_by(name, version, test)  # outside the lock: it does not depend on the champion
+    # outside the lock: it does not depend on the champion; kept for the night it is the champion
+    challenger_says, challenger_kept = gatecache.kept_or_predicted(
+        client, name, version, test.x, at, lambda: predicted_by(name, version, test))
     challenger = classification_scores(test.y, challenger_says)
     timings = {"challenger_scoring_s": round(time.perf_counter() - t1, 3)}
+    kept = {"challenger": challenger_kept, "champion": None}  # when the gate made predictions it reused
     with gate_lock(params.promote, name) as lock:
         champion_version = current_champion(client, name)  # re-read inside the lock
         t2 = time.perf_counter()
@@ -227,7 +232,8 @@ def run_gate(params: Params, test: TestSet, version: str | None = None) -> dict:
             try:
                 champion = None
                 if champion_version:  # scored on this test split, with how sure the accuracy difference is
-                    champion_says = predicted_by(name, champion_version, test)
+                    champion_says, kept["champion"] = gatecache.kept_or_predicted(
+                        client, name, champion_version, test.x, at, lambda: predicted_by(name, champion_version, test))
                     champion = classification_scores(test.y, champion_says)
                     interval = paired_gain_interval(test.y, challenger_says, champion_says)
             except PromotionError as err:  # e.g. greyscale before, colour now: no comparison on current data
@@ -248,8 +254,9 @@ def run_gate(params: Params, test: TestSet, version: str | None = None) -> dict:
             "checks": checks,
             "accuracy_difference_ci95": interval,  # challenger minus champion; None without a scored champion
             "test_set": {"path": test.path, "n": test.n},
+            "predictions_kept_from": kept,  # per side: when the gate predicted these inputs (gatecache), or None: now
             "tracking_uri": redact(mlflow.get_tracking_uri()),
-            "at": now(),
+            "at": at,
         }
         if decision in ("promoted", "first_champion"):
             figures = {"challenger": report["challenger"], "champion": report["champion"]}
@@ -285,10 +292,14 @@ def markdown(report: dict) -> str:
         f"Challenger: version {ch['version']}; champion before: "
         f"{'version ' + str(champ['version']) if champ else 'none'}; champion after: version "
         f"{report['champion_after'] or 'none'}.",
-        f"Both scored now on {report['test_set']['path']} ({report['test_set']['n']} images) as MLflow pyfunc "
+        f"Both scored on {report['test_set']['path']} ({report['test_set']['n']} images) as MLflow pyfunc "
         f"models from {report['tracking_uri']}, at {report['at']}.",
         "",
     ]
+    for side, at in (report.get("predictions_kept_from") or {}).items():
+        if at:
+            lines += [f"The {side}'s predictions on these same inputs are the ones the gate made at {at} "
+                      "(the same registered version: kept in .transferline/gatecache).", ""]
     if report["checks"]:
         lines += ["| metric | challenger | champion | delta | required delta | min | passes min | beats |",
                   "|---|---|---|---|---|---|---|---|"]
