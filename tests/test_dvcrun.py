@@ -140,6 +140,42 @@ def test_one_dvc_process_reproduces_stage_after_stage(tmp_path, monkeypatch):
                           check=True).stdout.strip() == "Data and pipelines are up to date."
 
 
+def test_the_dvc_process_parses_a_text_once_and_sees_every_edit(tmp_path, monkeypatch):
+    """transferline.dvcyaml: DVC's parser answers a text it parsed before from a copy; an edit is a
+    new text, so DVC reruns the stage whose value changed, in the same process."""
+    import importlib
+
+    from dvc.utils.serialize import _yaml, load_yaml
+
+    from transferline.dvcyaml import HOLDERS, parse_once
+
+    for name in HOLDERS:  # restored after the test: the patch is for the DVC process alone
+        monkeypatch.setattr(importlib.import_module(name), "parse_yaml", _yaml.parse_yaml)
+    parse_once()
+    parse_once()  # once is enough; a second call changes nothing
+    kept = _yaml.parse_yaml.kept
+    params = tmp_path / "params.yaml"
+    params.write_text("c:\n  value: 1\n")
+    first = load_yaml(params)
+    first["c"]["value"] = 99  # DVC may change what it gets: the kept parse stays as read
+    assert load_yaml(params) == {"c": {"value": 1}}
+    assert kept.cache_info().misses == 1 and kept.cache_info().hits == 1
+    params.write_text("c:\n  value: 2\n")
+    assert load_yaml(params) == {"c": {"value": 2}} and kept.cache_info().misses == 2
+
+    (tmp_path / "project").mkdir()
+    root = dvc_project(tmp_path / "project")
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.chdir(root)
+    with DvcProcess() as dvc:
+        assert not dvc.repro("c").ran
+        (root / "params.yaml").write_text("c:\n  value: 2\n")
+        assert dvc.repro("c").ran and (root / "c.txt").read_text() == "2\n"
+        assert not dvc.repro("c").ran
+        (root / "params.yaml").write_text("c:\n  value: 3\n")
+        assert dvc.repro("c").ran and (root / "c.txt").read_text() == "3\n"
+
+
 def test_a_stage_dvc_restores_from_its_run_cache_is_told_apart(tmp_path, monkeypatch):
     """Inputs that ran before: DVC checks the stage's outputs out of its run cache instead of running
     it. It counts as run (DVC reproduced it), and the result says it was restored, not run."""

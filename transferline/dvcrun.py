@@ -300,6 +300,9 @@ def _serve(root: str, plan: bool, warm: str | None) -> None:
     (its process inherits both streams: DvcProcess joins them) come before it, in order.
     `warm` (a modality): its slow libraries imported once and the stages forked from here
     (transferline.warmstart), unless the plan found nothing stale."""
+    from transferline.dvcyaml import parse_once
+
+    parse_once()  # params.yaml: 8 parses of the same text a stage
     if plan:
         try:
             found = stale_plan(root)
