@@ -185,7 +185,7 @@ def test_the_gate_keeps_a_versions_predictions_for_the_next_gate(registry):
     assert gate(params, v3)["predictions_kept_from"]["champion"] == second["at"]
     import mlflow
 
-    gatecache.entry_path(mlflow.MlflowClient(), NAME, v2, test.x).write_text("{not json")
+    gatecache.entry_path(mlflow.MlflowClient(), NAME, v2, test.digest).write_text("{not json")
     again = gate(params, v3)
     assert again["predictions_kept_from"]["champion"] is None
     assert {k: again["champion"][k] for k in fresh} == {k: second["challenger"][k] for k in fresh}

@@ -30,7 +30,7 @@ def parse_once() -> None:
     from dvc.utils.serialize import _yaml
 
     parse = _yaml.parse_yaml
-    if getattr(parse, "parses_once", False):
+    if hasattr(parse, "kept"):  # patched already
         return
 
     @functools.lru_cache(maxsize=KEPT)
@@ -42,7 +42,6 @@ def parse_once() -> None:
             return parse(text, path, typ)
         return copy.deepcopy(first_parse(text, str(path)))  # DVC may change what it gets: never the kept one
 
-    parse_yaml.parses_once = True  # type: ignore[attr-defined]
     parse_yaml.kept = first_parse  # type: ignore[attr-defined]  # its cache_info() says what was parsed
     for name in HOLDERS:
         module = importlib.import_module(name)

@@ -19,6 +19,7 @@ predictions were kept and when they were made. One JSON file per key in
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -48,34 +49,35 @@ def inputs_digest(x: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _library_versions() -> list[str | None]:
+@functools.cache  # the same in one process: looked up once, not for each side of each gate
+def _library_versions() -> tuple[str | None, ...]:
     found: list[str | None] = []
     for name in LIBRARIES:
         try:
             found.append(metadata.version(name))
         except metadata.PackageNotFoundError:
             found.append(None)
-    return found
+    return tuple(found)
 
 
-def entry_path(client: Any, name: str, version: str, x: np.ndarray) -> Path:
-    """Where the predictions of `models:/name/version` on inputs `x` are kept."""
+def entry_path(client: Any, name: str, version: str, digest: str) -> Path:
+    """Where the predictions of `models:/name/version` on the inputs of `digest` (inputs_digest) are kept."""
     import mlflow
 
     mv = client.get_model_version(name, version)
     key = [FORMAT, mlflow.get_tracking_uri(), name, str(version), mv.run_id, mv.source, mv.creation_timestamp,
-           _library_versions(), inputs_digest(x)]
+           list(_library_versions()), digest]
     return project_root() / FOLDER / (hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32] + ".json")
 
 
-def kept_or_predicted(client: Any, name: str, version: str, x: np.ndarray, at: str,
+def kept_or_predicted(client: Any, name: str, version: str, test: Any, at: str,
                       predict: Callable[[], list[str]]) -> tuple[list[str], str | None]:
     """(predictions, when the gate made them if they were kept, else None: made now by `predict`
-    and kept for next time, stamped `at`)."""
-    path = entry_path(client, name, version, x)
+    and kept for next time, stamped `at`). `test`: the gate's TestSet (its `digest` and `n`)."""
+    path = entry_path(client, name, version, test.digest)
     try:
         kept = json.loads(path.read_text())
-        if len(kept["predictions"]) == len(x):
+        if len(kept["predictions"]) == test.n:
             return [str(p) for p in kept["predictions"]], str(kept["at"])
     except (OSError, ValueError, KeyError, TypeError):
         pass  # not kept yet, or unreadable: predict

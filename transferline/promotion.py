@@ -3,11 +3,11 @@
 A new model version is a challenger. The gate scores it and the current
 champion side by side on the current test split, both loaded from the
 registry as MLflow pyfunc models and fed raw images (nothing is trusted from
-old metrics; a version's predictions on these exact inputs are kept for the
-next gate, transferline.gatecache), then moves the `champion` alias only if the challenger passes
-every absolute threshold and beats the champion by every margin in
-params.yaml `promote`. The decision and both sets of figures go onto the
-challenger's version tags and into a report. The alias itself, its log,
+old metrics; what a version predicted for these exact inputs is kept for
+the next gate, transferline.gatecache), then moves the `champion` alias only
+if the challenger passes every absolute threshold and beats the champion by
+every margin in params.yaml `promote`. The decision and both sets of figures
+go onto the challenger's version tags and into a report. The alias itself, its log,
 forced moves and rollbacks are `transferline.champion`.
 
 MLflow has no compare-and-set on aliases, so deciding and moving happen
@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,11 @@ class TestSet:
     @property
     def n(self) -> int:
         return len(self.y)
+
+    @cached_property
+    def digest(self) -> str:
+        """The raw inputs' digest (transferline.gatecache): hashed once a gate, for both sides."""
+        return gatecache.inputs_digest(self.x)
 
 
 # MLflow loads a "model from code" by running the file and reading back the model it set in a
@@ -215,7 +221,7 @@ def run_gate(params: Params, test: TestSet, version: str | None = None) -> dict:
     t1 = time.perf_counter()
     # outside the lock: it does not depend on the champion; kept for the night it is the champion
     challenger_says, challenger_kept = gatecache.kept_or_predicted(
-        client, name, version, test.x, at, lambda: predicted_by(name, version, test))
+        client, name, version, test, at, lambda: predicted_by(name, version, test))
     challenger = classification_scores(test.y, challenger_says)
     timings = {"challenger_scoring_s": round(time.perf_counter() - t1, 3)}
     kept = {"challenger": challenger_kept, "champion": None}  # when the gate made predictions it reused
@@ -233,7 +239,7 @@ def run_gate(params: Params, test: TestSet, version: str | None = None) -> dict:
                 champion = None
                 if champion_version:  # scored on this test split, with how sure the accuracy difference is
                     champion_says, kept["champion"] = gatecache.kept_or_predicted(
-                        client, name, champion_version, test.x, at, lambda: predicted_by(name, champion_version, test))
+                        client, name, champion_version, test, at, lambda: predicted_by(name, champion_version, test))
                     champion = classification_scores(test.y, champion_says)
                     interval = paired_gain_interval(test.y, challenger_says, champion_says)
             except PromotionError as err:  # e.g. greyscale before, colour now: no comparison on current data
