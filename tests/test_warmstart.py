@@ -19,7 +19,7 @@ from transferline.dvcrun import DvcProcess, StageFailed, StageRefused
 # What a stage's process had loaded before its own code ran, who started it, what it was told.
 PROBE = """
 import json, os, stat, sys
-seen = {"torch_before": "torch" in sys.modules,
+seen = {"torch_before": "torch" in sys.modules, "mlflow_before": "mlflow" in sys.modules,
         "project_before": sorted(m for m in sys.modules if m.split(".")[0] in ("transferline", "tasks.helper")),
         "pid": os.getpid(), "cwd": os.getcwd(), "run": os.environ.get("STAGE_RUN"),
         "stdin_is_a_pipe": stat.S_ISFIFO(os.fstat(0).st_mode)}
@@ -42,10 +42,11 @@ def project(root: Path) -> Path:
                         "outs": [{"probe.json": {"cache": False}}]},
               "refuse": {"cmd": "python -m tasks.refuse", "deps": ["tasks/refuse.py"]},
               "crash": {"cmd": "python -m tasks.crash", "deps": ["tasks/crash.py"]},
-              "quit": {"cmd": "python -m tasks.quit", "deps": ["tasks/quit.py"]}}
+              "quit": {"cmd": "python -m tasks.quit", "deps": ["tasks/quit.py"]},
+              "evaluate": {"cmd": "python -m tasks.evaluate", "deps": ["tasks/evaluate.py"]}}
     (root / "tasks").mkdir()
     for name, text in (("__init__", ""), ("probe", PROBE), ("helper", 'VALUE = "one"\n'), ("refuse", REFUSE), ("crash", CRASH),
-                       ("quit", QUIT)):
+                       ("quit", QUIT), ("evaluate", 'print("evaluated")\n')):
         (root / "tasks" / f"{name}.py").write_text(text)
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
     for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
@@ -93,6 +94,20 @@ def test_a_stage_runs_forked_from_the_warm_dvc_process_with_its_own_env_and_fres
         assert not dvc.repro("probe").ran  # the same DVC process goes on; DVC itself skips the probe now
     status = subprocess.run([sys.executable, "-m", "dvc", "status", "probe"], capture_output=True, text=True, check=True)
     assert status.stdout.strip() == "Data and pipelines are up to date."
+
+
+def test_mlflow_is_imported_during_a_long_stage_not_at_the_start(tmp_path, monkeypatch):
+    # at the start every core is busy; only register and promote, after the long stages, use MLflow
+    root = project(tmp_path)
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.chdir(root)
+    with DvcProcess(plan=True, warm="image") as dvc:
+        dvc.plan()
+        assert not forked_run(dvc, root)["mlflow_before"]
+        lines: list[str] = []
+        assert dvc.repro("evaluate", on_line=lines.append).ran and "evaluated" in lines
+        seen = forked_run(dvc, root)  # forked once the MLflow import is done: no new interpreter
+        assert (seen["torch_before"], seen["mlflow_before"]) == (True, True)
 
 
 def test_without_warm_a_stage_starts_a_new_interpreter(tmp_path, monkeypatch):

@@ -12,6 +12,12 @@ runner. `dvc repro` from a shell never comes here.
 Only third-party libraries are imported ahead: the stage imports the project's code
 afresh, after DVC hashed it, so the code that runs is the code dvc.lock records.
 `orchestrate.warm_stages: false` turns this off.
+
+MLflow is imported later (`LATE`), while the first long stage runs (`LATE_DURING`), in a
+thread at the lowest CPU priority: only register and promote use it, and it costs 3-5 s of
+CPU. At the start of a run every core is busy (the CLI's imports, DVC's, the first
+stages), and imported then it kept validate and split in new interpreters; training leaves
+a few per cent of two cores idle, which is enough in a default run.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +44,13 @@ MLFLOW = ("mlflow", "mlflow.pyfunc", "mlflow.models", "mlflow.store.tracking.sql
           "mlflow.store.model_registry.sqlalchemy_store")
 WARM_IMPORTS = {
     "image": ("numpy", "yaml", "pydantic", "PIL.Image", "sklearn.model_selection", "torch", "torchvision",
-              "safetensors.torch", "tqdm", "matplotlib.pyplot", *MLFLOW),
+              "safetensors.torch", "tqdm", "matplotlib.pyplot"),
     "text": ("numpy", "yaml", "pydantic", "pandas", "torch", "transformers", "safetensors.torch", "tqdm",
-             "matplotlib.pyplot", *MLFLOW),
+             "matplotlib.pyplot"),
 }
+LATE = MLFLOW
+LATE_DURING = ("tasks.pretrain", "tasks.finetune", "tasks.evaluate")  # the first of them forked
+LATE_THREAD = "warm-up-late"
 _monitor_interval = [10]  # tqdm's, restored in a forked stage
 # The stage commands dvc.yaml writes; anything else runs as DVC would run it.
 STAGE_CMD = re.compile(r"python -m (tasks\.\w+)")
@@ -66,32 +76,52 @@ def warm_up(modality: str) -> None:
         if isinstance(thread, TMonitor):
             thread.exit()
             thread.tqdm_cls.monitor = None
-    threading.Thread(target=_import, args=(WARM_IMPORTS.get(modality, ()),), name="warm-up", daemon=True).start()
+    _start_import(WARM_IMPORTS.get(modality, ()), "warm-up")
+    late = [LATE]  # imported once, from the fork of the first of LATE_DURING on
+
+    def after_fork(module: str) -> None:
+        if module in LATE_DURING and late:
+            _start_import(late.pop(), LATE_THREAD, lowest=True)
 
     def run(executable: str | None, cmd: str, **kwargs: object) -> None:
-        if (match := STAGE_CMD.fullmatch(cmd.strip())) is None or threading.active_count() > 1:
+        if (match := STAGE_CMD.fullmatch(cmd.strip())) is None:
             return original(executable, cmd, **kwargs)
-        run_forked(match[1], cmd, str(kwargs["cwd"]), dict(kwargs["env"]))  # type: ignore[arg-type]
+        for thread in threading.enumerate():
+            if thread.name == LATE_THREAD:
+                thread.join()  # shorter than a new interpreter importing torch again
+        if threading.active_count() > 1:
+            return original(executable, cmd, **kwargs)
+        run_forked(match[1], cmd, str(kwargs["cwd"]), dict(kwargs["env"]),  # type: ignore[arg-type]
+                   then=lambda: after_fork(match[1]))
 
     dvc_run._run = run
 
 
-def _import(modules: tuple[str, ...]) -> None:
+def _start_import(modules: tuple[str, ...], name: str, lowest: bool = False) -> None:
+    threading.Thread(target=_import, args=(modules, lowest), name=name, daemon=True).start()
+
+
+def _import(modules: tuple[str, ...], lowest: bool = False) -> None:
+    if lowest and sys.platform == "linux":  # a Linux thread is a task of its own: this one alone
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     for name in modules:
         try:
             importlib.import_module(name)
         except Exception as err:  # noqa: BLE001 - a stage that needs it says so in its own words
             log.debug("warm-up: %s not imported (%s)", name, err)
-    # MLflow maps every installed module to its package (0.7 s) to check a model's requirements
-    # when it logs or loads one (register, promote); the installed packages do not change in a run.
-    with contextlib.suppress(Exception):
-        from mlflow.utils import requirements_utils
+    if "mlflow" in modules:
+        # MLflow maps every installed module to its package (0.7 s) to check a model's requirements
+        # when it logs or loads one (register, promote); the installed packages do not change in a run.
+        with contextlib.suppress(Exception):
+            from mlflow.utils import requirements_utils
 
-        requirements_utils._init_modules_to_packages_map()
+            requirements_utils._init_modules_to_packages_map()
 
 
-def run_forked(module: str, cmd: str, cwd: str, env: dict[str, str]) -> None:
-    """Run `module` as `__main__` in a fork; raise DVC's StageCmdFailedError where it exits non-zero."""
+def run_forked(module: str, cmd: str, cwd: str, env: dict[str, str], then: Callable[[], None] = lambda: None) -> None:
+    """Run `module` as `__main__` in a fork (`then`: called here once it is forked); raise DVC's
+    StageCmdFailedError where it exits non-zero."""
     from dvc.stage.exceptions import StageCmdFailedError
 
     for stream in (sys.stdout, sys.stderr):
@@ -99,6 +129,7 @@ def run_forked(module: str, cmd: str, cwd: str, env: dict[str, str]) -> None:
     pid = os.fork()
     if pid == 0:
         _child(module, cwd, env)  # never returns
+    then()
     ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as DVC's runner: Ctrl-C is the stage's to handle
     try:
         _, status = os.waitpid(pid, 0)
