@@ -166,7 +166,7 @@ class FinetuneParams(TrainParams):
 
 
 class EvaluateParams(Section):
-    batch_size: int = Field(512, ge=1)
+    batch_size: int = Field(128, ge=1)
 
 
 class RegisterParams(Section):

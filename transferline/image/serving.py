@@ -24,7 +24,9 @@ import torch
 from transferline.checkpoint import load_weights, read_meta
 from transferline.image.models import build_model
 
-BATCH = 512  # bounds memory for a large request; the model itself is tiny
+# Bounds memory for a large request. On a CPU 128 scored the test split 1.3-1.5x faster than
+# 512 (small_cnn, 28x28, two cores: a batch's activations stay in cache).
+BATCH = 128
 
 
 class ImageClassifier(mlflow.pyfunc.PythonModel):
