@@ -278,3 +278,28 @@ def test_cli_exit_status_through_exit_fast(tmp_path):
     assert cli(["--help"], tmp_path).returncode == 0
     bad = cli(["no-such-command"], tmp_path)
     assert bad.returncode == 2 and "No such command" in bad.stderr
+
+
+IMPORTS_WITHOUT_GC = """
+import gc, json
+from transferline.env import imports_without_gc
+
+seen = {"before": gc.isenabled()}
+with imports_without_gc():
+    with imports_without_gc():
+        import email.mime.text  # anything not imported yet
+        seen["inner"] = gc.isenabled()
+    seen["outer"] = gc.isenabled()  # the inner block leaves it off: the outer one is still importing
+seen.update(after=gc.isenabled(), frozen=gc.get_freeze_count())
+print(json.dumps(seen))
+"""
+
+
+def test_imports_without_gc_turns_the_collector_off_then_on_and_freezes_what_is_alive():
+    """transferline.env.imports_without_gc (the CLI's, the flow's and the warm DVC process's imports)."""
+    done = subprocess.run([sys.executable, "-c", IMPORTS_WITHOUT_GC], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout)
+    assert (seen["before"], seen["inner"], seen["outer"], seen["after"]) == (True, False, False, True)
+    assert seen["frozen"] > 1000  # what the interpreter and the imports made: never walked again

@@ -18,8 +18,8 @@ from transferline.dvcrun import DvcProcess, StageFailed, StageRefused
 
 # What a stage's process had loaded before its own code ran, who started it, what it was told.
 PROBE = """
-import json, os, stat, sys
-seen = {"torch_before": "torch" in sys.modules, "mlflow_before": "mlflow" in sys.modules,
+import gc, json, os, stat, sys
+seen = {"torch_before": "torch" in sys.modules, "mlflow_before": "mlflow" in sys.modules, "gc_on": gc.isenabled(),
         "project_before": sorted(m for m in sys.modules if m.split(".")[0] in ("transferline", "tasks.helper")),
         "pid": os.getpid(), "cwd": os.getcwd(), "run": os.environ.get("STAGE_RUN"),
         "stdin_is_a_pipe": stat.S_ISFIFO(os.fstat(0).st_mode)}
@@ -75,7 +75,7 @@ def test_a_stage_runs_forked_from_the_warm_dvc_process_with_its_own_env_and_fres
         assert "probe" in dvc.plan().stale
         seen = forked_run(dvc, root, env={"STAGE_RUN": "run-1"}, on_line=lines.append)
         assert seen["torch_before"], "the stage never ran forked from the warm DVC process"
-        assert (seen["run"], seen["cwd"]) == ("run-1", str(root))
+        assert (seen["run"], seen["cwd"], seen["gc_on"]) == ("run-1", str(root), True)  # as in a new interpreter
         assert not seen["stdin_is_a_pipe"]  # the DVC process's stdin carries the flow's requests
         assert seen["project_before"] == []  # the project's code is imported afresh, not the DVC process's copy
         assert "probe says one" in lines

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import importlib
 import logging
 import os
@@ -34,6 +35,8 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
+
+from transferline.env import imports_without_gc
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +108,12 @@ def _import(modules: tuple[str, ...], lowest: bool = False) -> None:
     if lowest and sys.platform == "linux":  # a Linux thread is a task of its own: this one alone
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception as err:  # noqa: BLE001 - a stage that needs it says so in its own words
-            log.debug("warm-up: %s not imported (%s)", name, err)
+    with imports_without_gc():
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception as err:  # noqa: BLE001 - a stage that needs it says so in its own words
+                log.debug("warm-up: %s not imported (%s)", name, err)
     if "mlflow" in modules:
         # MLflow maps every installed module to its package (0.7 s) to check a model's requirements
         # when it logs or loads one (register, promote); the installed packages do not change in a run.
@@ -144,6 +148,7 @@ def _child(module: str, cwd: str, env: dict[str, str]) -> None:
     code = 1
     try:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        gc.enable()  # as in a new interpreter (forks happen with no import under way: it is on)
         from tqdm import tqdm
 
         tqdm.monitor_interval = _monitor_interval[0]

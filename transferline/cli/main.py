@@ -27,7 +27,7 @@ from transferline.cli.common import (
     use_local_server,
 )
 from transferline.dvcrun import STAGES, outcome, prestart, warm_modality
-from transferline.env import apply_env_defaults, exit_fast
+from transferline.env import apply_env_defaults, exit_fast, imports_without_gc
 
 app = typer.Typer(
     help="transferline: pretrain on a large source set, fine-tune on a small target task, "
@@ -78,7 +78,8 @@ def run(
         steer.write_sets(changes)  # under the lock: a run in progress keeps the values it started with
         # DVC's status and the stages' warm-up start on the other core while Prefect loads here
         with prestart(warm_modality(cfg)):
-            from flows.pipeline import pipeline
+            with imports_without_gc():
+                from flows.pipeline import pipeline
 
             _quiet_user_errors()
 
