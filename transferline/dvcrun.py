@@ -301,18 +301,21 @@ def _serve(root: str, plan: bool, warm: str | None) -> None:
     `warm` (a modality): its slow libraries imported once and the stages forked from here
     (transferline.warmstart), unless the plan found nothing stale."""
     from transferline.dvcyaml import parse_once
+    from transferline.env import imports_without_gc
 
     parse_once()  # params.yaml: 8 parses of the same text a stage
-    if plan:
-        try:
-            found = stale_plan(root)
-            reply: dict = {"plan": {"stale": found.stale, "upstream": {k: sorted(v) for k, v in found.upstream.items()}}}
-        except Exception as err:  # the flow asks again in its process, where DVC raises its own error
-            print(REPLY + json.dumps({"error": _error_text(err)}), flush=True)
-            return
-        print(REPLY + json.dumps(reply, default=str), flush=True)
-        warm = warm if found.stale else None
-    from dvc.repo import Repo
+    with imports_without_gc():  # DVC's modules, and the plan's: 0.2-0.4 s less on two cores
+        if plan:
+            try:
+                found = stale_plan(root)
+                reply: dict = {"plan": {"stale": found.stale,
+                                        "upstream": {k: sorted(v) for k, v in found.upstream.items()}}}
+            except Exception as err:  # the flow asks again in its process, where DVC raises its own error
+                print(REPLY + json.dumps({"error": _error_text(err)}), flush=True)
+                return
+            print(REPLY + json.dumps(reply, default=str), flush=True)
+            warm = warm if found.stale else None
+        from dvc.repo import Repo
 
     if warm:
         from transferline.warmstart import warm_up
