@@ -54,6 +54,15 @@ def project(root: Path) -> Path:
     return root
 
 
+@pytest.fixture
+def root(tmp_path, monkeypatch) -> Path:
+    """The DVC project above, the working directory of the test."""
+    root = project(tmp_path)
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.chdir(root)
+    return root
+
+
 def forked_run(dvc: DvcProcess, root: Path, **kwargs) -> dict:
     """repro("probe") until it runs forked: the first requests may come while the libraries are
     still being imported (they then start a new interpreter, as DVC does)."""
@@ -66,10 +75,7 @@ def forked_run(dvc: DvcProcess, root: Path, **kwargs) -> dict:
         time.sleep(1)
 
 
-def test_a_stage_runs_forked_from_the_warm_dvc_process_with_its_own_env_and_fresh_code(tmp_path, monkeypatch):
-    root = project(tmp_path)
-    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
-    monkeypatch.chdir(root)
+def test_a_stage_runs_forked_from_the_warm_dvc_process_with_its_own_env_and_fresh_code(root):
     lines: list[str] = []
     with DvcProcess(plan=True, warm="image") as dvc:
         assert "probe" in dvc.plan().stale
@@ -96,11 +102,8 @@ def test_a_stage_runs_forked_from_the_warm_dvc_process_with_its_own_env_and_fres
     assert status.stdout.strip() == "Data and pipelines are up to date."
 
 
-def test_mlflow_is_imported_during_a_long_stage_not_at_the_start(tmp_path, monkeypatch):
+def test_mlflow_is_imported_during_a_long_stage_not_at_the_start(root):
     # at the start every core is busy; only register and promote, after the long stages, use MLflow
-    root = project(tmp_path)
-    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
-    monkeypatch.chdir(root)
     with DvcProcess(plan=True, warm="image") as dvc:
         dvc.plan()
         assert not forked_run(dvc, root)["mlflow_before"]
@@ -110,20 +113,14 @@ def test_mlflow_is_imported_during_a_long_stage_not_at_the_start(tmp_path, monke
         assert (seen["torch_before"], seen["mlflow_before"]) == (True, True)
 
 
-def test_without_warm_a_stage_starts_a_new_interpreter(tmp_path, monkeypatch):
-    root = project(tmp_path)
-    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
-    monkeypatch.chdir(root)
+def test_without_warm_a_stage_starts_a_new_interpreter(root):
     with DvcProcess(plan=True) as dvc:
         dvc.plan()
         assert dvc.repro("probe").ran
     assert not json.loads((root / "probe.json").read_text())["torch_before"]  # DVC's runner: a new interpreter
 
 
-def test_an_interrupted_forked_stage_is_stopped_with_its_dvc_process(tmp_path, monkeypatch):
-    root = project(tmp_path)
-    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
-    monkeypatch.chdir(root)
+def test_an_interrupted_forked_stage_is_stopped_with_its_dvc_process(root):
     with DvcProcess(plan=True, warm="image") as dvc:
         dvc.plan()
         forked_run(dvc, root)

@@ -13,7 +13,7 @@ Only third-party libraries are imported ahead: the stage imports the project's c
 afresh, after DVC hashed it, so the code that runs is the code dvc.lock records.
 `orchestrate.warm_stages: false` turns this off.
 
-MLflow is imported later (`LATE`), while the first long stage runs (`LATE_DURING`), in a
+MLflow is imported later, while the first long stage runs (`LATE_DURING`), in a
 thread at the lowest CPU priority: only register and promote use it, and it costs 3-5 s of
 CPU. At the start of a run every core is busy (the CLI's imports, DVC's, the first
 stages), and imported then it kept validate and split in new interpreters; training leaves
@@ -51,7 +51,6 @@ WARM_IMPORTS = {
     "text": ("numpy", "yaml", "pydantic", "pandas", "torch", "transformers", "safetensors.torch", "tqdm",
              "matplotlib.pyplot"),
 }
-LATE = MLFLOW
 LATE_DURING = ("tasks.pretrain", "tasks.finetune", "tasks.evaluate")  # the first of them forked
 LATE_THREAD = "warm-up-late"
 _monitor_interval = [10]  # tqdm's, restored in a forked stage
@@ -80,7 +79,7 @@ def warm_up(modality: str) -> None:
             thread.exit()
             thread.tqdm_cls.monitor = None
     _start_import(WARM_IMPORTS.get(modality, ()), "warm-up")
-    late = [LATE]  # imported once, from the fork of the first of LATE_DURING on
+    late = [MLFLOW]  # imported once, from the fork of the first of LATE_DURING on
 
     def after_fork(module: str) -> None:
         if module in LATE_DURING and late:
