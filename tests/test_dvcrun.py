@@ -176,6 +176,49 @@ def test_the_dvc_process_parses_a_text_once_and_sees_every_edit(tmp_path, monkey
         assert dvc.repro("c").ran and (root / "c.txt").read_text() == "3\n"
 
 
+def test_the_dvc_process_rewrites_dvc_lock_byte_for_byte_as_dvc_does(tmp_path, monkeypatch):
+    """transferline.dvcyaml: the DVC process reads dvc.lock with DVC's safe parser when it rewrites
+    it; the file it writes is the one DVC's round trip writes (values that YAML could read
+    otherwise included), and dvc.yaml keeps the round trip (its comments survive)."""
+    import shutil
+
+    from dvc import dvcfile
+
+    from transferline.dvcyaml import locks_rewritten_from_safe_parse
+
+    (tmp_path / "project").mkdir()
+    root = dvc_project(tmp_path / "project")
+    odd = {"lr": 3e-4, "tiny": 1.0e-12, "big": 10**20, "flag": "yes", "date": "2026-12-03", "null": "null",
+           "octal": "0123", "empty": {}, "items": [], "text": "a: b # not a comment"}
+    (root / "params.yaml").write_text(yaml.safe_dump({"c": {"value": 1, **odd}}))
+    set_cmd(root, "c", "echo ${c.value} ${c.lr} > c.txt")
+    spec = yaml.safe_load((root / "dvc.yaml").read_text())
+    spec["stages"]["c"]["params"] = [{"params.yaml": ["c"]}]  # the whole section, every odd value
+    (root / "dvc.yaml").write_text("# people comment dvc.yaml\n" + yaml.safe_dump(spec))
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    for stage in ("c", "a"):  # c's entry, odd values and all, is read back and written again after a
+        subprocess.run([sys.executable, "-m", "dvc", "repro", "-q", "-f", stage], cwd=copy, check=True,
+                       capture_output=True)
+    expected = (copy / "dvc.lock").read_text()  # DVC alone, from a shell
+
+    monkeypatch.setattr(dvcfile, "modify_yaml", dvcfile.modify_yaml)  # restored after the test
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.chdir(root)
+    with DvcProcess() as dvc:
+        assert dvc.repro("c", force=True).ran and dvc.repro("a", force=True).ran
+    assert (root / "dvc.lock").read_text() == expected and "flag: yes" in expected and "tiny: 1e-12" in expected
+    locks_rewritten_from_safe_parse()
+    locks_rewritten_from_safe_parse()  # once is enough
+    with dvcfile.modify_yaml(root / "dvc.lock") as data:
+        assert type(data["stages"]) is dict  # the safe parse (the round trip's is a CommentedMap)
+    assert (root / "dvc.lock").read_text() == expected
+    with dvcfile.modify_yaml(root / "dvc.yaml") as data:  # the round trip, for dvc.yaml
+        assert type(data["stages"]) is not dict
+        data["stages"]["b"]["cmd"] = "cp a.txt  b.txt"
+    assert (root / "dvc.yaml").read_text().startswith("# people comment dvc.yaml\n")
+
+
 def test_a_stage_dvc_restores_from_its_run_cache_is_told_apart(tmp_path, monkeypatch):
     """Inputs that ran before: DVC checks the stage's outputs out of its run cache instead of running
     it. It counts as run (DVC reproduced it), and the result says it was restored, not run."""
