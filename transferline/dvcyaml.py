@@ -63,6 +63,8 @@ def locks_rewritten_from_safe_parse() -> None:
     from dvc import dvcfile
     from dvc.utils.serialize import _common, _yaml
 
+    if not all(hasattr(m, n) for m, n in ((dvcfile, "modify_yaml"), (_common, "_modify_data"), (_yaml, "_dump"))):
+        return  # another DVC version: it rewrites its locks as always
     if getattr(dvcfile.modify_yaml, "safe_for_locks", False):  # patched already
         return
 
