@@ -14,9 +14,8 @@ import yaml
 from kit.scaffold import make_project  # noqa: F401  (re-exported for tests)
 
 ROOT = Path(__file__).resolve().parents[1]
-DOWNLOADS = ROOT / ".transferline" / "downloads"  # shared by every test and checkout folder
-
-os.environ.setdefault("TRANSFERLINE_DOWNLOADS", str(DOWNLOADS))
+# shared by every test and checkout folder; where a TRANSFERLINE_DOWNLOADS of your own points, there
+DOWNLOADS = Path(os.environ.setdefault("TRANSFERLINE_DOWNLOADS", str(ROOT / ".transferline" / "downloads")))
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 # the test harness's Prefect server: its telemetry heartbeat writes to the SQLite file the

@@ -42,6 +42,8 @@ def test_uint8_pixels_rounds_as_the_expression_it_replaces():
 
 
 def test_tampered_artifact_is_refused(tmp_path):
+    member = list(ANIMAL_MNIST.artifact.members)[1]
+    fetch_member(ANIMAL_MNIST.artifact, member, download_dir=DOWNLOADS)  # the pinned wheel, once per machine
     wheel = next(DOWNLOADS.glob("animal_mnist-0.4-*.whl"))
     copy = tmp_path / wheel.name
     with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(copy, "w") as dst:
@@ -50,7 +52,6 @@ def test_tampered_artifact_is_refused(tmp_path):
             if item.filename.endswith("animal_label_version_3.gz"):
                 data = data[:-1] + bytes([data[-1] ^ 1])
             dst.writestr(item, data)
-    member = list(ANIMAL_MNIST.artifact.members)[1]
     with pytest.raises(StageError, match="sha256"):
         fetch_member(ANIMAL_MNIST.artifact, member, download_dir=tmp_path)
 
