@@ -183,6 +183,7 @@ def test_the_dvc_process_rewrites_dvc_lock_byte_for_byte_as_dvc_does(tmp_path, m
     import shutil
 
     from dvc import dvcfile
+    from dvc.utils.serialize import _yaml
 
     from transferline.dvcyaml import locks_rewritten_from_safe_parse
 
@@ -202,7 +203,7 @@ def test_the_dvc_process_rewrites_dvc_lock_byte_for_byte_as_dvc_does(tmp_path, m
                        capture_output=True)
     expected = (copy / "dvc.lock").read_text()  # DVC alone, from a shell
 
-    monkeypatch.setattr(dvcfile, "modify_yaml", dvcfile.modify_yaml)  # restored after the test
+    monkeypatch.setattr(_yaml, "parse_yaml_for_update", _yaml.parse_yaml_for_update)  # restored after the test
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     monkeypatch.chdir(root)
     with DvcProcess() as dvc:

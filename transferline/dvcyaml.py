@@ -18,11 +18,9 @@ same (tests/test_dvcrun.py). dvc.yaml, which people comment, keeps the round tri
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import os
-from collections.abc import Iterator
 from typing import Any
 
 # Where DVC holds its YAML parser: the function and the two modules that import it by name
@@ -60,21 +58,16 @@ def parse_once() -> None:
 
 def locks_rewritten_from_safe_parse() -> None:
     """Make DVC, in this process, read a lock file it rewrites with its safe parser."""
-    from dvc import dvcfile
-    from dvc.utils.serialize import _common, _yaml
+    from dvc.utils.serialize import _yaml
 
-    if not all(hasattr(m, n) for m, n in ((dvcfile, "modify_yaml"), (_common, "_modify_data"), (_yaml, "_dump"))):
-        return  # another DVC version: it rewrites its locks as always
-    if getattr(dvcfile.modify_yaml, "safe_for_locks", False):  # patched already
+    round_trip = getattr(_yaml, "parse_yaml_for_update", None)  # what DVC's modify_yaml calls by name
+    if round_trip is None or hasattr(round_trip, "safe_for_locks"):  # another DVC version, or patched already
         return
 
-    @contextlib.contextmanager
-    def modify_yaml(path: Any, fs: Any = None) -> Iterator[Any]:
-        """DVC's modify_yaml (load, let the caller change, dump), with the safe parse for a lock file."""
-        lock = os.fspath(path).endswith(".lock")
-        with _common._modify_data(path, _yaml.parse_yaml if lock else _yaml.parse_yaml_for_update, _yaml._dump,
-                                  fs=fs) as data:
-            yield data
+    def parse_yaml_for_update(text: str, path: Any) -> Any:
+        if os.fspath(path).endswith(".lock"):
+            return _yaml.parse_yaml(text, path)  # through parse_once's copy, where it is on
+        return round_trip(text, path)
 
-    modify_yaml.safe_for_locks = True  # type: ignore[attr-defined]
-    dvcfile.modify_yaml = modify_yaml  # type: ignore[attr-defined]  # the name dvc.yaml and dvc.lock writes call
+    parse_yaml_for_update.safe_for_locks = True  # type: ignore[attr-defined]
+    _yaml.parse_yaml_for_update = parse_yaml_for_update  # type: ignore[attr-defined]
