@@ -11,7 +11,8 @@ its warm-up imports), the stages (forked from it or in new interpreters: their C
 when DVC reaps them, so none is missed between two readings), the Prefect server, the run
 guard. Beside it the second each stage was asked for and said it was done.
 
-Writes bench/results/run_trace.json and prints the timeline and the CPU by process.
+Writes bench/results/run_trace.json (run_trace_default.json with --default) and prints the
+timeline and the CPU by process.
 
     uv run python bench/run_trace.py [--default] [--interval 0.25] [--workdir DIR]
 """
@@ -34,7 +35,7 @@ from overhead import TL, bench_params, env_for, rerun_all, timed
 
 from kit.scaffold import ROOT, make_project
 
-RESULTS = ROOT / "bench/results/run_trace.json"
+RESULTS = ROOT / "bench/results"  # run_trace.json (small), run_trace_default.json
 TICK = os.sysconf("SC_CLK_TCK")
 ASKED = re.compile(r"Running stage '(\w+)'")
 DONE = re.compile(r"\[(\w+)\] done in ([\d.]+) s$")
@@ -187,7 +188,7 @@ def main() -> None:
                   "command": "uv run python bench/run_trace.py" + " --default" * args.default, **trace(project, args.interval)}
     finally:
         timed([*TL, "server", "stop"], project, check=False)
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / f"run_trace{'_default' * args.default}.json").write_text(json.dumps(result, indent=1) + "\n")
     print(show(result))
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
