@@ -34,35 +34,35 @@ from pathlib import Path
 from overhead import TL, bench_params, env_for, rerun_all, timed
 
 from kit.scaffold import ROOT, make_project
+from transferline.dvcrun import WORK_DONE
 
 RESULTS = ROOT / "bench/results"  # run_trace.json (small), run_trace_default.json
 TICK = os.sysconf("SC_CLK_TCK")
-ASKED = re.compile(r"Running stage '(\w+)'")
-DONE = re.compile(r"\[(\w+)\] done in ([\d.]+) s$")
+ASKED = re.compile(r"Running stage '(\w+)'")  # DVC's line as it starts a stage's command
 
 
-def proc_times(pid: int) -> tuple[int, float, float, str] | None:
-    """(ppid, own CPU s, reaped children's CPU s, command line) of a live process, or None."""
+def proc_times(pid: int) -> tuple[int, float, float] | None:
+    """(ppid, own CPU s, reaped children's CPU s) of a live process, or None."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return None
     f = stat[stat.rfind(")") + 2:].split()  # after the command name, which may hold spaces
-    return int(f[1]), (int(f[11]) + int(f[12])) / TICK, (int(f[13]) + int(f[14])) / TICK, cmd
+    return int(f[1]), (int(f[11]) + int(f[12])) / TICK, (int(f[13]) + int(f[14])) / TICK
 
 
-def kind(pid: int, ppid: int, cmd: str, cli: int, dvc: set[int]) -> str:
+def kind(pid: int, ppid: int, cli: int) -> str:
     """Which part of the run a process is (a forked stage keeps the DVC process's command line)."""
     if pid == cli:
         return "cli"
     if pid == os.getpid():
         return "this trace"
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "other"
     if "transferline.dvcrun" in cmd:
-        if ppid == cli:
-            dvc.add(pid)
-            return "dvc"
-        return "stages"
+        return "dvc" if ppid == cli else "stages"
     if "-m tasks." in cmd:
         return "stages"
     if "prefect" in cmd and "server" in cmd:
@@ -77,37 +77,37 @@ def trace(project: Path, interval: float) -> dict:
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1)
     seen: dict[int, tuple[str, float]] = {}  # pid -> (part, own CPU at the last reading)
     start: dict[int, float] = {}  # pid -> own CPU before the run (0 for a process the run started)
-    dvc: set[int] = set()
-    reaped = [0.0]  # the DVC process's reaped children (every stage's process)
-    reaped_at: list[tuple[float, float]] = []  # (second, reaped) at each reading
+    reaped_at: list[tuple[float, float]] = []  # (second, the DVC process's reaped children: every stage's process)
     timeline: list[tuple[float, float, dict[str, float]]] = []
     stop = threading.Event()
 
-    def read_all(first: bool = False) -> dict[str, float]:
-        """CPU s each part used since the last reading (`first`: the reading before the run)."""
+    def read_all(first: bool = False) -> tuple[dict[str, float], float]:
+        """CPU s each part used since the last reading (`first`: the reading before the run), and
+        the CPU s of the DVC process's reaped children so far."""
         used: Counter[str] = Counter()
+        reaped = reaped_at[-1][1] if reaped_at else 0.0
         for name in os.listdir("/proc"):
             if not name.isdigit() or (times := proc_times(int(name))) is None:
                 continue
-            pid, (ppid, own, children, cmd) = int(name), times
+            pid, (ppid, own, children) = int(name), times
             if pid not in seen:  # what a process running before the run had used is not the run's
                 start[pid] = own if first and pid != cli.pid else 0.0
-                seen[pid] = (kind(pid, ppid, cmd, cli.pid, dvc), start[pid])
+                seen[pid] = (kind(pid, ppid, cli.pid), start[pid])
             part, before = seen[pid]
             used[part] += own - before
             seen[pid] = (part, own)
-            if pid in dvc:
-                reaped[0] = children
-        return dict(used)
+            if part == "dvc":
+                reaped = children
+        return dict(used), reaped
 
     def sample() -> None:
         read_all(first=True)
         while not stop.wait(interval):  # each row: when, the seconds since the last one, CPU s by part
             last = timeline[-1][0] if timeline else 0.0
             now = time.perf_counter() - t0
-            used = {k: round(v, 2) for k, v in read_all().items() if v}
-            timeline.append((round(now, 2), round(now - last, 3), used))
-            reaped_at.append((now, reaped[0]))
+            used, reaped = read_all()
+            timeline.append((round(now, 2), round(now - last, 3), {k: round(v, 2) for k, v in used.items() if v}))
+            reaped_at.append((now, reaped))
 
     sampler = threading.Thread(target=sample)
     sampler.start()
@@ -117,7 +117,7 @@ def trace(project: Path, interval: float) -> dict:
         now = round(time.perf_counter() - t0, 2)
         if asked := ASKED.search(line):
             stages[asked[1]] = {"asked_s": now}
-        elif (done := DONE.search(line.strip())) and done[1] in stages:
+        elif (done := WORK_DONE.search(line.strip())) and done[1] in stages:
             stages[done[1]].update(done_s=now, work_s=float(done[2]))
     code = cli.wait()
     wall = time.perf_counter() - t0
@@ -128,7 +128,7 @@ def trace(project: Path, interval: float) -> dict:
     cpu: Counter[str] = Counter()
     for pid, (part, own) in seen.items():
         cpu[part] += own - start[pid]
-    cpu["stages"] = reaped[0]  # exact: every stage process, reaped by the DVC process
+    cpu["stages"] = reaped_at[-1][1] if reaped_at else 0.0  # exact: every stage process, reaped by the DVC process
 
     def reaped_by(second: float) -> float:
         return max((value for t, value in reaped_at if t <= second), default=0.0)
@@ -151,16 +151,13 @@ def busy(timeline: list[tuple[float, float, dict[str, float]]], since: float, un
 
 def show(result: dict) -> str:
     lines = [f"{'s':>7} {'cores':>5}  CPU s by part in the interval (the stages' lines between)"]
-    marks = sorted([(s["asked_s"], f"asked for {name}") for name, s in result["stages"].items()]
-                   + [(s["done_s"], f"{name} done ({s['work_s']} s of work)") for name, s in result["stages"].items()
-                      if "done_s" in s])
-    for t, dt, used in result["timeline"]:
-        while marks and marks[0][0] <= t:
-            at, what = marks.pop(0)
-            lines.append(f"{at:7.2f}        | {what}")
-        parts = "  ".join(f"{k} {v:.2f}" for k, v in sorted(used.items(), key=lambda kv: -kv[1]))
-        lines.append(f"{t:7.2f} {sum(used.values()) / dt:5.2f}  {parts}")
-    lines += [f"{at:7.2f}        | {what}" for at, what in marks]
+    stages = result["stages"].items()
+    rows = [(s["asked_s"], 0, f"       | asked for {name}") for name, s in stages]
+    rows += [(s["done_s"], 0, f"       | {name} done ({s['work_s']} s of work)") for name, s in stages if "done_s" in s]
+    rows += [(t, 1, f"{sum(used.values()) / dt:5.2f}  " + "  ".join(f"{k} {v:.2f}" for k, v in
+                                                              sorted(used.items(), key=lambda kv: -kv[1])))
+             for t, dt, used in result["timeline"]]
+    lines += [f"{t:7.2f} {text}" for t, _, text in sorted(rows)]  # a stage's line before the reading at its second
     lines += ["", "stage: asked for at, work s, CPU s of its process (forked or not; reaped by DVC)"]
     lines += [f"  {name}: {s['asked_s']} s, {s.get('work_s')} s, {s.get('cpu_s')} s" for name, s in result["stages"].items()]
     lines += ["", f"wall {result['wall_s']} s; the first stage asked for at {result['first_stage_asked_s']} s; "
