@@ -185,7 +185,7 @@ def test_the_dvc_process_rewrites_dvc_lock_byte_for_byte_as_dvc_does(tmp_path, m
     from dvc import dvcfile
     from dvc.utils.serialize import _yaml
 
-    from transferline.dvcyaml import locks_rewritten_from_safe_parse
+    from transferline.dvcyaml import emitted_alike, locks_rewritten_from_safe_parse
 
     (tmp_path / "project").mkdir()
     root = dvc_project(tmp_path / "project")
@@ -209,6 +209,7 @@ def test_the_dvc_process_rewrites_dvc_lock_byte_for_byte_as_dvc_does(tmp_path, m
     with DvcProcess() as dvc:
         assert dvc.repro("c", force=True).ran and dvc.repro("a", force=True).ran
     assert (root / "dvc.lock").read_text() == expected and "flag: yes" in expected and "tiny: 1e-12" in expected
+    assert emitted_alike(_yaml.parse_yaml(expected, "dvc.lock"))  # the DVC process wrote it with libyaml's emitter
     locks_rewritten_from_safe_parse()
     locks_rewritten_from_safe_parse()  # once is enough
     with dvcfile.modify_yaml(root / "dvc.lock") as data:
@@ -218,6 +219,66 @@ def test_the_dvc_process_rewrites_dvc_lock_byte_for_byte_as_dvc_does(tmp_path, m
         assert type(data["stages"]) is not dict
         data["stages"]["b"]["cmd"] = "cp a.txt  b.txt"
     assert (root / "dvc.yaml").read_text().startswith("# people comment dvc.yaml\n")
+
+
+def test_plain_data_is_dumped_in_c_as_the_round_trip_dumps_it(monkeypatch):
+    """transferline.dvcyaml.plain_dumps_in_c: DVC's YAML dump, in the DVC process, goes through
+    libyaml's emitter only for data both emitters write byte for byte the same; thousands of
+    generated values (YAML's look-alikes of numbers, booleans and nulls, quotes, long and
+    non-ASCII strings, nesting) are dumped both ways, and the rest keeps the round trip."""
+    import collections
+    import io
+    import random
+    import string
+
+    from dvc.utils.serialize import _yaml
+
+    from transferline.dvcyaml import emitted_alike, plain_dumps_in_c
+
+    monkeypatch.setattr(_yaml, "_dump", _yaml._dump)  # restored after the test
+    round_trip = _yaml._dump
+    plain_dumps_in_c()
+    plain_dumps_in_c()  # once is enough
+    assert _yaml._dump is not round_trip and _yaml._dump.in_c
+
+    def dumped(dump, data) -> str:
+        stream = io.StringIO()
+        dump(data, stream)
+        return stream.getvalue()
+
+    rnd = random.Random(15)
+    letters = string.printable.translate({ord(c): None for c in "\n\r\x0b\x0c'"})  # those: in `looks`
+    looks = ["yes", "no", "on", "off", "null", "~", "true", "1e3", "0o17", "0x1F", "1_000", "1:20", ".5", "-", "?",
+             "- a", "a:", "#", "'", '"', "&a", "*a", "!t", "%", "@", "`", "|", ">", "=", "<<", "0123", "nan", ".inf",
+             "2026-12-03", " ", "é", "中", "\U0001F600", "a\nb", "x " * 50]
+
+    def text() -> str:
+        if rnd.random() < 0.3:
+            return rnd.choice(looks)
+        size = rnd.choice([1, 2, 5, 10, 30, 60])
+        return "".join(rnd.choice(letters) if rnd.random() < 0.95 else rnd.choice(looks) for _ in range(size))
+
+    def value(depth: int = 0):
+        pick = rnd.random()
+        if depth < 3 and pick < 0.2:  # DVC builds a stage's lock entry as an OrderedDict
+            mapping = {text(): value(depth + 1) for _ in range(rnd.randint(0, 4))}
+            return collections.OrderedDict(mapping) if rnd.random() < 0.5 else mapping
+        if depth < 3 and pick < 0.3:
+            return [value(depth + 1) for _ in range(rnd.randint(0, 4))]
+        if pick < 0.45:
+            return rnd.choice([0, 1, -5, 10**20, True, False, None, 0.1, 3e-4, 1e-12, -0.0, 1e20, float("inf")])
+        return text()
+
+    alike = 0
+    for _ in range(3000):
+        data = {"stages": {text(): value() for _ in range(3)}}
+        assert dumped(_yaml._dump, data) == dumped(round_trip, data), data
+        alike += emitted_alike(data)
+    assert 300 < alike < 2700  # both kinds, many of each
+    lock = Path(__file__).parents[1] / "dvc.lock"  # the project's own lock: libyaml's emitter, the same bytes
+    assert emitted_alike(_yaml.parse_yaml(lock.read_text(), lock)) and dumped(_yaml._dump, _yaml.parse_yaml(
+        lock.read_text(), lock)) == lock.read_text()
+    assert not emitted_alike({"a": None}) and not emitted_alike({"a": "é"}) and not emitted_alike({"a": "x" * 80})
 
 
 def test_a_stage_dvc_restores_from_its_run_cache_is_told_apart(tmp_path, monkeypatch):

@@ -14,10 +14,19 @@ parser (pure Python, it keeps comments): 0.2 s a stage on our 33 KB lock, agains
 its safe (C) parse. `locks_rewritten_from_safe_parse()` has it take the safe parse there: DVC
 writes dvc.lock itself, with no comment to keep, and the file it dumps is byte for byte the
 same (tests/test_dvcrun.py). dvc.yaml, which people comment, keeps the round trip.
+
+DVC then dumps the lock (and a run-cache entry) with ruamel's round-trip emitter, pure
+Python too: 0.13 s a stage for our lock. `plain_dumps_in_c()` has it dump with ruamel's safe
+dumper and libyaml's emitter (C) instead, 0.04 s, where the two write the same bytes: plain
+dicts, lists, numbers, booleans and short ASCII strings, which a DVC lock holds. Anything
+else (a None, a long or non-ASCII string, a quote, a long key: where the two emitters fold,
+quote or spell differently) keeps the round trip. tests/test_dvcrun.py compares the two on
+the lock and on thousands of generated values.
 """
 
 from __future__ import annotations
 
+import collections
 import copy
 import functools
 import os
@@ -28,6 +37,10 @@ from typing import Any
 # is missing in another DVC version is left alone; that DVC parses as always.
 HOLDERS = ("dvc.utils.serialize._yaml", "dvc.utils.serialize", "dvc.utils.strictyaml")
 KEPT = 16  # texts: params.yaml, dvc.yaml and a few lock files at most in one run
+# Where ruamel's two emitters write the same bytes (tests/test_dvcrun.py): keys up to KEY_CHARS
+# characters, and a key with its value within LINE_CHARS, at two columns of indent a level and
+# two more for a list's dash (a longer line is folded differently).
+KEY_CHARS, LINE_CHARS = 40, 70
 
 
 def parse_once() -> None:
@@ -71,3 +84,49 @@ def locks_rewritten_from_safe_parse() -> None:
 
     parse_yaml_for_update.safe_for_locks = True  # type: ignore[attr-defined]
     _yaml.parse_yaml_for_update = parse_yaml_for_update  # type: ignore[attr-defined]
+
+
+def emitted_alike(data: Any, depth: int = 0, key: str = "") -> bool:
+    """True where ruamel's round-trip dump and its safe C dump of `data` are the same text."""
+    kind = type(data)
+    if kind in (dict, collections.OrderedDict):  # DVC builds a stage's lock entry as an OrderedDict
+        return all(_short(k) and len(k) <= KEY_CHARS and emitted_alike(v, depth + 1, k) for k, v in data.items())
+    if kind is list:
+        return all(emitted_alike(v, depth + 1, key) for v in data)
+    if kind is str:
+        return _short(data) and 4 * depth + len(key) + len(data) <= LINE_CHARS
+    if kind is float:  # repr: up to 24 characters
+        return 4 * depth + len(key) + 25 <= LINE_CHARS
+    return kind in (int, bool)  # None: the round trip writes nothing, the safe dump `null`
+
+
+def _short(text: Any) -> bool:
+    """ASCII, printable and with no single quote (the two emitters quote it differently)."""
+    return type(text) is str and text.isascii() and text.isprintable() and "'" not in text
+
+
+def _dicts(data: Any) -> Any:
+    """`data` with each OrderedDict a dict (the round trip writes both alike; the safe dumper, an omap)."""
+    if isinstance(data, dict):
+        return {k: _dicts(v) for k, v in data.items()}
+    return [_dicts(v) for v in data] if type(data) is list else data
+
+
+def plain_dumps_in_c() -> None:
+    """Make DVC, in this process, dump plain YAML data with libyaml's emitter (`emitted_alike`)."""
+    from dvc.utils.serialize import _yaml
+    from ruamel.yaml import YAML
+
+    round_trip = _yaml._dump  # what dump_yaml, dumps_yaml and modify_yaml call by name
+    if hasattr(round_trip, "in_c"):  # patched already
+        return
+
+    def dump(data: Any, stream: Any) -> Any:
+        if not emitted_alike(data):
+            return round_trip(data, stream)
+        yaml = YAML(typ="safe", pure=False)  # pure=False: libyaml's emitter, where ruamel.yaml.clib is installed
+        yaml.default_flow_style, yaml.allow_unicode, yaml.sort_base_mapping_type_on_output = False, True, False
+        return yaml.dump(_dicts(data), stream)
+
+    dump.in_c = True  # type: ignore[attr-defined]
+    _yaml._dump = dump  # type: ignore[attr-defined]
