@@ -137,3 +137,14 @@ def test_an_interrupted_forked_stage_is_stopped_with_its_dvc_process(root):
     with contextlib.suppress(psutil.NoSuchProcess):  # gone already
         psutil.Process(seen["pid"]).wait(timeout=10)  # psutil.TimeoutExpired: it outlived its DVC process
     assert not psutil.pid_exists(seen["pid"])
+
+
+def test_the_warm_up_leaves_pydantic_ready_for_a_forked_stage_to_build_its_params_schema():
+    """The warm-up builds one pydantic model, so a fork does not import pydantic's parts or look
+    for its plugins in every installed package's entry points (0.06 s of each stage's 0.1 s)."""
+    probe = ("import sys; from transferline.warmstart import _import; _import(('pydantic',)); "
+             "from pydantic.plugin import _loader; "
+             "print('pydantic.fields' in sys.modules, 'pydantic.functional_validators' in sys.modules, "
+             "_loader._plugins is not None)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["True", "True", "True"], done.stdout + done.stderr
