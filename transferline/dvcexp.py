@@ -74,7 +74,7 @@ def skipped_in_experiment(stage: str, params_file: str | Path = "params.yaml") -
     from transferline.io import read_json
 
     try:
-        raw = yaml.safe_load(Path(params_file).read_text()) or {}
+        raw = yaml.load(Path(params_file).read_text(), Loader=yaml.CSafeLoader) or {}  # noqa: S506 (safe)
         reports = Path((raw.get("paths") or {}).get("reports", "reports"))
         report = reports / f"{stage}.json"
         return report.is_file() and read_json(report).get("skipped") == SKIPPED

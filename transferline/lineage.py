@@ -67,7 +67,7 @@ def collect(client: Any, run_id: str, params_path: Path = Path("params.yaml"),
         "lineage.dvc_lock_sha256": _sha256(lock_path),
     })
     if params_path.is_file():
-        raw = yaml.safe_load(params_path.read_text()) or {}
+        raw = yaml.load(params_path.read_text(), Loader=yaml.CSafeLoader) or {}  # noqa: S506 (libyaml's safe loader)
         tags.update({f"params.{k}": json.dumps(v) if isinstance(v, list) else str(v)
                      for k, v in flatten(raw).items()})
     return tags
