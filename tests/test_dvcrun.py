@@ -4,6 +4,7 @@ DVC project (shell commands, no torch)."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import subprocess
@@ -225,15 +226,17 @@ def test_plain_data_is_dumped_in_c_as_the_round_trip_dumps_it(monkeypatch):
     """transferline.dvcyaml.plain_dumps_in_c: DVC's YAML dump, in the DVC process, goes through
     libyaml's emitter only for data both emitters write byte for byte the same; thousands of
     generated values (YAML's look-alikes of numbers, booleans and nulls, quotes, long and
-    non-ASCII strings, nesting) are dumped both ways, and the rest keeps the round trip."""
-    import collections
+    non-ASCII strings, nesting) are dumped both ways, and the rest keeps the round trip. What the
+    C dump wrote is kept for the DVC process's next read of that text: DVC's parser reads the same."""
     import io
     import random
     import string
 
     from dvc.utils.serialize import _yaml
 
-    from transferline.dvcyaml import emitted_alike, plain_dumps_in_c
+    from ruamel.yaml import YAML
+
+    from transferline.dvcyaml import WRITTEN, emitted_alike, plain_dumps_in_c
 
     monkeypatch.setattr(_yaml, "_dump", _yaml._dump)  # restored after the test
     round_trip = _yaml._dump
@@ -272,13 +275,40 @@ def test_plain_data_is_dumped_in_c_as_the_round_trip_dumps_it(monkeypatch):
     alike = 0
     for _ in range(3000):
         data = {"stages": {text(): value() for _ in range(3)}}
-        assert dumped(_yaml._dump, data) == dumped(round_trip, data), data
-        alike += emitted_alike(data)
+        written = dumped(_yaml._dump, data)
+        assert written == dumped(round_trip, data), data
+        if emitted_alike(data):  # kept for the next read: exactly what DVC's parser reads in the text
+            alike += 1
+            assert WRITTEN[written] == YAML(typ="safe").load(written)
     assert 300 < alike < 2700  # both kinds, many of each
     lock = Path(__file__).parents[1] / "dvc.lock"  # the project's own lock: libyaml's emitter, the same bytes
     assert emitted_alike(_yaml.parse_yaml(lock.read_text(), lock)) and dumped(_yaml._dump, _yaml.parse_yaml(
         lock.read_text(), lock)) == lock.read_text()
     assert not emitted_alike({"a": None}) and not emitted_alike({"a": "é"}) and not emitted_alike({"a": "x" * 80})
+
+
+def test_a_lock_the_dvc_process_wrote_is_read_back_without_parsing(tmp_path, monkeypatch):
+    """transferline.dvcyaml: what the C dump wrote is what DVC reads at the next stage, unparsed."""
+    import importlib
+
+    from dvc.utils.serialize import _yaml, dump_yaml, load_yaml
+    from ruamel.yaml import YAML
+
+    from transferline.dvcyaml import HOLDERS, parse_once, plain_dumps_in_c
+
+    for name in HOLDERS:  # restored after the test: the patches are for the DVC process alone
+        monkeypatch.setattr(importlib.import_module(name), "parse_yaml", _yaml.parse_yaml)
+    monkeypatch.setattr(_yaml, "_dump", _yaml._dump)
+    parse_once()
+    plain_dumps_in_c()
+    lock = tmp_path / "dvc.lock"
+    data = {"schema": "2.0", "stages": {"a": collections.OrderedDict(cmd="echo 1", deps=[{"path": "in.txt", "size": 7}])}}
+    dump_yaml(lock, data)
+    monkeypatch.setattr(YAML, "load", lambda *_: pytest.fail("parsed again"))
+    assert load_yaml(lock) == data
+    lock.write_text(lock.read_text() + "# an edit\n")  # any other text is parsed, as always
+    with pytest.raises(pytest.fail.Exception, match="parsed again"):
+        load_yaml(lock)
 
 
 def test_a_stage_dvc_restores_from_its_run_cache_is_told_apart(tmp_path, monkeypatch):

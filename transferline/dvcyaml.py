@@ -21,7 +21,8 @@ dumper and libyaml's emitter (C) instead, 0.013 s, where the two write the same 
 dicts, lists, numbers, booleans and short ASCII strings, which a DVC lock holds. Anything
 else (a None, a long or non-ASCII string, a quote, a long key: where the two emitters fold,
 quote or spell differently) keeps the round trip. tests/test_dvcrun.py compares the two on
-the lock and on thousands of generated values.
+the lock and on thousands of generated values. What it wrote is also kept for `parse_once`,
+so the lock DVC reads at the next stage is not parsed again.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ from typing import Any
 # is missing in another DVC version is left alone; that DVC parses as always.
 HOLDERS = ("dvc.utils.serialize._yaml", "dvc.utils.serialize", "dvc.utils.strictyaml")
 KEPT = 16  # texts: params.yaml, dvc.yaml and a few lock files at most in one run
+# The last texts `plain_dumps_in_c` wrote -> the data it wrote, which is what parsing them gives
+# (tests/test_dvcrun.py): DVC reads the lock it has just written at the next stage (0.05-0.07 s
+# to parse our lock); after the lock it writes the stage's run-cache entry, so more than one.
+WRITTEN: dict[str, Any] = {}
+KEPT_WRITTEN = 4
 # Where ruamel's two emitters write the same bytes (tests/test_dvcrun.py): keys up to KEY_CHARS
 # characters, and a key with its value within LINE_CHARS, at two columns of indent a level and
 # two more for a list's dash (a longer line is folded differently).
@@ -55,7 +61,8 @@ def parse_once() -> None:
 
     @functools.lru_cache(maxsize=KEPT)
     def first_parse(text: str, path: str) -> Any:
-        return parse(text, path)
+        written = WRITTEN.pop(text, None)  # the lock this process has just written: what it holds
+        return written if written is not None else parse(text, path)
 
     def parse_yaml(text: str, path: Any, typ: str = "safe") -> Any:
         if typ != "safe":
@@ -134,6 +141,13 @@ def _float_as_ruamel_writes_it(dumper: Any, data: float) -> Any:
     return dumper.represent_scalar("tag:yaml.org,2002:float", value)
 
 
+def _plain(data: Any) -> Any:
+    """A copy of `data` as a YAML parse gives it: OrderedDicts as dicts."""
+    if isinstance(data, dict):
+        return {k: _plain(v) for k, v in data.items()}
+    return [_plain(v) for v in data] if type(data) is list else data
+
+
 def plain_dumps_in_c() -> None:
     """Make DVC, in this process, dump plain YAML data with libyaml's emitter (`emitted_alike`)."""
     import yaml
@@ -146,7 +160,12 @@ def plain_dumps_in_c() -> None:
     def dump(data: Any, stream: Any) -> Any:
         if not emitted_alike(data):
             return round_trip(data, stream)
-        return yaml.dump(data, stream, Dumper=dumper, sort_keys=False, allow_unicode=True, default_flow_style=False)
+        text = yaml.dump(data, Dumper=dumper, sort_keys=False, allow_unicode=True, default_flow_style=False)
+        stream.write(text)
+        WRITTEN[text] = _plain(data)  # a copy: DVC may change `data` after writing it
+        while len(WRITTEN) > KEPT_WRITTEN:  # the oldest first
+            del WRITTEN[next(iter(WRITTEN))]
+        return None
 
     dump.in_c = True  # type: ignore[attr-defined]
     _yaml._dump = dump  # type: ignore[attr-defined]
