@@ -139,8 +139,21 @@ def trace(project: Path, interval: float) -> dict:
     first = min((s["asked_s"] for s in stages.values()), default=wall)
     return {"wall_s": round(wall, 2), "first_stage_asked_s": first, "stages": stages,
             "cpu_s": {k: round(v, 2) for k, v in cpu.most_common()},
+            "cpu_beside_stage_work_s": beside_work(timeline, stages),
             "busy_cores_before_first_stage": busy(timeline, 0, first),
             "busy_cores_from_first_stage": busy(timeline, first, wall), "interval_s": interval, "timeline": timeline}
+
+
+def beside_work(timeline: list[tuple[float, float, dict[str, float]]], stages: dict) -> dict[str, float]:
+    """CPU s each part but the stages used while a stage did its own work (from its fork, about when
+    DVC asked for it, to its "done" line): CPU the stage's own work competes with, and so hides in
+    it, unseen by a run-over-own-work figure. The tracer's own excluded."""
+    spans = [(s["asked_s"], s["done_s"]) for s in stages.values() if "done_s" in s]
+    used: Counter[str] = Counter()
+    for t, _, parts in timeline:
+        if any(a < t <= d for a, d in spans):
+            used.update({k: v for k, v in parts.items() if k not in ("stages", "this trace")})
+    return {k: round(v, 2) for k, v in used.most_common()}
 
 
 def busy(timeline: list[tuple[float, float, dict[str, float]]], since: float, until: float) -> float:
@@ -164,6 +177,9 @@ def show(result: dict) -> str:
               f"cores busy before it {result['busy_cores_before_first_stage']}, "
               f"after it {result['busy_cores_from_first_stage']}",
               "CPU s by part: " + ", ".join(f"{k} {v}" for k, v in result["cpu_s"].items())]
+    if "cpu_beside_stage_work_s" in result:
+        lines.append("CPU s beside the stages' own work (hidden in it): "
+                     + ", ".join(f"{k} {v}" for k, v in result["cpu_beside_stage_work_s"].items()))
     return "\n".join(lines)
 
 
