@@ -9,8 +9,9 @@ machine in the same run:
    starts it), and with Prefect's ephemeral API (`local_server: false`);
 2. a nothing-to-do `transferline check` vs the same two;
 3. the full default image run (`transferline run --no-push`, the project's
-   Prefect server up) vs one plain Python process that calls the same stage
-   functions (ingest .. evaluate) with no orchestration, tracking, registry or
+   Prefect server up) vs one plain Python process that imports up front what
+   the run's DVC process imports ahead and calls the same stage functions
+   (ingest .. evaluate) with no orchestration, tracking, registry or
    versioning, --repeat times each in alternated pairs: the overhead in %
    (the pair with the median), and stage by stage where it goes; then the
    same run again with each stage in a new interpreter

@@ -12,7 +12,8 @@ when DVC reaps them, so none is missed between two readings), the Prefect server
 guard. Beside it the second each stage was asked for and said it was done.
 
 Writes bench/results/run_trace.json (run_trace_default.json with --default) and prints the
-timeline and the CPU by process.
+timeline, the CPU by process, and the CPU the other processes used while a stage did its own
+work (which that work competes with, and a run-over-own-work figure cannot see).
 
     uv run python bench/run_trace.py [--default] [--interval 0.25] [--workdir DIR]
 """
