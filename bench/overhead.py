@@ -487,19 +487,30 @@ def stage_overhead(full: dict, part: str) -> float | None:
     return sum(r["pipeline_s"] - r["plain_s"] for s, r in rows if s not in ("register", "promote"))
 
 
-def added(pair: dict) -> tuple[float, float]:
+def added_s(pair: dict) -> float:
     """What transferline adds around the stages' own work in one pair, with no second training run
     in it: the run over its own work less the plain script over its own (its interpreter and imports,
     which import up front what the run's DVC process imports ahead, so both sides' stage timers hold
-    the same work); seconds, and % of the run. What slows a stage's own work in the run (CPU used
-    beside it) is not in it."""
-    seconds = (pair["full_run_s"] - pair["own_work_s"]) - (pair["plain_script_s"] - pair["plain_stages_s"])
-    return seconds, 100 * seconds / pair["full_run_s"]
+    the same work). What slows a stage's own work in the run (CPU used beside it) is not in it."""
+    return (pair["full_run_s"] - pair["own_work_s"]) - (pair["plain_script_s"] - pair["plain_stages_s"])
 
 
-def each_pair(full: dict, key: str) -> str:
-    """` (pairs: a, b, c %)`: each pair's figure beside their median; nothing for a result of one run."""
-    return f" (pairs: {', '.join(f'{p[key]:.1f}' for p in full['pairs'])} %)" if "pairs" in full else ""
+def added_pct(pair: dict) -> float:
+    return 100 * added_s(pair) / pair["full_run_s"]
+
+
+def work_over_plain_s(pair: dict) -> float:
+    """The run's stages' own work (ingest .. evaluate) over the plain script's same stages."""
+    return pair["own_work_s"] - pair["plain_stages_s"]
+
+
+def each_pair(full: dict, value: str | Callable[[dict], float], form: str = "{:.1f}", unit: str = "%") -> str:
+    """` (pairs: a, b, c %)`: each pair's figure (a key, or computed from the pair) beside their
+    median; nothing for a result of one run."""
+    if "pairs" not in full:
+        return ""
+    get = value if callable(value) else (lambda pair: pair[value])
+    return f" (pairs: {', '.join(form.format(get(p)) for p in full['pairs'])} {unit})"
 
 
 def table(r: dict) -> str:
@@ -550,12 +561,10 @@ def table(r: dict) -> str:
         *([("... what transferline adds around the stages' own work: the run over its own work less the plain "
             "script over its own (both sides' stage timers hold the same work: the plain script imports up front "
             "what the run's DVC process imports ahead); blind to anything that slows the stages' own work",
-            f"{added(f)[0]:.1f} s", f"{added(f)[1]:.1f} % of the run (pairs: "
-            + ", ".join(f"{added(p)[1]:.1f}" for p in f.get("pairs", [f])) + " %)"),
+            f"{added_s(f):.1f} s", f"{added_pct(f):.1f} % of the run" + each_pair(f, added_pct)),
            ("... the run's stages' own work (ingest .. evaluate) over the plain script's same stages: a second "
             "training run's noise, and what slows a stage inside the run (CPU beside it: bench/run_trace.py)",
-            f"{f['own_work_s'] - f['plain_stages_s']:+.1f} s",
-            "pairs: " + ", ".join(f"{p['own_work_s'] - p['plain_stages_s']:+.1f}" for p in f.get("pairs", [f])) + " s")]
+            f"{work_over_plain_s(f):+.1f} s", each_pair(f, work_over_plain_s, "{:+.1f}", "s").strip())]
           if "own_work_s" in f and "plain_stages_s" in f else []),
         *([("... the same run again, each stage in a new interpreter (`orchestrate.warm_stages: false`, as before "
             "the stages were forked from the warm DVC process), vs its own work",
