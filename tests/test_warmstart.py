@@ -21,16 +21,18 @@ PROBE = """
 import gc, json, os, stat, sys
 seen = {"torch_before": "torch" in sys.modules, "mlflow_before": "mlflow" in sys.modules, "gc_on": gc.isenabled(),
         "project_before": sorted(m for m in sys.modules if m.split(".")[0] in ("transferline", "tasks.helper")),
-        "pid": os.getpid(), "cwd": os.getcwd(), "run": os.environ.get("STAGE_RUN"),
+        "pid": os.getpid(), "ppid": os.getppid(), "cwd": os.getcwd(), "run": os.environ.get("STAGE_RUN"),
         "stdin_is_a_pipe": stat.S_ISFIFO(os.fstat(0).st_mode)}
 from tasks.helper import VALUE
 seen["value"] = VALUE
-with open("probe.json", "w") as f:
+with open(__spec__.name.split(".")[-1] + ".json", "w") as f:  # probe.json, register.json
     json.dump(seen, f)
 print("probe says", VALUE, flush=True)
 if VALUE == "sleep":
     import time
     time.sleep(60)
+if VALUE == "fail":
+    raise ValueError("told to fail")
 """
 REFUSE = 'import sys\nprint("[refuse] error: row 3 has no label; add one", file=sys.stderr)\nsys.exit(1)\n'
 CRASH = 'raise ValueError("a bug, not the input")\n'
@@ -43,10 +45,12 @@ def project(root: Path) -> Path:
               "refuse": {"cmd": "python -m tasks.refuse", "deps": ["tasks/refuse.py"]},
               "crash": {"cmd": "python -m tasks.crash", "deps": ["tasks/crash.py"]},
               "quit": {"cmd": "python -m tasks.quit", "deps": ["tasks/quit.py"]},
-              "evaluate": {"cmd": "python -m tasks.evaluate", "deps": ["tasks/evaluate.py"]}}
+              "evaluate": {"cmd": "python -m tasks.evaluate", "deps": ["tasks/evaluate.py"]},
+              "register": {"cmd": "python -m tasks.register", "deps": ["tasks/register.py", "tasks/helper.py"],
+                           "outs": [{"register.json": {"cache": False}}]}}
     (root / "tasks").mkdir()
     for name, text in (("__init__", ""), ("probe", PROBE), ("helper", 'VALUE = "one"\n'), ("refuse", REFUSE), ("crash", CRASH),
-                       ("quit", QUIT), ("evaluate", 'print("evaluated")\n')):
+                       ("quit", QUIT), ("evaluate", 'print("evaluated")\n'), ("register", PROBE)):
         (root / "tasks" / f"{name}.py").write_text(text)
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
     for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
@@ -102,15 +106,28 @@ def test_a_stage_runs_forked_from_the_warm_dvc_process_with_its_own_env_and_fres
     assert status.stdout.strip() == "Data and pipelines are up to date."
 
 
-def test_mlflow_is_imported_during_a_long_stage_not_at_the_start(root):
-    # at the start every core is busy; only register and promote, after the long stages, use MLflow
+def test_the_registry_stages_are_forked_from_a_second_process_that_imported_mlflow(root):
+    # only register and promote use MLflow: imported beside the other stages, not inside them
     with DvcProcess(plan=True, warm="image") as dvc:
         dvc.plan()
-        assert not forked_run(dvc, root)["mlflow_before"]
+        probe = forked_run(dvc, root)
+        assert not probe["mlflow_before"]
+        assert dvc.repro("register", env={"STAGE_RUN": "run-3"}).ran
+        seen = json.loads((root / "register.json").read_text())
+        assert (seen["torch_before"], seen["mlflow_before"], seen["gc_on"]) == (True, True, True)
+        assert (seen["run"], seen["cwd"], seen["project_before"]) == ("run-3", str(root), [])
+        assert not seen["stdin_is_a_pipe"]
+        registry = psutil.Process(seen["ppid"])  # not the DVC process: a child of it
+        assert seen["ppid"] != probe["ppid"] and registry.ppid() == probe["ppid"]
         lines: list[str] = []
-        assert dvc.repro("evaluate", on_line=lines.append).ran and "evaluated" in lines
-        seen = forked_run(dvc, root)  # forked once the MLflow import is done: no new interpreter
-        assert (seen["torch_before"], seen["mlflow_before"]) == (True, True)
+        assert dvc.repro("evaluate", on_line=lines.append).ran and "evaluated" in lines  # the others still from here
+        (root / "tasks/helper.py").write_text('VALUE = "fail"\n')
+        with pytest.raises(StageFailed, match="ValueError: told to fail"):
+            dvc.repro("register")
+        (root / "tasks/helper.py").write_text('VALUE = "again"\n')
+        assert dvc.repro("register").ran
+        assert json.loads((root / "register.json").read_text())["ppid"] == registry.pid  # the same process
+    registry.wait(timeout=10)  # stopped with its DVC process
 
 
 def test_without_warm_a_stage_starts_a_new_interpreter(root):
@@ -120,7 +137,8 @@ def test_without_warm_a_stage_starts_a_new_interpreter(root):
     assert not json.loads((root / "probe.json").read_text())["torch_before"]  # DVC's runner: a new interpreter
 
 
-def test_an_interrupted_forked_stage_is_stopped_with_its_dvc_process(root):
+@pytest.mark.parametrize("stage", ["probe", "register"])
+def test_an_interrupted_forked_stage_is_stopped_with_its_dvc_process(root, stage):
     with DvcProcess(plan=True, warm="image") as dvc:
         dvc.plan()
         forked_run(dvc, root)
@@ -131,12 +149,13 @@ def test_an_interrupted_forked_stage_is_stopped_with_its_dvc_process(root):
                 raise KeyboardInterrupt
 
         with pytest.raises(KeyboardInterrupt):
-            dvc.repro("probe", on_line=interrupt)
-    seen = json.loads((root / "probe.json").read_text())
+            dvc.repro(stage, on_line=interrupt)
+    seen = json.loads((root / f"{stage}.json").read_text())
     assert seen["torch_before"]
-    with contextlib.suppress(psutil.NoSuchProcess):  # gone already
-        psutil.Process(seen["pid"]).wait(timeout=10)  # psutil.TimeoutExpired: it outlived its DVC process
-    assert not psutil.pid_exists(seen["pid"])
+    for pid in (seen["pid"], seen["ppid"]):  # the stage, and the process that forked it
+        with contextlib.suppress(psutil.NoSuchProcess):  # gone already
+            psutil.Process(pid).wait(timeout=10)  # psutil.TimeoutExpired: it outlived its DVC process
+        assert not psutil.pid_exists(pid)
 
 
 def test_the_warm_up_leaves_pydantic_ready_for_a_forked_stage_to_build_its_params_schema():

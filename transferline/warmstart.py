@@ -4,7 +4,7 @@ DVC runs a stage's `cmd` (`python -m tasks.<stage>`) in a new shell and a new in
 which imports torch (and MLflow for the registry stages) all over again: 1.5-3 s a stage on
 2 cores, paid by five of the nine stages (bench/overhead.py). The flow's DVC process
 (transferline.dvcrun) imports those libraries once (`warm_up`) and has DVC run such a
-command through `run_forked`: a fork of that process runs the same module as `__main__`,
+command through `fork_and_wait`: a fork of that process runs the same module as `__main__`,
 as `python -m` would, with DVC's working directory and environment. DVC still decides
 what runs, hashes the outputs and writes dvc.lock; any other command goes to DVC's own
 runner. `dvc repro` from a shell never comes here.
@@ -13,11 +13,15 @@ Only third-party libraries are imported ahead: the stage imports the project's c
 afresh, after DVC hashed it, so the code that runs is the code dvc.lock records.
 `orchestrate.warm_stages: false` turns this off.
 
-MLflow is imported later, while the first long stage runs (`LATE_DURING`), in a
-thread at the lowest CPU priority: only register and promote use it, and it costs 3-5 s of
-CPU. At the start of a run every core is busy (the CLI's imports, DVC's, the first
-stages), and imported then it kept validate and split in new interpreters; training leaves
-a few per cent of two cores idle, which is enough in a default run.
+MLflow (2 s of CPU) only register and promote use (`REGISTRY_STAGES`): they are forked from a
+second process, `_RegistryForks`, itself forked from this one once the warm-up is done (at the
+first stage forked), which imports MLflow at the lowest CPU priority while the next stages
+run and then forks those two. Imported by a thread of this process instead, it had to be
+done before the next fork (a fork copies only the thread that forks): it ran inside
+pretraining, where each slice it took stalled training's other thread (pretraining's own
+work 1.1 s longer, default size, 3 alternated triples), and fine-tuning then waited
+0.8 s for the rest. Imported at the start with the rest, it kept validate and split in
+new interpreters.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import atexit
 import contextlib
 import gc
 import importlib
+import json
 import logging
 import os
 import re
@@ -34,7 +39,6 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable
 
 from transferline.env import imports_without_gc
 
@@ -51,15 +55,14 @@ WARM_IMPORTS = {
     "text": ("numpy", "yaml", "pydantic", "pandas", "torch", "transformers", "safetensors.torch", "tqdm",
              "matplotlib.pyplot"),
 }
-LATE_DURING = ("tasks.pretrain", "tasks.finetune", "tasks.evaluate")  # the first of them forked
-LATE_THREAD = "warm-up-late"
+REGISTRY_STAGES = ("tasks.register", "tasks.promote")  # forked from _RegistryForks, which has MLflow
 _monitor_interval = [10]  # tqdm's, restored in a forked stage
 # The stage commands dvc.yaml writes; anything else runs as DVC would run it.
 STAGE_CMD = re.compile(r"python -m (tasks\.\w+)")
 
 
 def warm_up(modality: str) -> None:
-    """Import the modality's slow libraries (in a thread) and point DVC's command runner at `run_forked`.
+    """Import the modality's slow libraries (in a thread) and have DVC fork its stage commands from here.
 
     While another thread runs (the imports' own, until they are done: the first stages need
     none of them), a command goes to DVC's own runner: a fork copies only the thread that forks.
@@ -79,28 +82,27 @@ def warm_up(modality: str) -> None:
             thread.exit()
             thread.tqdm_cls.monitor = None
     _start_import(WARM_IMPORTS.get(modality, ()), "warm-up")
-    late = [MLFLOW]  # imported once, from the fork of the first of LATE_DURING on
-
-    def after_fork(module: str) -> None:
-        if module in LATE_DURING and late:
-            _start_import(late.pop(), LATE_THREAD, lowest=True)
+    registry: list[_RegistryForks] = []  # started at the first stage forked: the warm-up is done
 
     def run(executable: str | None, cmd: str, **kwargs: object) -> None:
-        if (match := STAGE_CMD.fullmatch(cmd.strip())) is None:
-            return original(executable, cmd, **kwargs)
-        for thread in threading.enumerate():
-            if thread.name == LATE_THREAD:
-                thread.join()  # shorter than a new interpreter importing torch again
-        if threading.active_count() > 1:
-            return original(executable, cmd, **kwargs)
-        run_forked(match[1], cmd, str(kwargs["cwd"]), dict(kwargs["env"]),  # type: ignore[arg-type]
-                   then=lambda: after_fork(match[1]))
+        if (match := STAGE_CMD.fullmatch(cmd.strip())) is None or threading.active_count() > 1:
+            return original(executable, cmd, **kwargs)  # not a stage module, or the imports under way
+        module, cwd, env = match[1], str(kwargs["cwd"]), dict(kwargs["env"])  # type: ignore[call-overload]
+        if not registry:
+            registry.append(_RegistryForks())
+        code = registry[0].run(module, cwd, env) if module in REGISTRY_STAGES else None
+        if code is None:  # any other stage, or the registry process is gone: forked from here
+            code = fork_and_wait(module, cwd, env)
+        if code != 0:
+            from dvc.stage.exceptions import StageCmdFailedError
+
+            raise StageCmdFailedError(cmd, code)
 
     dvc_run._run = run
 
 
-def _start_import(modules: tuple[str, ...], name: str, lowest: bool = False) -> None:
-    threading.Thread(target=_import, args=(modules, lowest), name=name, daemon=True).start()
+def _start_import(modules: tuple[str, ...], name: str) -> None:
+    threading.Thread(target=_import, args=(modules,), name=name, daemon=True).start()
 
 
 def _import(modules: tuple[str, ...], lowest: bool = False) -> None:
@@ -142,24 +144,74 @@ def _build_a_pydantic_model() -> None:
     Warm(value=1)
 
 
-def run_forked(module: str, cmd: str, cwd: str, env: dict[str, str], then: Callable[[], None] = lambda: None) -> None:
-    """Run `module` as `__main__` in a fork (`then`: called here once it is forked); raise DVC's
-    StageCmdFailedError where it exits non-zero."""
-    from dvc.stage.exceptions import StageCmdFailedError
-
+def fork_and_wait(module: str, cwd: str, env: dict[str, str]) -> int:
+    """Run `module` as `__main__` in a fork of this process; its exit code."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()  # or the child writes what is buffered here a second time
     pid = os.fork()
     if pid == 0:
         _child(module, cwd, env)  # never returns
-    then()
     ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as DVC's runner: Ctrl-C is the stage's to handle
     try:
         _, status = os.waitpid(pid, 0)
     finally:
         signal.signal(signal.SIGINT, ignored)
-    if (code := os.waitstatus_to_exitcode(status)) != 0:
-        raise StageCmdFailedError(cmd, code)
+    return os.waitstatus_to_exitcode(status)
+
+
+class _RegistryForks:
+    """A fork of the warm DVC process that imports MLflow, then forks the registry stages.
+
+    It shares the DVC process's session (stopping that stops it and its stage) and streams;
+    it ends when the DVC process closes its end of the requests. While it still imports, a
+    request waits in the pipe."""
+
+    def __init__(self) -> None:
+        requests, self._requests = os.pipe()
+        self._replies, replies = os.pipe()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        if os.fork() == 0:
+            os.close(self._requests)
+            os.close(self._replies)
+            _serve_registry(requests, replies)  # never returns
+        os.close(requests)
+        os.close(replies)
+
+    def run(self, module: str, cwd: str, env: dict[str, str]) -> int | None:
+        """The stage's exit code; None where the process is gone before it got the request."""
+        try:
+            os.write(self._requests, (json.dumps([module, cwd, env]) + "\n").encode())
+        except OSError:  # BrokenPipeError: it ended (killed); the stage runs from here
+            return None
+        ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            with os.fdopen(os.dup(self._replies), "rb", buffering=0) as replies:
+                line = replies.readline()
+        finally:
+            signal.signal(signal.SIGINT, ignored)
+        return int(line) if line.strip() else 1  # no reply: it died while the stage ran
+
+
+def _serve_registry(requests: int, replies: int) -> None:
+    """The registry process: MLflow imported (in a thread at the lowest priority: the stages
+    that run meanwhile keep both cores), then one forked stage per request line."""
+    code = 0
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # as the DVC process between stages
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # the DVC process's stdin carries the flow's requests
+        importer = threading.Thread(target=_import, args=(MLFLOW, True), daemon=True)
+        importer.start()
+        importer.join()
+        with os.fdopen(requests, "rb") as lines:
+            for line in lines:
+                module, cwd, env = json.loads(line)
+                os.write(replies, f"{fork_and_wait(module, cwd, env)}\n".encode())
+    except BaseException:  # noqa: BLE001 - the DVC process sees no reply and fails the stage
+        traceback.print_exc()
+        code = 1
+    finally:
+        os._exit(code)
 
 
 def _child(module: str, cwd: str, env: dict[str, str]) -> None:
