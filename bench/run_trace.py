@@ -36,6 +36,7 @@ from overhead import TL, bench_params, env_for, rerun_all, timed
 
 from kit.scaffold import ROOT, make_project
 from transferline.dvcrun import WORK_DONE
+from transferline.warmstart import REGISTRY_NAME
 
 RESULTS = ROOT / "bench/results"  # run_trace.json (small), run_trace_default.json
 TICK = os.sysconf("SC_CLK_TCK")
@@ -53,17 +54,21 @@ def proc_times(pid: int) -> tuple[int, float, float] | None:
 
 
 def kind(pid: int, ppid: int, cli: int) -> str:
-    """Which part of the run a process is (a forked stage keeps the DVC process's command line)."""
+    """Which part of the run a process is (a forked stage keeps the DVC process's command line; so
+    does the process that forks register and promote, transferline.warmstart, named REGISTRY_NAME,
+    the name its stages inherit): the DVC process and that one are "dvc"."""
     if pid == cli:
         return "cli"
     if pid == os.getpid():
         return "this trace"
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return "other"
     if "transferline.dvcrun" in cmd:
-        return "dvc" if ppid == cli else "stages"
+        registry = name == REGISTRY_NAME and Path(f"/proc/{ppid}/comm").read_text().strip() != REGISTRY_NAME
+        return "dvc" if ppid == cli or registry else "stages"
     if "-m tasks." in cmd:
         return "stages"
     if "prefect" in cmd and "server" in cmd:
@@ -78,15 +83,15 @@ def trace(project: Path, interval: float) -> dict:
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1)
     seen: dict[int, tuple[str, float]] = {}  # pid -> (part, own CPU at the last reading)
     start: dict[int, float] = {}  # pid -> own CPU before the run (0 for a process the run started)
-    reaped_at: list[tuple[float, float]] = []  # (second, the DVC process's reaped children: every stage's process)
+    reaped_at: list[tuple[float, float]] = []  # (second, the stage processes reaped so far: by the DVC process and the registry process)
     timeline: list[tuple[float, float, dict[str, float]]] = []
     stop = threading.Event()
 
     def read_all(first: bool = False) -> tuple[dict[str, float], float]:
         """CPU s each part used since the last reading (`first`: the reading before the run), and
-        the CPU s of the DVC process's reaped children so far."""
+        the CPU s of the stage processes reaped so far (by the "dvc" processes)."""
         used: Counter[str] = Counter()
-        reaped = reaped_at[-1][1] if reaped_at else 0.0
+        reaped_now = 0.0
         for name in os.listdir("/proc"):
             if not name.isdigit() or (times := proc_times(int(name))) is None:
                 continue
@@ -97,9 +102,9 @@ def trace(project: Path, interval: float) -> dict:
             part, before = seen[pid]
             used[part] += own - before
             seen[pid] = (part, own)
-            if part == "dvc":
-                reaped = children
-        return dict(used), reaped
+            if part == "dvc":  # the DVC process, and the registry process (register's and promote's)
+                reaped_now += children
+        return dict(used), max(reaped_now, reaped_at[-1][1] if reaped_at else 0.0)
 
     def sample() -> None:
         read_all(first=True)
@@ -129,7 +134,7 @@ def trace(project: Path, interval: float) -> dict:
     cpu: Counter[str] = Counter()
     for pid, (part, own) in seen.items():
         cpu[part] += own - start[pid]
-    cpu["stages"] = reaped_at[-1][1] if reaped_at else 0.0  # exact: every stage process, reaped by the DVC process
+    cpu["stages"] = reaped_at[-1][1] if reaped_at else 0.0  # exact: every stage process, reaped by a "dvc" one
 
     def reaped_by(second: float) -> float:
         return max((value for t, value in reaped_at if t <= second), default=0.0)

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from transferline.dvcrun import DvcProcess, StageFailed, StageRefused
+from transferline.warmstart import REGISTRY_NAME
 
 # What a stage's process had loaded before its own code ran, who started it, what it was told.
 PROBE = """
@@ -119,6 +120,7 @@ def test_the_registry_stages_are_forked_from_a_second_process_that_imported_mlfl
         assert not seen["stdin_is_a_pipe"]
         registry = psutil.Process(seen["ppid"])  # not the DVC process: a child of it
         assert seen["ppid"] != probe["ppid"] and registry.ppid() == probe["ppid"]
+        assert registry.name() == REGISTRY_NAME  # what bench/run_trace.py tells it from a stage by
         lines: list[str] = []
         assert dvc.repro("evaluate", on_line=lines.append).ran and "evaluated" in lines  # the others still from here
         (root / "tasks/helper.py").write_text('VALUE = "fail"\n')

@@ -39,6 +39,7 @@ import signal
 import sys
 import threading
 import traceback
+from pathlib import Path
 
 from transferline.env import imports_without_gc
 
@@ -56,6 +57,7 @@ WARM_IMPORTS = {
              "matplotlib.pyplot"),
 }
 REGISTRY_STAGES = ("tasks.register", "tasks.promote")  # forked from _RegistryForks, which has MLflow
+REGISTRY_NAME = "tl-registry"  # its name in `ps -o comm` (and its stages'), beside the DVC process's "python"
 _monitor_interval = [10]  # tqdm's, restored in a forked stage
 # The stage commands dvc.yaml writes; anything else runs as DVC would run it.
 STAGE_CMD = re.compile(r"python -m (tasks\.\w+)")
@@ -199,6 +201,8 @@ def _serve_registry(requests: int, replies: int) -> None:
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # as the DVC process between stages
+        with contextlib.suppress(OSError):  # Linux: what tells it from a stage, same command line
+            Path("/proc/self/comm").write_text(REGISTRY_NAME)
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # the DVC process's stdin carries the flow's requests
         importer = threading.Thread(target=_import, args=(MLFLOW, True), daemon=True)
         importer.start()
