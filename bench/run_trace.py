@@ -63,11 +63,11 @@ def kind(pid: int, ppid: int, cli: int) -> str:
         return "this trace"
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        name = Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
+        names = [Path(f"/proc/{p}/comm").read_text().strip() for p in (pid, ppid)]
+    except OSError:  # gone (or its parent is)
         return "other"
     if "transferline.dvcrun" in cmd:
-        registry = name == REGISTRY_NAME and Path(f"/proc/{ppid}/comm").read_text().strip() != REGISTRY_NAME
+        registry = names[0] == REGISTRY_NAME and names[1] != REGISTRY_NAME
         return "dvc" if ppid == cli or registry else "stages"
     if "-m tasks." in cmd:
         return "stages"
