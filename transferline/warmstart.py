@@ -39,6 +39,7 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 from transferline.env import imports_without_gc
@@ -103,8 +104,10 @@ def warm_up(modality: str) -> None:
     dvc_run._run = run
 
 
-def _start_import(modules: tuple[str, ...], name: str) -> None:
-    threading.Thread(target=_import, args=(modules,), name=name, daemon=True).start()
+def _start_import(modules: tuple[str, ...], name: str, lowest: bool = False) -> threading.Thread:
+    thread = threading.Thread(target=_import, args=(modules, lowest), name=name, daemon=True)
+    thread.start()
+    return thread
 
 
 def _import(modules: tuple[str, ...], lowest: bool = False) -> None:
@@ -146,18 +149,28 @@ def _build_a_pydantic_model() -> None:
     Warm(value=1)
 
 
-def fork_and_wait(module: str, cwd: str, env: dict[str, str]) -> int:
-    """Run `module` as `__main__` in a fork of this process; its exit code."""
+def _fork() -> int:
     for stream in (sys.stdout, sys.stderr):
         stream.flush()  # or the child writes what is buffered here a second time
-    pid = os.fork()
-    if pid == 0:
-        _child(module, cwd, env)  # never returns
-    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as DVC's runner: Ctrl-C is the stage's to handle
+    return os.fork()
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """While a stage runs, as DVC's runner: Ctrl-C is the stage's to handle."""
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        _, status = os.waitpid(pid, 0)
+        yield
     finally:
         signal.signal(signal.SIGINT, ignored)
+
+
+def fork_and_wait(module: str, cwd: str, env: dict[str, str]) -> int:
+    """Run `module` as `__main__` in a fork of this process; its exit code."""
+    if (pid := _fork()) == 0:
+        _child(module, cwd, env)  # never returns
+    with _sigint_ignored():
+        _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
 
 
@@ -170,15 +183,14 @@ class _RegistryForks:
 
     def __init__(self) -> None:
         requests, self._requests = os.pipe()
-        self._replies, replies = os.pipe()
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        if os.fork() == 0:
+        replies_in, replies = os.pipe()
+        if _fork() == 0:
             os.close(self._requests)
-            os.close(self._replies)
+            os.close(replies_in)
             _serve_registry(requests, replies)  # never returns
         os.close(requests)
         os.close(replies)
+        self._replies = os.fdopen(replies_in, "rb", buffering=0)
 
     def run(self, module: str, cwd: str, env: dict[str, str]) -> int | None:
         """The stage's exit code; None where the process is gone before it got the request."""
@@ -186,12 +198,8 @@ class _RegistryForks:
             os.write(self._requests, (json.dumps([module, cwd, env]) + "\n").encode())
         except OSError:  # BrokenPipeError: it ended (killed); the stage runs from here
             return None
-        ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            with os.fdopen(os.dup(self._replies), "rb", buffering=0) as replies:
-                line = replies.readline()
-        finally:
-            signal.signal(signal.SIGINT, ignored)
+        with _sigint_ignored():
+            line = self._replies.readline()
         return int(line) if line.strip() else 1  # no reply: it died while the stage ran
 
 
@@ -203,10 +211,7 @@ def _serve_registry(requests: int, replies: int) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # as the DVC process between stages
         with contextlib.suppress(OSError):  # Linux: what tells it from a stage, same command line
             Path("/proc/self/comm").write_text(REGISTRY_NAME)
-        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # the DVC process's stdin carries the flow's requests
-        importer = threading.Thread(target=_import, args=(MLFLOW, True), daemon=True)
-        importer.start()
-        importer.join()
+        _start_import(MLFLOW, REGISTRY_NAME, lowest=True).join()
         with os.fdopen(requests, "rb") as lines:
             for line in lines:
                 module, cwd, env = json.loads(line)
