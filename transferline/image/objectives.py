@@ -46,7 +46,7 @@ from transferline.errors import check_finite_loss
 from transferline.image.strategies import warmup_cosine
 from transferline.image.models import build_model
 from transferline.image.train import background, fingerprint, finish
-from transferline.runtime import autocast, memory_format, place
+from transferline.runtime import autocast, keep_freed_memory, memory_format, place
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +204,7 @@ def fit_ssl(
     done; with `patience`, stops when val loss stops improving and keeps the
     best weights.
     """
+    keep_freed_memory()  # each step's freed activations reused by the next, not faulted in again
     model.to(device)  # channels-last already: models.build_model
     # drop_last: a last batch of one image has no negatives and breaks batch norm
     loader = DataLoader(TensorDataset(place({"x": train}, device)["x"]), batch_size=None, generator=generator,

@@ -30,7 +30,7 @@ from transferline.errors import check_finite_loss
 from transferline.image.data import CachedRows
 from transferline.image.models import predict
 from transferline.image.strategies import param_groups, set_batchnorm_training, unfreeze_for_epoch, warmup_cosine
-from transferline.runtime import autocast, memory_format, place
+from transferline.runtime import autocast, keep_freed_memory, memory_format, place
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,7 @@ def fit(
     and a matching earlier checkpoint (same config and data) is resumed
     instead of restarting; it is removed once training finishes.
     """
+    keep_freed_memory()  # each step's freed activations reused by the next, not faulted in again
     strategy = getattr(cfg, "strategy", "full")
     train_bn = getattr(cfg, "train_bn", True)
     world = dist.world_size()

@@ -24,7 +24,7 @@ from transformers import BertConfig, BertForMaskedLM
 
 from transferline import distributed as dist
 from transferline.checkpoint import load_checkpoint, save_checkpoint
-from transferline.runtime import autocast
+from transferline.runtime import autocast, keep_freed_memory
 from transferline.errors import check_finite_loss
 from transferline.text.models import trim
 from transferline.text.strategies import warmup_linear
@@ -153,6 +153,7 @@ def pretrain_mlm(model: BertForMaskedLM, ids: torch.Tensor, special: dict[str, i
     """Masked-LM (pre)training of `model` (random, or a pretrained encoder to continue) for
     cfg.steps steps; checkpoint every cfg.eval_every steps; resumes from `checkpoint` if it
     exists (same config). Returns the model and the history."""
+    keep_freed_memory()  # each step's freed activations reused by the next, not faulted in again
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(ids), generator=g)
     n_val = max(1, int(len(ids) * cfg.val_fraction))

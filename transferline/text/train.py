@@ -18,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from transferline import distributed as dist
-from transferline.runtime import autocast, place
+from transferline.runtime import autocast, keep_freed_memory, place
 from transferline.errors import check_finite_loss
 from transferline.text.models import predict_logits, trim
 from transferline.text.strategies import warmup_linear
@@ -43,6 +43,7 @@ def fit_classifier(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], v
                    device: torch.device, generator: torch.Generator, max_steps: int = 0,
                    desc: str = "finetune") -> list[dict]:
     """Train with AdamW + linear warm-up/decay; evaluate on val each epoch; keep the best weights."""
+    keep_freed_memory()  # each step's freed activations reused by the next, not faulted in again
     model.to(device)
     ddp = dist.wrap(model, device)  # the strategy froze what it freezes before this: one wrapper for the run
     world = dist.world_size()
