@@ -46,8 +46,9 @@ def keep_freed_memory() -> bool:
     By default it hands a freed block over its adaptive threshold (128 KB up to 32 MB) and a free
     heap top over twice that back to the OS at once, so every step faulted its activations' pages
     in again; how many depended on the order earlier allocations happened in. Pretraining, default
-    size, in a new process: 2.4-3.0 million page faults, 56.9-58.0 s; with these values 0.27-0.38
-    million, 55.2-55.3 s, peak memory 1.2-1.3 GB either way (by hand, README "Training loop").
+    size, in a new process: 1.6-3.0 million page faults, 55.7-58.0 s (mean 56.7); with these values
+    0.27-0.38 million, 53.7-56.0 s (mean 55.1), peak memory 1.2-1.3 GB either way (by hand,
+    alternated; README "The training loops").
     Process-wide, set once: every training loop of both modalities calls it (and the bench's bare
     loops run under it too)."""
     try:
