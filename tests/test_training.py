@@ -206,7 +206,10 @@ fit(build_model("small_cnn", 10, 1), (x, y), (x[:16], y[:16]), TrainParams(epoch
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc's settings are glibc's")
+GLIBC = "CS_GNU_LIBC_VERSION" in getattr(os, "confstr_names", {}) and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+
+
+@pytest.mark.skipif(not GLIBC, reason="the settings are glibc malloc's (transferline.runtime.keep_freed_memory)")
 def test_after_a_training_loop_freed_memory_is_reused_not_faulted_in_again():
     def faults(setup: str) -> int:
         done = subprocess.run([sys.executable, "-c", CHURN.format(setup=setup)], capture_output=True, text=True, timeout=120)
