@@ -47,8 +47,8 @@ def keep_freed_memory() -> bool:
     heap top over twice that back to the OS at once, so every step faulted its activations' pages
     in again; how many depended on the order earlier allocations happened in. Pretraining, default
     size, in a new process: 1.6-3.0 million page faults, 55.7-58.0 s (mean 56.7); with these values
-    0.27-0.38 million, 53.7-56.0 s (mean 55.1), peak memory 1.2-1.3 GB either way (by hand,
-    alternated; README "The training loops").
+    0.27-0.38 million, 53.7-56.0 s (mean 55.1; two runs with a 1 GB trim threshold, the same), peak
+    memory 1.2-1.3 GB either way (by hand, alternated; README "The training loops")
     Process-wide, set once: every training loop of both modalities calls it (and the bench's bare
     loops run under it too)."""
     try:
