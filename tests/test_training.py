@@ -19,6 +19,7 @@ from transferline.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from transferline.config import parse_params
 from transferline.paths import Paths
 from transferline.image.models import SmallCNN
+from transferline.runtime import glibc_malloc
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -206,10 +207,7 @@ fit(build_model("small_cnn", 10, 1), (x, y), (x[:16], y[:16]), TrainParams(epoch
 """
 
 
-GLIBC = "CS_GNU_LIBC_VERSION" in getattr(os, "confstr_names", {}) and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
-
-
-@pytest.mark.skipif(not GLIBC, reason="the settings are glibc malloc's (transferline.runtime.keep_freed_memory)")
+@pytest.mark.skipif(not glibc_malloc(), reason="the settings are glibc malloc's (transferline.runtime.keep_freed_memory)")
 def test_after_a_training_loop_freed_memory_is_reused_not_faulted_in_again():
     def faults(setup: str) -> int:
         done = subprocess.run([sys.executable, "-c", CHURN.format(setup=setup)], capture_output=True, text=True, timeout=120)

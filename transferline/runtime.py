@@ -39,6 +39,14 @@ MMAP_THRESHOLD = 32 << 20  # glibc's own ceiling for it
 TRIM_THRESHOLD = 256 << 20
 
 
+def glibc_malloc() -> bool:
+    """True where this process's C library is glibc (mallopt and its parameters below are glibc's)."""
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (AttributeError, ValueError, OSError):  # no confstr (Windows), no such name (macOS)
+        return False
+
+
 @functools.cache
 def keep_freed_memory() -> bool:
     """Have glibc's malloc keep the memory a training step frees for the next step; False where not glibc.
@@ -48,14 +56,10 @@ def keep_freed_memory() -> bool:
     in again; how many depended on the order earlier allocations happened in. Pretraining, default
     size, in a new process: 1.6-3.0 million page faults, 55.7-58.0 s (mean 56.7); with these values
     0.27-0.38 million, 53.7-56.0 s (mean 55.1; two runs with a 1 GB trim threshold, the same), peak
-    memory 1.2-1.3 GB either way (by hand, alternated; README "The training loops")
+    memory 1.2-1.3 GB either way (by hand, alternated; README "The training loops").
     Process-wide, set once: every training loop of both modalities calls it (and the bench's bare
     loops run under it too)."""
-    try:
-        glibc = (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
-    except (AttributeError, ValueError, OSError):  # no confstr (Windows), no such name (macOS)
-        glibc = False
-    if not glibc:
+    if not glibc_malloc():
         return False
     libc = ctypes.CDLL(None)  # the C library this process already uses
     return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
